@@ -1,0 +1,1 @@
+"""apps package of Erasure Studio; see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""erasers package of Erasure Studio; see DESIGN.md."""

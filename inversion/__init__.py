@@ -1,0 +1,1 @@
+"""inversion package of Erasure Studio; see DESIGN.md."""
