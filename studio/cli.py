@@ -8,6 +8,7 @@ Every subcommand takes --model (default: the shipped toy model), --device and --
 """
 
 import argparse
+import importlib
 import re
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 
+PLUGINS = ("erasers.cli", "inversion.cli", "apps.cli")  # modules with a register(subparsers) function
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -144,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance", type=float, default=7.5)
     r.add_argument("--json", default="benchmarks/results/toyworld_report.json")
     r.set_defaults(fn=cmd_toyworld_report)
+
+    # the other packages add their own subcommands (erase, eval, attack, export, edit, app); imported
+    # lazily here so that `studio` itself depends on nothing above it
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
     return parser
 
 
