@@ -1,0 +1,226 @@
+"""The shape every erasure method shares.
+
+    concept = Concept(["a triangle"])                     # target prompt(s), optional anchors / retain prompts
+    result = esd.erase(pipe, concept, ESDConfig())        # any method: erase(pipe, concept, config, ...)
+    result.apply(pipe)                                     # the erased weights, into a pipeline
+    result.save("outputs/triangle-esd-x", base_model="toy")  # a folder that load_pipeline() reads back
+
+A method's `erase` trains in place on `pipe` (the trained module ends up erased) and returns an
+`ErasureResult` that holds only the parameters it changed. Every method runs its steps through
+`TrainLoop`, which gives them the same progress bar, callback, cancellation and atomic checkpoints:
+a run killed at any point and started again with the same `checkpoint_dir` resumes from the last
+checkpoint and ends with the same weights as an uninterrupted run (randomness is drawn per step from
+`(seed, step)`, so nothing depends on how many steps ran in this process).
+"""
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from studio.checkpoint import ParamDict, atomic_write_text, load_checkpoint, save_checkpoint
+from studio.loading import ERASURE_FILE, TOY_MODEL
+from studio.sampling import Cancelled, check_prompt, is_cancelled
+
+
+@dataclass
+class Concept:
+    """What to erase. `prompts` name the concept (e.g. ["nudity"] or ["a triangle"]); one is drawn per step."""
+
+    prompts: list
+    anchors: list = field(default_factory=list)  # what the concept should become (ESD's erase_from, DoCo's anchor)
+    retain: list = field(default_factory=list)  # prompts whose outputs must not change (AdvUnlearn, evaluation)
+    name: str | None = None  # short name for files and reports; default: the first prompt
+
+    def __post_init__(self):
+        if isinstance(self.prompts, str):
+            self.prompts = [self.prompts]
+        self.prompts = [p.strip() for p in self.prompts if p and p.strip()]
+        if not self.prompts:
+            raise ValueError("the concept to erase is empty: give at least one non-empty prompt, e.g. Concept(['a triangle'])")
+        self.anchors = [self.anchors] if isinstance(self.anchors, str) else list(self.anchors)
+        self.retain = [self.retain] if isinstance(self.retain, str) else list(self.retain)
+        self.name = self.name or self.prompts[0]
+
+    def check(self, tokenizer) -> None:
+        for p in self.prompts + self.anchors + self.retain:
+            check_prompt(tokenizer, p)
+
+
+@dataclass
+class ErasureResult:
+    method: str
+    concept: Concept
+    config: dict
+    component: str  # "unet" or "text_encoder": the module that changed
+    weights: dict  # name -> tensor, only the parameters the method trained
+    stats: dict = field(default_factory=dict)  # steps, seconds, unet_evals, final loss ...
+
+    def apply(self, pipe):
+        """Load the erased weights into `pipe` (in place) and return it."""
+        module = getattr(pipe, self.component)
+        params = dict(module.named_parameters())
+        missing = [k for k in self.weights if k not in params]
+        if missing:
+            raise KeyError(f"the pipeline's {self.component} has no parameters {missing[:3]}; is it the same architecture?")
+        with torch.no_grad():
+            for k, v in self.weights.items():
+                params[k].copy_(v.to(params[k].device, params[k].dtype))
+        return pipe
+
+    def save(self, folder, pipe, base_model: str = "toy", full: bool = False) -> Path:
+        """Write an erased model folder that `load_pipeline(folder)` reads as a complete pipeline.
+
+        By default only the changed component is written (e.g. `unet/`), beside `erasure.json` that names
+        the base model; `full=True` writes a standalone diffusers pipeline instead (plus `erasure.json`).
+        `pipe` must hold the erased weights (call `apply` first if it does not).
+        """
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if full:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        else:
+            getattr(pipe, self.component).save_pretrained(tmp / self.component, safe_serialization=True)
+        info = {
+            "format": "erasure-studio/1",
+            "base_model": str(TOY_MODEL.name if str(base_model) in ("toy", str(TOY_MODEL)) else base_model),
+            "components": [] if full else [self.component],
+            "method": self.method,
+            "concept": asdict(self.concept),
+            "config": self.config,
+            "stats": self.stats,
+        }
+        if info["base_model"] == TOY_MODEL.name:
+            info["base_model"] = "toy"
+        (tmp / ERASURE_FILE).write_text(json.dumps(info, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+
+def trainable_named(module: torch.nn.Module, names: list) -> dict:
+    params = dict(module.named_parameters())
+    return {n: params[n] for n in names}
+
+
+def freeze_all_but(module: torch.nn.Module, names: list) -> None:
+    keep = set(names)
+    for n, p in module.named_parameters():
+        p.requires_grad_(n in keep)
+
+
+class TrainLoop:
+    """Progress, callback, cancellation, atomic checkpoints and exact resume for an erasure's steps.
+
+        loop = TrainLoop("esd-x", total=200, params=trained, optimizers={"opt": opt}, checkpoint_dir=d, every=50)
+        for step, rng, gen in loop:            # rng: numpy Generator, gen: torch Generator, both from (seed, step)
+            loss = ...
+            loop.log(loss=loss.item())
+        loop.finish()
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        params: dict,
+        optimizers: dict,
+        *,
+        seed: int = 0,
+        checkpoint_dir=None,
+        every: int = 50,
+        callback=None,
+        cancel=None,
+        progress: bool = True,
+        extra_modules: dict | None = None,
+        meta: dict | None = None,
+        device="cpu",
+    ):
+        self.desc, self.total, self.seed = desc, total, seed
+        self.modules = {"trained": ParamDict(params), **(extra_modules or {})}
+        self.optimizers = optimizers
+        self.path = Path(checkpoint_dir) / "checkpoint.safetensors" if checkpoint_dir else None
+        self.every, self.callback, self.cancel, self.progress = every, callback, cancel, progress
+        self.meta = meta or {}
+        self.device = device
+        self.step = 0
+        self.stats: dict = {"unet_evals": 0, "losses": []}
+        self.started = time.time()
+        self.elapsed_before = 0.0
+        self.resumed_from = 0
+        if self.path is not None and self.path.is_file():
+            meta, _ = load_checkpoint(self.path, self.modules, self.optimizers)
+            if meta.get("config") != self.meta.get("config"):
+                raise ValueError(
+                    f"{self.path} was written by a run with other settings; delete it or use another checkpoint_dir. "
+                    f"checkpoint: {meta.get('config')}, now: {self.meta.get('config')}"
+                )
+            self.step = self.resumed_from = meta["step"]
+            self.stats = meta.get("stats", self.stats)
+            self.elapsed_before = meta.get("seconds", 0.0)
+        self._info: dict = {}
+
+    def __iter__(self):
+        bar = tqdm(range(self.step, self.total), initial=self.step, total=self.total, desc=self.desc, disable=not self.progress, leave=False)
+        for step in bar:
+            if is_cancelled(self.cancel):
+                self.save()
+                raise Cancelled(f"{self.desc} cancelled at step {step} of {self.total}; the checkpoint resumes it")
+            self.step = step
+            rng = np.random.default_rng([self.seed, step])
+            gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
+            random.seed(self.seed * 1_000_003 + step)
+            self._info = {}
+            yield step, rng, gen
+            self.step = step + 1
+            if "loss" in self._info:
+                self.stats["losses"].append(round(float(self._info["loss"]), 6))
+                if not np.isfinite(self._info["loss"]):
+                    raise FloatingPointError(
+                        f"{self.desc}: the loss became {self._info['loss']} at step {step}; lower the learning rate. "
+                        "The last checkpoint (if any) is intact."
+                    )
+                bar.set_postfix(loss=f"{self._info['loss']:.4g}", refresh=False)
+            if self.callback is not None:
+                self.callback({"step": step + 1, "total": self.total, **self._info})
+            if self.path is not None and (self.step % self.every == 0 or self.step == self.total):
+                self.save()
+
+    def log(self, **info) -> None:
+        self._info.update(info)
+
+    def count_unet(self, n: int) -> None:
+        self.stats["unet_evals"] += n
+
+    def seconds(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        meta = {**self.meta, "step": self.step, "stats": self.stats, "seconds": self.seconds()}
+        save_checkpoint(self.path, self.modules, self.optimizers, meta=meta)
+
+    def finish(self) -> dict:
+        losses = self.stats["losses"]
+        return {
+            "steps": self.total,
+            "resumed_from": self.resumed_from,
+            "seconds": round(self.seconds(), 2),
+            "unet_evals": self.stats["unet_evals"],
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        }
+
+
+def config_dict(config) -> dict:
+    d = asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
