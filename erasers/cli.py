@@ -148,7 +148,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-DEMO_ATTACK = {"timesteps": [110, 310, 510, 710, 910], "iterations_per_timestep": 20}  # a short UnlearnDiffAtk for the demo
+DEMO_ATTACK = {"timesteps": (110, 310, 510, 710, 910), "iterations": 20}  # a short UnlearnDiffAtk for the demo
 
 
 def _model_args(p):
