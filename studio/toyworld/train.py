@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..text_encoder import save_text_encoder
 from .captions import caption
 from .grammar import NONE
 from .models import HEADS, JudgeNet, build_scheduler, build_text_encoder, build_train_scheduler, build_unet, build_vae
@@ -322,6 +323,8 @@ def train(cfg: TrainConfig, work: Path, out: Path = ASSETS, stages=("vae", "diff
         tmp = out / "toy-model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(tmp / "text_encoder")
+        save_text_encoder(text_encoder, tmp / "text_encoder")  # SD key layout: loads in transformers 4 and 5
         shutil.copy(TOKENIZER / "vocab.json", tmp / "tokenizer" / "vocab.json")
         shutil.copy(TOKENIZER / "merges.txt", tmp / "tokenizer" / "merges.txt")
         shutil.rmtree(target, ignore_errors=True)
