@@ -349,8 +349,18 @@ def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
     pipe.vae.save_config(folder / "vae")
     pipe.scheduler.save_config(folder / "scheduler")
     pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
-    write_tokenizer(folder / "tokenizer", pad_token=pipe.tokenizer.pad_token)
+    if _has_our_vocabulary(pipe.tokenizer):
+        write_tokenizer(folder / "tokenizer", pad_token=str(pipe.tokenizer.pad_token))
+    else:  # e.g. added textual-inversion tokens: keep the tokenizer as it is
+        pipe.tokenizer.save_pretrained(folder / "tokenizer")
     return folder
+
+
+def _has_our_vocabulary(tokenizer) -> bool:
+    """Is this the plain 49,408-token CLIP vocabulary of assets/tokenizer (nothing added)?"""
+    if len(tokenizer) != 49408:
+        return False
+    return tokenizer.get_vocab() == json.loads((TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import build_tiny_pipe
+from conftest import ROOT, build_tiny_pipe
 from studio.convert import (
     ConversionError,
     pipeline_to_ldm,
@@ -49,8 +49,6 @@ def same_images(a, b) -> bool:
 def tiny_v2_pipe():
     """The tiny pipe with an OpenCLIP-like (GELU) text encoder, "!" padding and v-prediction: SD v2 in miniature."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from conftest import ROOT
 
     pipe = build_tiny_pipe(seed=1, prediction_type="v_prediction")
     torch.manual_seed(1)
@@ -225,6 +223,17 @@ CANONICAL_KEYS = {
         "cond_stage_model.model.ln_final.weight": (1024,),
     },
 }
+
+
+def test_config_folder_keeps_a_tokenizer_with_added_tokens(tiny_pipe, tmp_path):
+    from transformers import CLIPTokenizer
+
+    plain = save_config_folder(tiny_pipe, tmp_path / "plain")
+    assert (plain / "tokenizer" / "vocab.json").read_bytes() == (ROOT / "assets" / "tokenizer" / "vocab.json").read_bytes()
+    tiny_pipe.tokenizer.add_tokens(["<erased-concept>"])
+    added = save_config_folder(tiny_pipe, tmp_path / "added")
+    tokenizer = CLIPTokenizer.from_pretrained(str(added / "tokenizer"))
+    assert len(tokenizer) == 49409 and tokenizer.convert_tokens_to_ids("<erased-concept>") == 49408
 
 
 def test_shipped_configs_hold_no_weights():
