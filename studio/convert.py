@@ -23,7 +23,8 @@ What it deliberately does not write:
 * SD v2 checkpoints from Stability hold a 24th OpenCLIP block (`resblocks.23`) and `text_projection`,
   which SD v2 never uses (it reads the penultimate layer, so diffusers' SD2 text encoder has 23 layers).
   A diffusers model does not have them, so they are not invented; loaders ignore their absence
-  (diffusers skips them anyway; A1111 and ComfyUI load the text encoder non-strictly).
+  (diffusers skips them anyway; A1111 and ComfyUI load checkpoints non-strictly, though neither has
+  been run against our files here).
 * No EMA copy, no `position_ids` buffer, no `alphas_cumprod` schedule tensors.
 
 `random_sd_pipeline("v1" | "v2")` builds a full-size SD pipeline with random weights from the shipped
