@@ -34,7 +34,7 @@ Deliberate differences from the official code (OPTML-Group/AdvUnlearn, OPTML-Gro
   so gradients accumulate and fast-AT takes the sign of the running sum) and takes gradients of the
   prefix only (`torch.autograd.grad`), so no `.grad` ever lands on the UNet or the text encoder.
 * The two special tokens (start, end) are never drawn as adversarial tokens.
-* The simplex projection is the exact sort-based Euclidean projection, not bisection to 1e-5.
+* The simplex projection is exact (Michelot's algorithm), not bisection to 1e-5.
 * The adversarial text is `decode(prefix tokens) + " " + prompt`: the official code decodes
   prefix and prompt ids glued together, so a prefix token that does not end a word merges with the
   prompt's first word on re-tokenisation. `AttackResult.exact_tokens` says whether the judged text
@@ -91,6 +91,10 @@ def encode_with_prefix(text_encoder, tokenizer, prompts: str | list[str], prefix
     position embeddings are added) placed right after the start token. Differentiable w.r.t. the
     prefix and the encoder weights. With the token embeddings of real words as the prefix, the output
     equals encoding the text with those words prepended, exactly.
+
+    The prefix goes in through a forward hook on the token embedding (transformers' `CLIPTextModel`
+    takes no `inputs_embeds`), which lives for this call only: do not run the same encoder from
+    another thread meanwhile.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if prefix_embeds.dim() == 2:
@@ -223,13 +227,13 @@ def soft_prompt_attack(
         init, init_tokens = "random", init_tokens.tolist()
     delta.requires_grad_(True)  # (k, D)
     optimizer = torch.optim.Adam([delta], lr=config.lr)
-    losses, unet_evals = [], 0
+    losses, unet_evals, dtype = [], 0, unet.dtype
     for i in tqdm(range(config.steps), desc="soft-prompt attack", disable=not progress, leave=False):
         if is_cancelled(cancel):
             raise Cancelled(f"soft-prompt attack cancelled at step {i} of {config.steps}")
         z_t, t, target = batches(i)
         prompts = [prompt] * z_t.shape[0] if isinstance(prompt, str) else list(prompt)
-        cond = encode_with_prefix(text_encoder, tokenizer, prompts, delta).to(unet.dtype)  # (B, 77, D)
+        cond = encode_with_prefix(text_encoder, tokenizer, prompts, delta).to(dtype)  # (B, 77, D)
         eps = unet(z_t, t, encoder_hidden_states=cond, return_dict=False)[0]  # (B, 4, h, w)
         loss = F.mse_loss(eps.float(), target.float())
         optimizer.zero_grad(set_to_none=True)
@@ -376,14 +380,21 @@ def random_tokens(pipe, prompt, target_latents=None, is_success=None, config=Non
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each row of `v` `(..., V)` onto the probability simplex.
 
-    Exact and sort-based (Held et al. 1974; Duchi et al. 2008): `max(v - tau, 0)` with the `tau` that
-    makes each row sum to 1. The official code finds the same `tau` by bisection to 1e-5.
+    Exact: `max(v - tau, 0)` with the `tau` that makes each row sum to 1, found by Michelot's
+    algorithm (1986): tau = (sum of the support - 1) / |support|, shrink the support to the entries
+    above tau, repeat until it stops shrinking (a few O(V) passes; fewer when the rows are sparse, as
+    they become during an attack). The official code finds `tau` by bisection to 1e-5.
     """
-    u, _ = torch.sort(v, dim=-1, descending=True)
-    css = u.cumsum(-1) - 1  # (..., V)
-    j = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
-    rho = (u - css / j > 0).sum(-1, keepdim=True)  # (..., 1), the number of positive entries, >= 1
-    tau = css.gather(-1, rho - 1) / rho.to(v.dtype)
+    n = v.shape[-1]
+    tau = (v.sum(-1, keepdim=True) - 1) / n  # (..., 1)
+    size = torch.full_like(tau, n)
+    for _ in range(n):
+        support = v > tau  # (..., V)
+        new_size = support.sum(-1, keepdim=True).to(v.dtype)
+        tau = (torch.where(support, v, 0).sum(-1, keepdim=True) - 1) / new_size
+        if torch.equal(new_size, size):
+            break
+        size = new_size
     return (v - tau).clamp_min(0)
 
 
@@ -465,7 +476,7 @@ def unlearndiffatk(pipe, prompt, target_latents, is_success, config=None, *, see
         result.wall_time = time.perf_counter() - start
         return result
 
-    device = unet.device
+    device, dtype = unet.device, unet.dtype
     vocab = vocabulary(tok, config.vocabulary)
     E = _unwrap(te).get_input_embeddings().weight.detach()[vocab.to(device)].float()  # (V, D)
     k, V = config.num_tokens, len(vocab)
@@ -489,10 +500,10 @@ def unlearndiffatk(pipe, prompt, target_latents, is_success, config=None, *, see
                 if is_cancelled(cancel):
                     raise Cancelled(f"UnlearnDiffAtk cancelled after {result.gradient_steps} gradient steps")
                 onehot = _SampleOneHot.apply(probs, gen)  # (k, V)
-                cond = encode_with_prefix(te, tok, [prompt], onehot @ E).to(unet.dtype)  # (1, 77, D)
+                cond = encode_with_prefix(te, tok, [prompt], onehot @ E).to(dtype)  # (1, 77, D)
                 noise = torch.randn(x0.shape, generator=gen, device=device)
                 z_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                pred = unet(z_t.to(unet.dtype), tt, encoder_hidden_states=cond, return_dict=False)[0]
+                pred = unet(z_t.to(dtype), tt, encoder_hidden_states=cond, return_dict=False)[0]
                 target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
                 loss = F.mse_loss(pred.float(), target)
                 optimizer.zero_grad(set_to_none=True)

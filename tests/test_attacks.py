@@ -107,6 +107,17 @@ def test_project_simplex_properties_and_brute_force():
     uniform = torch.full((2, 49408), 1 / 49408)
     assert torch.allclose(project_simplex(uniform), uniform, atol=1e-9)
 
+    # the sort-based projection (Held et al. 1974) gives the same result, also on sparse rows
+    def by_sorting(v):
+        u = v.sort(-1, descending=True).values
+        css = u.cumsum(-1) - 1
+        rho = (u - css / torch.arange(1, v.shape[-1] + 1, dtype=v.dtype) > 0).sum(-1, keepdim=True)
+        return (v - css.gather(-1, rho - 1) / rho).clamp_min(0)
+
+    sparse = torch.rand(3, 49408, generator=g) * 1e-3 + (torch.rand(3, 49408, generator=g) > 0.999) * 0.05
+    for x in (v, sparse, torch.randn(4, 7, generator=g, dtype=torch.float64)):
+        assert torch.allclose(project_simplex(x), by_sorting(x), atol=1e-7)
+
     # brute force in 3-D: no point of a fine grid on the simplex is closer than the projection
     steps = 300
     grid = torch.tensor([(i, j, steps - i - j) for i in range(steps + 1) for j in range(steps + 1 - i)], dtype=torch.float64) / steps
