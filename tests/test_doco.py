@@ -1,0 +1,223 @@
+"""DoCo: the gradient surgery on hand-made gradients, the discriminator, the prompt pairs, resume after a kill,
+clear errors, and erasure on the toy model."""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from erasers import Concept, erase, get_config
+from erasers.doco import (
+    ANCHOR_CACHE,
+    DoCoConfig,
+    PatchDiscriminator,
+    concept_preserving_gradient,
+    discriminator_blocks,
+    toy_concept,
+    trainable_parameter_names,
+    training_pairs,
+)
+from studio.loading import TOY_MODEL, load_pipeline
+from studio.sampling import Cancelled
+
+from conftest import build_tiny_pipe
+
+
+TINY = dict(iterations=6, warmup_steps=2, batch_size=2, num_anchor_images=6, anchor_steps=3, anchor_batch_size=4, lr=1e-3, checkpoint_every=2)
+SQUARES = Concept(["a triangle"], anchors=["a square", "a red square", "a striped square on a dark background"])
+
+
+# ---------------------------------------------------------------- the concept-preserving gradient
+
+
+def test_official_surgery_removes_the_conflicting_component_by_the_documented_formula():
+    g_u, g_p = torch.tensor([1.0, -1.0]), torch.tensor([0.0, 2.0])
+    cos = -1 / math.sqrt(2)  # cos(g_u, g_p)
+    for lam in (1.0, 0.5):
+        (out,) = concept_preserving_gradient([g_u], [g_p], lam, "official")
+        # g_u - lambda * cos * g_p / |g_p|: no |g_u| factor, unlike PCGrad
+        assert torch.allclose(out, torch.tensor([1.0, -1.0 - lam * cos]), atol=1e-6)
+    assert torch.equal(g_u, torch.tensor([1.0, -1.0]))  # the inputs are not changed
+
+
+def test_pcgrad_leaves_the_result_orthogonal_and_official_removes_at_least_as_much_after_clipping():
+    torch.manual_seed(0)
+    for _ in range(20):
+        g_p = torch.randn(3, 5)
+        g_u = -0.5 * g_p + 0.3 * torch.randn(3, 5)
+        g_u = g_u / g_u.norm() * 0.8  # clipped: |g_u| <= 1
+        (pc,) = concept_preserving_gradient([g_u], [g_p], method="pcgrad")
+        (off,) = concept_preserving_gradient([g_u], [g_p], 1.0, "official")
+        assert abs(torch.dot(pc.flatten(), g_p.flatten()).item()) < 1e-5
+        assert torch.dot(off.flatten(), g_p.flatten()).item() >= -1e-6  # pushed to or past orthogonal
+
+
+def test_agreeing_tensors_are_untouched_and_surgery_is_per_tensor():
+    agree_u, agree_p = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 0.1]])
+    conflict_u, conflict_p = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([-1.0, 1.0, 0.0])
+    out = concept_preserving_gradient([agree_u, conflict_u, None], [agree_p, conflict_p, torch.ones(1)], 1.0, "official")
+    assert out[0] is agree_u and out[2] is None
+    assert not torch.equal(out[1], conflict_u) and torch.dot(out[1], conflict_p) > torch.dot(conflict_u, conflict_p)
+    for method in ("official", "pcgrad"):
+        assert concept_preserving_gradient([agree_u], [agree_p], 1.0, method)[0] is agree_u
+    with pytest.raises(ValueError, match="unknown surgery method"):
+        concept_preserving_gradient([agree_u], [agree_p], method="none")
+
+
+# ---------------------------------------------------------------- discriminator, parameters, prompts
+
+
+def test_discriminator_depth_follows_the_latent_size():
+    assert discriminator_blocks(64) == 4 and discriminator_blocks(32) == 3 and discriminator_blocks(8) == 1
+    sd = PatchDiscriminator(4, discriminator_blocks(64))
+    convs = [m for m in sd.model if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]  # the official PatchGAN
+    assert sd(torch.randn(2, 4, 64, 64)).shape == (2, 1, 3, 3)
+    assert PatchDiscriminator(4, discriminator_blocks(8))(torch.randn(2, 4, 8, 8)).shape == (2, 1, 3, 3)
+
+
+def test_parameter_groups(tiny_pipe):
+    kv = trainable_parameter_names(tiny_pipe.unet, "cross-attn")
+    assert kv and all(n.split(".")[-2] in ("to_k", "to_v") and ".attn2." in n for n in kv)
+    assert len(trainable_parameter_names(tiny_pipe.unet, "full-weight")) == len(list(tiny_pipe.unet.parameters()))
+
+
+def test_training_pairs_swap_the_anchor_word_for_the_target_word():
+    concept = Concept(["a triangle", "a big Triangle, blue"], anchors=["a square", "a red square", "a striped square on a dark background"])
+    assert training_pairs(concept) == [
+        ("a square", "a triangle"),
+        ("a red square", "a red triangle"),
+        ("a striped square on a dark background", "a striped triangle on a dark background"),
+        ("a big square, blue", "a big Triangle, blue"),
+    ]
+    assert training_pairs(Concept(["nudity"], anchors=["clothed", "a clothed person"]))[1] == ("a clothed person", "a nudity person")
+    toy = toy_concept("striped")
+    assert all(a.replace("solid", "striped") == t for a, t in training_pairs(toy)) and len(toy.anchors) == 40
+
+
+def test_bad_inputs_are_clear_errors(tiny_pipe):
+    with pytest.raises(ValueError, match="needs anchor prompts"):
+        erase(tiny_pipe, Concept("a triangle"), "doco", config=TINY, progress=False)
+    with pytest.raises(ValueError, match="does not contain the anchor word 'square'"):
+        training_pairs(Concept(["a triangle"], anchors=["a square", "a circle"]))
+    with pytest.raises(ValueError, match="differ by one word"):
+        training_pairs(Concept(["a triangle"], anchors=["a triangle"]))
+    with pytest.raises(ValueError, match="does not contain the target word"):
+        training_pairs(Concept(["a triangle", "a wedge"], anchors=["a square"]))
+    with pytest.raises(ValueError, match="CLIP takes at most 77"):
+        erase(tiny_pipe, Concept(["a triangle"], anchors=["a square " + "red " * 80]), "doco", config=TINY, progress=False)
+    with pytest.raises(ValueError, match="unknown DoCo surgery"):
+        DoCoConfig(surgery="project")
+    with pytest.raises(ValueError, match="unknown DoCo parameter_group"):
+        get_config("doco", overrides={"parameter_group": "embedding"})
+    with pytest.raises(ValueError, match="warmup_steps <= iterations"):
+        DoCoConfig(iterations=10, warmup_steps=20)
+    with pytest.raises(ValueError, match="must be another shape"):
+        toy_concept("triangle", anchor="red")
+
+
+def test_defaults_are_the_official_readme():
+    c = DoCoConfig()
+    assert (c.iterations, c.warmup_steps, c.batch_size, c.unet_lr, c.surgery_lambda) == (2000, 1000, 8, pytest.approx(4.8e-5), 1.0)
+    assert c.discriminator_lr == 1e-4 and DoCoConfig(concept_type="style").discriminator_lr == 5e-4
+    old = DoCoConfig.earlier()
+    assert (old.iterations, old.warmup_steps, old.lr, old.surgery_lambda, old.prior_loss_weight) == (1000, 200, 2e-6, 0.5, 0.0)
+
+
+# ---------------------------------------------------------------- training, checkpoints, resume
+
+
+def test_only_kv_change_warmup_trains_the_discriminator_only_and_result_applies(tiny_pipe):
+    before = {n: p.clone() for n, p in tiny_pipe.unet.named_parameters()}
+    warm = erase(build_tiny_pipe(), SQUARES, "doco", config={**TINY, "warmup_steps": TINY["iterations"]}, progress=False)
+    assert all(torch.equal(w, before[n]) for n, w in warm.weights.items())  # D-only steps leave the UNet alone
+
+    result = erase(tiny_pipe, SQUARES, "doco", config=TINY, progress=False)
+    changed = {n for n, p in tiny_pipe.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(result.weights) and all(n.split(".")[-2] in ("to_k", "to_v") for n in changed)
+    fresh = build_tiny_pipe()
+    result.apply(fresh)
+    assert all(torch.equal(p, dict(tiny_pipe.unet.named_parameters())[n]) for n, p in fresh.unet.named_parameters())
+    # anchors: 6 images x 3 steps x 2 (CFG); then 2 D-only steps x 2B and 4 full steps x 3B evaluations
+    assert result.stats["unet_evals"] == 6 * 3 * 2 + 2 * 4 + 4 * 6 and result.stats["steps"] == 6
+
+
+@pytest.mark.parametrize("surgery, stop", [("official", 3), ("none", 1)])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, surgery, stop):
+    config = {**TINY, "surgery": surgery}
+    straight = erase(build_tiny_pipe(), SQUARES, "doco", config=config, progress=False)
+
+    cancel = threading.Event()
+    seen = []
+
+    def kill(info):
+        seen.append(info.get("stage", "train"))
+        if info.get("stage") is None and info["step"] == stop:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        erase(build_tiny_pipe(), SQUARES, "doco", config=config, checkpoint_dir=tmp_path, callback=kill, cancel=cancel, progress=False)
+    assert (tmp_path / ANCHOR_CACHE).is_file() and "anchor images" in seen
+    seen.clear()
+    pipe = build_tiny_pipe()
+    resumed = erase(pipe, SQUARES, "doco", config=config, checkpoint_dir=tmp_path, callback=kill, progress=False)
+    assert "anchor images" not in seen  # the cached anchor images are not generated again
+    assert resumed.stats["resumed_from"] == stop and resumed.stats["unet_evals"] == straight.stats["unet_evals"]
+    for n, w in straight.weights.items():
+        assert torch.equal(w, resumed.weights[n]), n
+
+
+def test_cancel_while_generating_anchors_keeps_the_finished_ones(tmp_path):
+    straight = erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, progress=False)
+    cancel = threading.Event()
+    with pytest.raises(Cancelled, match="anchor images"):
+        erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
+              callback=lambda info: cancel.set() if info.get("stage") else None)
+    assert (tmp_path / ANCHOR_CACHE).is_file() and not (tmp_path / "checkpoint.safetensors").exists()
+    resumed = erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
+    assert all(torch.equal(w, resumed.weights[n]) for n, w in straight.weights.items())
+
+
+def test_checkpoint_of_other_prompts_is_refused(tmp_path):
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
+              callback=lambda info: cancel.set() if "stage" not in info else None)
+    other = Concept(["a star"], anchors=["a square"])
+    with pytest.raises(ValueError, match="other settings"):
+        erase(build_tiny_pipe(), other, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------- erasure on the toy model
+
+
+TEST_BUDGET = {"iterations": 60, "warmup_steps": 20, "num_anchor_images": 64}  # on top of the toy preset
+
+
+@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
+def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge):
+    """A short run (the toy preset, fewer steps) turns 'triangle' prompts into squares; other shapes stay."""
+    from erasers.evaluate import EvalConfig, _generate
+    from studio.toyworld.captions import prompts_for
+
+    pipe = load_pipeline("toy", device="cpu")
+    cfg = EvalConfig(seeds=2, num_inference_steps=20)
+    target = [p for p, _ in prompts_for("triangle", "direct", 8)]
+    others = [p for s in ("circle", "star", "cross") for p, _ in prompts_for(s, "direct", 4)]
+    others_shape = [s for s in ("circle", "star", "cross") for _ in range(4 * cfg.seeds)]
+
+    def judged():
+        shapes = [p["shape"] for p in judge.predict(_generate(pipe, target, cfg))]
+        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+        return np.mean([s == "triangle" for s in shapes]), np.mean([s == "square" for s in shapes]), keep
+
+    tri_before, sq_before, keep_before = judged()
+    erase(pipe, toy_concept("triangle"), "doco", preset="toy", config=TEST_BUDGET, progress=False)
+    tri_after, sq_after, keep_after = judged()
+    assert tri_before >= 0.8
+    assert tri_after <= 0.5 * tri_before and sq_after >= sq_before + 0.3, (tri_before, tri_after, sq_before, sq_after)
+    assert keep_after >= keep_before - 0.15, (keep_before, keep_after)  # stated tolerance: 15 points
+
+
