@@ -1,0 +1,228 @@
+"""Edit a real image with one call: invert it, then run prompt-to-prompt from the inversion.
+
+    from inversion import edit
+    out = edit(pipe, "photo.png", "a cat sitting on a sofa", "a tiger sitting on a sofa", method="null-text")
+    out.reconstruction, out.edit        # PIL images at the model's resolution
+    out.inversion.save("photo.inv.safetensors")   # later: edit(..., inversion=InversionResult.load(...))
+
+Methods (one file each): "null-text" (Mokady et al. 2023, the default), "negative-prompt" (Miyake
+et al. 2023), "direct" (Ju et al. 2024), "ddim" (plain DDIM inversion, the baseline). They differ
+in the unconditional branch of the edit: null-text uses its optimised embedding of the step for
+every row, negative-prompt the source prompt's embedding, ddim and direct the empty prompt's;
+direct also sets the source row back onto the pivot after every step.
+
+The source and the targets are sampled as one batch [source, target 1, ...]; the source row *is*
+the reconstruction, so an edit costs one batched sampling pass after the inversion.
+"""
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from studio.sampling import Cancelled, encode_prompts, is_cancelled
+
+from . import ddim, direct, negative_prompt, null_text
+from .attention import install
+from .common import decode_latents, embed, fingerprint, fp32_unet, model_resolution, prepare_image, progress_bar, same_model, scheduler_pair, to_pil, unet_eps
+from .control import Controller, make_controller
+from .result import InversionResult
+
+
+INVERTERS = {
+    "null-text": (null_text.invert, null_text.NullTextConfig),
+    "negative-prompt": (negative_prompt.invert, negative_prompt.NegativePromptConfig),
+    "direct": (direct.invert, direct.DirectInversionConfig),
+    "ddim": (ddim.invert, ddim.DDIMInversionConfig),
+}
+
+
+@dataclass
+class EditConfig:
+    """Prompt-to-prompt settings of an edit (defaults: the NTI notebook's cat -> tiger demo, threshold and start of its LocalBlend)."""
+
+    mode: str = "auto"  # "replace" (same word count), "refine" (token alignment), "auto": replace when the word counts match
+    cross_replace_steps: float | tuple | dict = 0.8  # fraction of steps (or (start, end), or {"default": .8, "word": .4}) with source cross maps
+    self_replace_steps: float | tuple = 0.5  # fraction of steps with source self-attention maps (the notebook suggests 0.3-0.7)
+    reweight: dict | tuple | None = None  # {"word": scale} on the target prompt's tokens (equalizer), or (words, values)
+    blend_words: str | tuple | None = None  # local blend: a word of both prompts, or (source words, target words)
+    blend_threshold: float = 0.3  # LocalBlend threshold on the max-normalised map
+    blend_start: float = 0.2  # blend from this fraction of the steps on
+    blend_side: int | None = None  # side of the maps LocalBlend reads; None: latent/4, at least 8 (SD v1: 16, toy: 8)
+    self_max_side: int | None = None  # self-attention replaced on layers at most this high; None: latent/2, at least 8 (SD v1: 32)
+
+
+@dataclass
+class EditResult:
+    reconstruction: object  # PIL image: the source row, what the inversion reproduces
+    edits: list  # PIL images, one per target prompt
+    inversion: InversionResult
+    image: object  # PIL image: the input as the model saw it (cropped or padded, resized)
+    latents: torch.Tensor  # (1 + T, 4, h, w) final latents, source first
+    blend_mask: np.ndarray | None = None  # (T, H, W) bool at image resolution: where the targets were allowed to change
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def edit(self):
+        return self.edits[0]
+
+
+def invert(pipe, image, prompt: str, method: str = "null-text", config=None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+    """Invert `image` under `prompt` with `method` (its config class's defaults unless `config` is given)."""
+    if method not in INVERTERS:
+        raise ValueError(f"unknown inversion method {method!r}; use one of {', '.join(INVERTERS)}")
+    fn, config_class = INVERTERS[method]
+    if config is not None and not isinstance(config, config_class):
+        raise ValueError(f"method {method!r} takes a {config_class.__name__}, got a {type(config).__name__}")
+    return fn(pipe, image, prompt, config, fit=fit, callback=callback, cancel=cancel, progress=progress)
+
+
+def edit(
+    pipe,
+    image,
+    source_prompt: str,
+    target_prompt: str | list[str],
+    method: str | None = None,
+    *,
+    config: EditConfig | None = None,
+    inversion_config=None,
+    inversion: InversionResult | None = None,
+    fit: str = "crop",
+    callback=None,
+    cancel=None,
+    progress: bool = False,
+    **overrides,
+) -> EditResult:
+    """Invert `image` under `source_prompt` (or reuse `inversion`) and edit it toward `target_prompt`.
+
+    `method`: "null-text" (default), "negative-prompt", "direct" or "ddim". Keyword `overrides` set
+    fields of `EditConfig` (e.g. `blend_words=("red", "blue")`, `cross_replace_steps=0.4`).
+    `callback(info)` gets k-diffusion-style dicts with a "stage" key; `cancel` (threading.Event)
+    raises `studio.sampling.Cancelled`.
+    """
+    cfg = config or EditConfig()
+    if overrides:
+        known = {f.name for f in dataclasses.fields(EditConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown edit option(s) {unknown}; EditConfig has {sorted(known)}")
+        cfg = dataclasses.replace(cfg, **overrides)
+    if method is not None and method not in INVERTERS:
+        raise ValueError(f"unknown inversion method {method!r}; use one of {', '.join(INVERTERS)}")
+    targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
+    if not targets:
+        raise ValueError("give at least one target prompt")
+    start = time.perf_counter()
+    if inversion is not None:
+        check_inversion(pipe, inversion, source_prompt, method)
+        latent_hw, steps, guidance = tuple(inversion.latent_T.shape[-2:]), inversion.num_inference_steps, inversion.guidance_scale
+    else:
+        if image is None:
+            raise ValueError("give an image to edit (or an inversion=... loaded with InversionResult.load)")
+        inv_cfg = inversion_config or INVERTERS[method or "null-text"][1]()
+        side = int(pipe.unet.config.sample_size)
+        latent_hw, steps, guidance = (side, side), inv_cfg.num_inference_steps, inv_cfg.guidance_scale
+    # every prompt-dependent check (word counts, blend and reweight words) fails here, before the inversion runs
+    controller = make_controller(
+        pipe.tokenizer, source_prompt, targets, steps, cfg=guidance > 1.0, latent_hw=latent_hw,
+        mode=cfg.mode, cross_replace_steps=cfg.cross_replace_steps, self_replace_steps=cfg.self_replace_steps, reweight=cfg.reweight,
+        blend_words=cfg.blend_words, blend_threshold=cfg.blend_threshold, blend_start=cfg.blend_start, blend_side=cfg.blend_side,
+        self_max_side=cfg.self_max_side,
+    )  # fmt: skip
+    if inversion is None:
+        prepared, note = prepare_image(pipe, image, fit)
+        inversion = invert(pipe, prepared, source_prompt, method or "null-text", inv_cfg, fit=fit, callback=callback, cancel=cancel, progress=progress)
+        inversion.stats["image"] = note
+    else:
+        prepared = to_pil(decode_latents(pipe, inversion.image_latent))[0] if image is None else prepare_image(pipe, image, inversion.fit)[0]
+    inverted = time.perf_counter()
+    latents, evals = sample_from_inversion(pipe, inversion, [source_prompt, *targets], controller, callback=callback, cancel=cancel, progress=progress)
+    images = to_pil(decode_latents(pipe, latents))
+    mask = None
+    if controller.blend is not None and controller.blend.last_mask is not None:
+        size = model_resolution(pipe)
+        m = torch.nn.functional.interpolate(controller.blend.last_mask[1:].float(), size=(size, size), mode="nearest")
+        mask = m[:, 0].bool().cpu().numpy()
+    stats = {"inversion_seconds": inverted - start, "edit_seconds": time.perf_counter() - inverted, "edit_unet_forward": evals, "mode": controller.plan.mode}
+    return EditResult(images[0], images[1:], inversion, prepared, latents, mask, stats)
+
+
+def reconstruct(pipe, inversion: InversionResult, *, callback=None, cancel=None, progress=False):
+    """The inversion's reconstruction alone: (PIL image, latents (1, 4, h, w))."""
+    latents, _ = sample_from_inversion(pipe, inversion, [inversion.prompt], None, callback=callback, cancel=cancel, progress=progress)
+    return to_pil(decode_latents(pipe, latents))[0], latents
+
+
+def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method: str | None) -> None:
+    if method is not None and method != inversion.method:
+        raise ValueError(f"the inversion was made with method {inversion.method!r}, not {method!r}; pass method={inversion.method!r} or invert again")
+    if source_prompt != inversion.prompt:
+        raise ValueError(f"the inversion was made with the source prompt {inversion.prompt!r}, not {source_prompt!r}; use that prompt or invert again")
+    if inversion.fingerprint and not same_model(inversion.fingerprint, fingerprint(pipe)):
+        raise ValueError("the inversion was made with a different model; invert the image again with this one")
+    if inversion.resolution and inversion.resolution != model_resolution(pipe):
+        raise ValueError(f"the inversion is for {inversion.resolution}px images but this model works at {model_resolution(pipe)}px; invert again")
+
+
+@torch.no_grad()
+def sample_from_inversion(pipe, inversion: InversionResult, prompts: list[str], controller: Controller | None, *, callback=None, cancel=None, progress=False):
+    """DDIM + CFG from z*_T for the prompts [source, targets...] with the method's unconditional branch.
+
+    Returns (latents (B, 4, h, w), UNet evaluations).
+    """
+    method = inversion.method
+    unet = fp32_unet(pipe) if method == "null-text" else pipe.unet  # null-text embeddings were optimised in fp32
+    dtype, device = unet.dtype, unet.device
+    if controller is not None:
+        install(unet)
+    n = inversion.num_inference_steps
+    forward, _ = scheduler_pair(inversion.scheduler_config, n, device=device)
+    w = inversion.guidance_scale
+    b = len(prompts)
+    cond = encode_prompts(pipe, prompts).to(dtype)  # (B, 77, D)
+    if method == "negative-prompt":
+        uncond = cond[:1].expand(b, -1, -1)
+    elif method in ("ddim", "direct"):
+        uncond = embed(pipe, "").to(dtype).expand(b, -1, -1)
+    else:
+        nulls = inversion.null_embeddings.to(device, dtype)  # (N, 77, D)
+        if len(nulls) != n:
+            raise ValueError(f"the inversion holds {len(nulls)} null embeddings for {n} steps; the file is damaged, invert again")
+    offset_target = bool(inversion.config.get("offset_target", False))
+    pivot = inversion.pivot.to(device, dtype) if method == "direct" else None
+    latents = inversion.latent_T.to(device, dtype).expand(b, -1, -1, -1).clone()
+    kwargs = {"cross_attention_kwargs": {"controller": controller}} if controller is not None else {}
+    evals = 0
+    steps = list(forward.timesteps)
+    for i, t in enumerate(progress_bar(steps, progress, "editing" if b > 1 else "reconstructing")):
+        if is_cancelled(cancel):
+            raise Cancelled(f"edit cancelled at step {i} of {n}")
+        if controller is not None:
+            controller.begin_step(i)
+        if method == "null-text":
+            uncond = nulls[i][None].expand(b, -1, -1)
+        if w > 1.0:
+            eps_u, eps_c = unet_eps(unet, torch.cat([latents, latents]), t, torch.cat([uncond, cond]), **kwargs).chunk(2)
+            eps = eps_u + w * (eps_c - eps_u)
+            evals += 2 * b
+        else:
+            eps = unet_eps(unet, latents, t, cond, **kwargs)
+            evals += b
+        if controller is not None and controller.calls["cross"] == 0:
+            raise RuntimeError(
+                "prompt-to-prompt hooked no attention layer: the UNet's attention processors were replaced after ours "
+                "(e.g. by enable_xformers_memory_efficient_attention) or do not pass cross_attention_kwargs on"
+            )
+        out = forward.step(eps, t, latents)
+        latents = out.prev_sample
+        if pivot is not None:  # Direct Inversion: the source row goes back onto the pivot (= adding PnP's offset)
+            on_pivot = pivot[n - 1 - i]
+            rest = latents[1:] + (on_pivot - latents[:1]) if offset_target else latents[1:]
+            latents = torch.cat([on_pivot, rest])
+        if controller is not None:
+            latents = controller.end_step(latents, i)
+        if callback is not None:
+            callback({"stage": "edit", "i": i, "t": int(t), "x": latents, "denoised": out.pred_original_sample})
+    return latents.float(), evals
