@@ -54,7 +54,6 @@ from tqdm.auto import tqdm
 
 from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample
 
-
 # ----------------------------------------------------------------------------- prefix encoding
 
 
@@ -105,7 +104,9 @@ def encode_with_prefix(text_encoder, tokenizer, prompts: str | list[str], prefix
     encoder = _unwrap(text_encoder)
     embedding = encoder.get_input_embeddings()
     if prefix_embeds.shape[-1] != embedding.embedding_dim:
-        raise ValueError(f"prefix_embeds have width {prefix_embeds.shape[-1]}; this text encoder's token embeddings have {embedding.embedding_dim}")
+        raise ValueError(
+            f"prefix_embeds have width {prefix_embeds.shape[-1]}; this text encoder's token embeddings have {embedding.embedding_dim}"
+        )
     ids = prefix_input_ids(tokenizer, prompts, k).to(embedding.weight.device)  # (B, 77)
 
     def insert_prefix(module, inputs, output):  # output: (B, 77, D) token embeddings
@@ -132,7 +133,9 @@ def vocabulary(tokenizer, kind="all") -> torch.Tensor:
         ids = torch.as_tensor(list(kind), dtype=torch.long).unique()
         special = torch.tensor(tokenizer.all_special_ids)
         if ids.numel() == 0 or ids.min() < 0 or ids.max() >= len(tokenizer) or torch.isin(ids, special).any():
-            raise ValueError(f"a vocabulary of token ids must be non-empty, within [0, {len(tokenizer)}) and free of special tokens {special.tolist()}")
+            raise ValueError(
+                f"a vocabulary of token ids must be non-empty, within [0, {len(tokenizer)}) and free of special tokens {special.tolist()}"
+            )
         return ids
     if kind not in ("all", "words"):
         raise ValueError(f"unknown vocabulary {kind!r}; use 'all', 'words' or a list of token ids")
@@ -220,7 +223,9 @@ def soft_prompt_attack(
     device = _unwrap(text_encoder).get_input_embeddings().weight.device
     if config.init == "latest" and init_embeds is not None:
         if init_embeds.shape[-2] != config.num_tokens:
-            raise ValueError(f"init_embeds has {init_embeds.shape[-2]} prefix embeddings; the config asks for num_tokens={config.num_tokens}")
+            raise ValueError(
+                f"init_embeds has {init_embeds.shape[-2]} prefix embeddings; the config asks for num_tokens={config.num_tokens}"
+            )
         delta, init, init_tokens = init_embeds.detach().float().clone().to(device), "latest", None
     else:
         delta, init_tokens = _random_token_embeddings(text_encoder, tokenizer, config.num_tokens, generator)
@@ -288,7 +293,9 @@ def encode_image(pipe, images) -> torch.Tensor:
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
 
-def target_latents(original_pipe, prompt: str, seed: int = 0, *, num_inference_steps: int = 50, guidance_scale: float = 7.5) -> torch.Tensor:
+def target_latents(
+    original_pipe, prompt: str, seed: int = 0, *, num_inference_steps: int = 50, guidance_scale: float = 7.5
+) -> torch.Tensor:
     """UnlearnDiffAtk's target: the ORIGINAL model's image of `prompt` (DDIM, seeded), VAE-encoded
     back to clean latents `(1, 4, h, w)`."""
     out = sample(original_pipe, prompt, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt")
@@ -321,15 +328,28 @@ class NoAttackConfig:
     guidance_scale: float = 7.5  # CFG scale of the judged image (the official CSVs: mostly 7.5; 7 for many nudity prompts)
 
 
-def no_attack(pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True) -> AttackResult:
+def no_attack(
+    pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True
+) -> AttackResult:
     """Judge the prompt's own image; `target_latents` is unused."""
     config = config or NoAttackConfig()
     start = time.perf_counter()
     ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
     if callback is not None:
         callback({"stage": "eval", "i": 0, "prompt": prompt, "success": ok, "image": image})
-    return AttackResult("none", prompt, prompt, ok, ok, image, seed, unet_evals=evals, generations=1,
-                        wall_time=time.perf_counter() - start, history=[{"prompt": prompt, "success": ok}])
+    return AttackResult(
+        "none",
+        prompt,
+        prompt,
+        ok,
+        ok,
+        image,
+        seed,
+        unet_evals=evals,
+        generations=1,
+        wall_time=time.perf_counter() - start,
+        history=[{"prompt": prompt, "success": ok}],
+    )
 
 
 @dataclass
@@ -345,15 +365,27 @@ class RandomTokensConfig:
     guidance_scale: float = 7.5
 
 
-def random_tokens(pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True) -> AttackResult:
+def random_tokens(
+    pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True
+) -> AttackResult:
     """Try `draws` random k-token prefixes; `target_latents` is unused."""
     config = config or RandomTokensConfig()
     start = time.perf_counter()
     tok = pipe.tokenizer
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
     ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
-    result = AttackResult("random", prompt, prompt, ok, ok, image, seed, unet_evals=evals, generations=1,
-                          history=[{"draw": -1, "prompt": prompt, "success": ok}])
+    result = AttackResult(
+        "random",
+        prompt,
+        prompt,
+        ok,
+        ok,
+        image,
+        seed,
+        unet_evals=evals,
+        generations=1,
+        history=[{"draw": -1, "prompt": prompt, "success": ok}],
+    )
     vocab = vocabulary(tok, config.vocabulary)
     gen = torch.Generator().manual_seed(seed)
     for d in tqdm(range(config.draws if not ok else 0), desc="random tokens", disable=not progress, leave=False):
@@ -448,7 +480,9 @@ class UnlearnDiffAtkConfig:
         return list(range(T // n // 2, T, T // n))[:n]
 
 
-def unlearndiffatk(pipe, prompt, target_latents, is_success, config=None, *, seed=0, callback=None, cancel=None, progress=True) -> AttackResult:
+def unlearndiffatk(
+    pipe, prompt, target_latents, is_success, config=None, *, seed=0, callback=None, cancel=None, progress=True
+) -> AttackResult:
     """Attack `pipe` (the erased model) on `prompt`; see `UnlearnDiffAtkConfig` and the module docstring.
 
     `target_latents` `(1, 4, h, w)` are the clean latents of the ORIGINAL model's image of the prompt
@@ -468,8 +502,18 @@ def unlearndiffatk(pipe, prompt, target_latents, is_success, config=None, *, see
     steps, guidance = config.num_inference_steps, config.guidance_scale
 
     ok, image, evals = _judge(pipe, prompt, is_success, seed, steps, guidance, cancel)
-    result = AttackResult("unlearndiffatk", prompt, prompt, ok, ok, image, seed, unet_evals=evals, generations=1,
-                          history=[{"t": None, "prompt": prompt, "success": ok}])
+    result = AttackResult(
+        "unlearndiffatk",
+        prompt,
+        prompt,
+        ok,
+        ok,
+        image,
+        seed,
+        unet_evals=evals,
+        generations=1,
+        history=[{"t": None, "prompt": prompt, "success": ok}],
+    )
     if callback is not None:
         callback({"stage": "eval", "i": -1, "t": None, "prompt": prompt, "success": ok, "image": image})
     if ok:
@@ -570,7 +614,9 @@ def make_config(name: str, config=None):
     return config
 
 
-def run_attack(name, pipe, prompt, target_latents, is_success, config=None, seed=0, *, callback=None, cancel=None, progress=True) -> AttackResult:
+def run_attack(
+    name, pipe, prompt, target_latents, is_success, config=None, seed=0, *, callback=None, cancel=None, progress=True
+) -> AttackResult:
     """Run the attack `name` (a key of `ATTACKS`) on `pipe`; `config` is a config, a dict of overrides or None."""
     config = make_config(name, config)
     return ATTACKS[name](pipe, prompt, target_latents, is_success, config, seed=seed, callback=callback, cancel=cancel, progress=progress)
@@ -583,7 +629,7 @@ def asr(results) -> dict:
     results = list(results)
     if not results:
         raise ValueError("asr() needs at least one attack result")
-    get = lambda r, k: bool(r[k] if isinstance(r, dict) else getattr(r, k))  # noqa: E731
+    get = lambda r, k: bool(r[k] if isinstance(r, dict) else getattr(r, k))
     pre = sum(get(r, "pre_success") for r in results)
     post = sum(get(r, "success") and not get(r, "pre_success") for r in results)
     n = len(results)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, build_tiny_pipe
+
 from erasers import attacks
 from erasers.attacks import (
     AttackResult,
@@ -26,9 +26,8 @@ from erasers.attacks import (
 )
 from studio.sampling import Cancelled, encode_prompts
 
-
-NEVER = lambda images: np.zeros(len(images), dtype=bool)  # noqa: E731
-TINY = dict(num_inference_steps=2, guidance_scale=7.5)
+NEVER = lambda images: np.zeros(len(images), dtype=bool)
+TINY = {"num_inference_steps": 2, "guidance_scale": 7.5}
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +147,16 @@ def test_soft_prompt_attack_lowers_loss_without_grads_on_the_model(tiny_pipe, me
     batches = soft_prompt_setup(pipe)
     config = SoftPromptConfig(num_tokens=2, steps=20, lr=1e-2, method=method, init="random")
     seen = []
-    delta, info = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", batches, config,
-                                     generator=torch.Generator().manual_seed(0), callback=seen.append)
+    delta, info = soft_prompt_attack(
+        pipe.unet,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        "a red triangle",
+        batches,
+        config,
+        generator=torch.Generator().manual_seed(0),
+        callback=seen.append,
+    )
     assert delta.shape == (2, pipe.text_encoder.config.hidden_size) and not delta.requires_grad
     assert info["losses"][-1] < 0.5 * info["losses"][0]
     assert info["unet_evals"] == 20 * 2 and info["init"] == "random" and len(seen) == 20
@@ -162,16 +169,31 @@ def test_soft_prompt_attack_lowers_loss_without_grads_on_the_model(tiny_pipe, me
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
     assert all(p.grad is None for p in params)
     # warm start ("latest") continues from the given prefix
-    d2, info2 = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", batches,
-                                   SoftPromptConfig(num_tokens=2, steps=3, lr=1e-2, method=method), init_embeds=delta)
+    _, info2 = soft_prompt_attack(
+        pipe.unet,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        "a red triangle",
+        batches,
+        SoftPromptConfig(num_tokens=2, steps=3, lr=1e-2, method=method),
+        init_embeds=delta,
+    )
     assert info2["init"] == "latest" and info2["init_tokens"] is None
     assert info2["losses"][0] < 0.5 * info["losses"][0]
 
 
 def test_soft_prompt_attack_random_init_uses_vocabulary_rows(pipe):
     seen = []
-    _, info = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", soft_prompt_setup(pipe),
-                                 SoftPromptConfig(num_tokens=3, steps=1, lr=1e-12), generator=torch.Generator().manual_seed(1), callback=seen.append)
+    _, info = soft_prompt_attack(
+        pipe.unet,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        "a red triangle",
+        soft_prompt_setup(pipe),
+        SoftPromptConfig(num_tokens=3, steps=1, lr=1e-12),
+        generator=torch.Generator().manual_seed(1),
+        callback=seen.append,
+    )
     rows = pipe.text_encoder.get_input_embeddings().weight.detach()
     assert (seen[0]["prefix"] - rows[info["init_tokens"]]).abs().max() < 1e-9  # one step of lr 1e-12 away
     assert torch.cdist(seen[0]["prefix"], rows).argmin(-1).tolist() == info["init_tokens"]
@@ -182,8 +204,9 @@ def test_soft_prompt_attack_equals_reference_loop_with_fresh_gradients(pipe):
     """Gradients are zeroed every step (the official code accumulates them): compare with a plain loop."""
     batches = soft_prompt_setup(pipe)
     init = pipe.text_encoder.get_input_embeddings().weight[token_ids(pipe.tokenizer, "cat")[1:2]].detach().clone()
-    delta, _ = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", batches,
-                                  SoftPromptConfig(steps=4, lr=1e-2), init_embeds=init)
+    delta, _ = soft_prompt_attack(
+        pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", batches, SoftPromptConfig(steps=4, lr=1e-2), init_embeds=init
+    )
     ref = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([ref], lr=1e-2)
     for i in range(4):
@@ -234,7 +257,28 @@ def test_unlearndiffatk_lowers_its_loss_and_finds_the_token():
         others = encode_prompts(pipe, [f"{w} {prompt}" for w in ("cat", "dog", "house", "tree", "car", "boat")])[:, 1]
     scale = float(((others - target_h) ** 2).sum(-1).median())
     pipe.unet = OracleUNet(pipe.unet, pipe.scheduler.alphas_cumprod, x0, target_h, scale)
-    words = "cat dog red blue green star circle square photo painting striped dotted solid dark light tree house car boat triangle".split()
+    words = [
+        "cat",
+        "dog",
+        "red",
+        "blue",
+        "green",
+        "star",
+        "circle",
+        "square",
+        "photo",
+        "painting",
+        "striped",
+        "dotted",
+        "solid",
+        "dark",
+        "light",
+        "tree",
+        "house",
+        "car",
+        "boat",
+        "triangle",
+    ]
     candidates = [token_ids(pipe.tokenizer, w)[1] for w in words]
     triangle = token_ids(pipe.tokenizer, "triangle")[1]
     E = pipe.text_encoder.get_input_embeddings().weight.detach()
@@ -285,8 +329,15 @@ def test_unlearndiffatk_budget_and_decodable_prompt(pipe):
 
 def test_unlearndiffatk_full_vocabulary_reports_whether_tokens_survive(pipe):
     """With the full vocabulary a sub-word prefix token may merge on re-tokenisation; the result says so."""
-    r = unlearndiffatk(pipe, "a red triangle", torch.zeros(1, 4, 8, 8), NEVER,
-                       UnlearnDiffAtkConfig(timesteps=(500,), iterations=2, **TINY), seed=0, progress=False)
+    r = unlearndiffatk(
+        pipe,
+        "a red triangle",
+        torch.zeros(1, 4, 8, 8),
+        NEVER,
+        UnlearnDiffAtkConfig(timesteps=(500,), iterations=2, **TINY),
+        seed=0,
+        progress=False,
+    )
     tok = pipe.tokenizer
     want = token_ids(tok, "a red triangle")
     exact = token_ids(tok, r.adversarial_prompt) == want[:1] + r.adversarial_tokens + want[1:]
@@ -305,7 +356,7 @@ def test_attacks_stop_on_success_and_pre_success(pipe):
     r = run_attack("random", pipe, "a red triangle", None, judge, {"num_tokens": 2, "draws": 5, **TINY}, seed=3, progress=False)
     assert (r.pre_success, r.success, r.generations) == (False, True, 3)
     assert len(r.adversarial_tokens) == 2 and r.adversarial_prompt.endswith(" a red triangle")
-    always = lambda images: np.ones(len(images), dtype=bool)  # noqa: E731
+    always = lambda images: np.ones(len(images), dtype=bool)
     for name in ("none", "random", "unlearndiffatk"):
         r = run_attack(name, pipe, "a red triangle", torch.zeros(1, 4, 8, 8), always, {**TINY}, progress=False)
         assert (r.pre_success, r.success, r.generations, r.gradient_steps) == (True, True, 1, 0)
@@ -348,12 +399,28 @@ def test_cancellation(pipe):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        unlearndiffatk(pipe, "a red triangle", torch.zeros(1, 4, 8, 8), NEVER, UnlearnDiffAtkConfig(timesteps=(500,), iterations=50, **TINY),
-                       callback=stop_after_two, cancel=cancel, progress=False)
+        unlearndiffatk(
+            pipe,
+            "a red triangle",
+            torch.zeros(1, 4, 8, 8),
+            NEVER,
+            UnlearnDiffAtkConfig(timesteps=(500,), iterations=50, **TINY),
+            callback=stop_after_two,
+            cancel=cancel,
+            progress=False,
+        )
     cancel.clear()
     with pytest.raises(Cancelled):
-        soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, "a red triangle", soft_prompt_setup(pipe),
-                           SoftPromptConfig(steps=50), callback=stop_after_two, cancel=cancel)
+        soft_prompt_attack(
+            pipe.unet,
+            pipe.text_encoder,
+            pipe.tokenizer,
+            "a red triangle",
+            soft_prompt_setup(pipe),
+            SoftPromptConfig(steps=50),
+            callback=stop_after_two,
+            cancel=cancel,
+        )
     cancel.set()
     with pytest.raises(Cancelled):  # cancelled during the generation of the first image
         run_attack("none", pipe, "a red triangle", None, NEVER, {**TINY}, cancel=cancel, progress=False)
@@ -367,7 +434,7 @@ HAS_TOY = (ROOT / "assets" / "toy-model" / "model_index.json").is_file() and (RO
 @pytest.mark.skipif(not HAS_TOY, reason="the trained toy model is not in assets/ yet")
 def test_attack_on_unerased_toy_model_succeeds_trivially(toy_pipe, judge):
     prompt = "a red triangle"
-    shows = lambda images: judge.shows(images, "triangle")  # noqa: E731
+    shows = lambda images: judge.shows(images, "triangle")
     x0 = target_latents(toy_pipe, prompt, seed=0, num_inference_steps=20)
     r = run_attack("unlearndiffatk", toy_pipe, prompt, x0, shows, {"num_inference_steps": 20}, seed=0, progress=False)
     assert r.pre_success and r.success
