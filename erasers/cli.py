@@ -151,6 +151,15 @@ def cmd_demo(args) -> int:
 DEMO_ATTACK = {"timesteps": (110, 310, 510, 710, 910), "iterations": 20}  # a short UnlearnDiffAtk for the demo
 
 
+def cmd_export(args) -> int:
+    from .export import export_from_erased
+
+    folder = export_from_erased(args.erased, args.out)
+    print(f"plug-in text encoder: {folder}  (config.json, model.safetensors, README.md)")
+    print("use it: CLIPTextModel.from_pretrained(folder); StableDiffusionPipeline.from_pretrained(base, text_encoder=...)")
+    return 0
+
+
 def _model_args(p):
     from studio.cli import _add_model_args
 
@@ -203,6 +212,11 @@ def register(sub) -> None:
     a.add_argument("--judge", default="toy")
     a.add_argument("--out", default="outputs/attack")
     a.set_defaults(fn=cmd_attack)
+
+    x = sub.add_parser("export", help="export the text encoder of an erased model (AdvUnlearn) as a plug-in CLIPTextModel folder")
+    x.add_argument("--erased", required=True, help="an erased model folder (written by studio erase)")
+    x.add_argument("--out", required=True, help="the plug-in folder to write")
+    x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="the main job on the toy model: erase, evaluate with a short attack, write the grid and table")
     d.add_argument("--concept", default="triangle")
