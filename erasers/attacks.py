@@ -44,8 +44,9 @@ Deliberate differences from the official code (OPTML-Group/AdvUnlearn, OPTML-Gro
   image and 50 for evaluation.
 """
 
+import copy
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -161,7 +162,8 @@ def adversarial_text(tokenizer, prefix_ids, prompt: str) -> str:
 
 def _random_token_embeddings(text_encoder, tokenizer, k: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
     vocab = vocabulary(tokenizer, "all")
-    ids = vocab[torch.randint(len(vocab), (k,), generator=generator)]
+    device = generator.device if generator is not None else "cpu"  # a CUDA generator draws on CUDA
+    ids = vocab[torch.randint(len(vocab), (k,), generator=generator, device=device).cpu()]
     weight = _unwrap(text_encoder).get_input_embeddings().weight
     return weight[ids.to(weight.device)].detach().float().clone(), ids  # (k, D), (k,)
 
@@ -257,6 +259,8 @@ def soft_prompt_attack(
 
 @dataclass
 class AttackResult:
+    """What one attack on one prompt found, and what it cost."""
+
     attack: str  # "none", "random", "unlearndiffatk"
     prompt: str  # the original prompt
     adversarial_prompt: str  # the text behind `image` (the original prompt when no attack ran)
@@ -275,9 +279,7 @@ class AttackResult:
 
     def to_dict(self) -> dict:
         """JSON-safe summary (no image)."""
-        d = asdict(self)
-        d.pop("image")
-        return d
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "image"}
 
 
 def encode_image(pipe, images) -> torch.Tensor:
