@@ -112,7 +112,14 @@ def cmd_edit(args) -> int:
     method = inversion.method if inversion is not None else args.method or "null-text"
     steps = inversion.num_inference_steps if inversion is not None else args.steps
     total = steps * (1 if inversion is not None else 3 if method == "null-text" else 2)
-    bar = tqdm(desc="editing" if inversion is not None else f"{method} inversion + edit", unit="step", total=total)
+    desc = "editing" if inversion is not None else f"{method} inversion + edit"
+    bars = []  # created on the first step, so that errors found before any work print without a bar
+
+    def step(info):
+        if not bars:
+            bars.append(tqdm(desc=desc, unit="step", total=total))
+        bars[0].update(1)
+
     try:
         result = edit(
             pipe,
@@ -124,10 +131,11 @@ def cmd_edit(args) -> int:
             inversion_config=None if inversion is not None else inversion_config(args),
             inversion=inversion,
             fit=args.fit,
-            callback=lambda info: bar.update(1),
+            callback=step,
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     note = result.inversion.stats.get("image")
     if note and inversion is None:
         print(note)

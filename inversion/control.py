@@ -116,7 +116,7 @@ class Controller:
         self.self_max_side = self_max_side or default_self_max_side(latent_hw[0])
         self.step = 0
         self.calls = {"cross": 0, "self": 0}
-        self.explicit_layers = set()  # names of layers that materialised probabilities
+        self.explicit_layers = set()  # (step, layer name) of every call that materialised probabilities
         self._hw = {}
 
     def layer_hw(self, n_query: int) -> tuple:
@@ -150,7 +150,7 @@ class Controller:
         store = self.blend is not None and self.blend.wants(hw[0])
         if not (edit or store):
             return sdpa(q, k, v, mask, scale)
-        self.explicit_layers.add(name)
+        self.explicit_layers.add((self.step, name))
         probs = probabilities(q, k, mask, scale)  # (B_all, heads, N, 77) fp32
         cond = probs[a:b]
         if store:

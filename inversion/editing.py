@@ -219,7 +219,7 @@ def sample_from_inversion(pipe, inversion: InversionResult, prompts: list[str], 
         latents = out.prev_sample
         if pivot is not None:  # Direct Inversion: the source row goes back onto the pivot (= adding PnP's offset)
             on_pivot = pivot[n - 1 - i]
-            rest = latents[1:] + (on_pivot - latents[:1]) if offset_target else latents[1:]
+            rest = on_pivot + (latents[1:] - latents[:1]) if offset_target else latents[1:]  # = target + offset
             latents = torch.cat([on_pivot, rest])
         if controller is not None:
             latents = controller.end_step(latents, i)
