@@ -312,6 +312,7 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
         loss = loss_unlearn + config.retain_weight * loss_retain
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        loop.reduce_gradients()
         opt.step()
         loop.count_unet(2 * (1 + (len(idx) if config.retain_weight > 0 else 0)))
         loop.log(loss=loss.item(), unlearn=loss_unlearn.item(), retain=loss_retain.item(), attack=bool(adversarial))

@@ -152,6 +152,8 @@ class TrainLoop:
         self.every, self.callback, self.cancel, self.progress = every, callback, cancel, progress
         self.meta = meta or {}
         self.device = device
+        self.rank, self.world_size = _distributed()
+        self.trained = list(params.values())
         self.step = 0
         self.stats: dict = {"unet_evals": 0, "losses": []}
         self.started = time.time()
@@ -176,9 +178,11 @@ class TrainLoop:
                 self.save()
                 raise Cancelled(f"{self.desc} cancelled at step {step} of {self.total}; the checkpoint resumes it")
             self.step = step
-            rng = np.random.default_rng([self.seed, step])
-            gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step)
-            random.seed(self.seed * 1_000_003 + step)
+            # each data-parallel process draws its own samples; one process draws exactly as before
+            key = [self.seed, step] if self.world_size == 1 else [self.seed, step, self.rank]
+            rng = np.random.default_rng(key)
+            gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
+            random.seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
             self._info = {}
             yield step, rng, gen
             self.step = step + 1
@@ -195,6 +199,22 @@ class TrainLoop:
             if self.path is not None and (self.step % self.every == 0 or self.step == self.total):
                 self.save()
 
+    def reduce_gradients(self) -> None:
+        """Average the trained parameters' gradients over data-parallel processes (no-op in one process).
+
+        Call between `backward()` and `optimizer.step()`. With `accelerate launch --num_processes N`
+        every process samples its own x_t, so one step sees N samples, and all processes keep
+        identical weights."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for p in self.trained:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= self.world_size
+
     def log(self, **info) -> None:
         self._info.update(info)
 
@@ -207,8 +227,13 @@ class TrainLoop:
     def save(self) -> None:
         if self.path is None:
             return
-        meta = {**self.meta, "step": self.step, "stats": self.stats, "seconds": self.seconds()}
-        save_checkpoint(self.path, self.modules, self.optimizers, meta=meta)
+        if self.rank == 0:
+            meta = {**self.meta, "step": self.step, "stats": self.stats, "seconds": self.seconds()}
+            save_checkpoint(self.path, self.modules, self.optimizers, meta=meta)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def finish(self) -> dict:
         losses = self.stats["losses"]
@@ -219,6 +244,20 @@ class TrainLoop:
             "unet_evals": self.stats["unet_evals"],
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
         }
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): from accelerate when launched with `accelerate launch`, else (0, 1)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    # initialises the process group: nccl on GPUs; gloo on a machine without them (accelerate needs cpu=True
+    # to take that path, as `accelerate launch --multi_gpu` on a CPU-only machine starts the processes)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes
 
 
 def config_dict(config) -> dict:

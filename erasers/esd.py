@@ -165,6 +165,7 @@ def erase(pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        loop.reduce_gradients()
         opt.step()
         loop.count_unet(2 * till + (4 if anchors else 3) + 1)
         loop.log(loss=loss.item(), t=int(t))
