@@ -1,0 +1,284 @@
+"""The app through its API (gradio_client against the launched server): every tab on the toy model with
+tiny budgets, streaming, cancel, private sessions, readable errors, and what the server exposes."""
+
+import os
+import threading
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT
+
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")  # inside gradio's queue, with pandas 3
+SAMPLE = ROOT / "assets" / "samples" / "red-triangle.png"
+# tiny budgets: every call below takes seconds on a 2-core CPU
+ERASE = dict(concept_text="a triangle", method="esd-x", iterations=2, num_inference_steps=3, sample_steps=3, preview_every=1,
+             ev_seeds=1, ev_prompts=1, attack="unlearndiffatk", attack_prompts=1, attack_timesteps=1, attack_iters=2)  # fmt: skip
+ATTACK = dict(attack="unlearndiffatk", timesteps=2, iters=2, steps=3)
+EDIT = dict(steps=3, inner_steps=2)
+
+
+def toy_model():
+    """The shipped toy model and judge (or, while they are being trained, the folders the environment names)."""
+    model = os.environ.get("STUDIO_APP_TEST_MODEL") or str(ROOT / "assets" / "toy-model")
+    judge = os.environ.get("STUDIO_APP_TEST_JUDGE") or str(ROOT / "assets" / "toy-judge")
+    if not (Path(model) / "model_index.json").is_file() or not Path(judge).is_dir():
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there yet")
+    return model, judge
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from apps.studio_app import build_app, launch_kwargs
+
+    model, judge = toy_model()
+    outputs = tmp_path_factory.mktemp("app-outputs")
+    demo = build_app(outputs, model, judge_path=judge, device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs())
+    yield SimpleNamespace(url=url, outputs=outputs, model=model)
+    demo.close()
+
+
+class Session:
+    """One browser session: a gradio_client `Client` plus the output labels of each endpoint."""
+
+    def __init__(self, url):
+        self.client = Client(url, verbose=False)
+        self.api = self.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+    def submit(self, api_name, **kwargs):
+        return self.client.submit(api_name=api_name, **kwargs)
+
+    def named(self, api_name, result) -> dict:
+        """{output label: value}; `gr.update` dicts become their value (labels and choices under 'label:props')."""
+        labels = [r["label"] for r in self.api[api_name]["returns"]]
+        result = result if isinstance(result, (list, tuple)) else [result]
+        out = {}
+        for label, value in zip(labels, result):
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                out[label + ":props"] = value
+                value = value.get("value")
+            out[label] = value
+        return out
+
+    def run(self, api_name, **kwargs) -> dict:
+        job = self.submit(api_name, **kwargs)
+        out = self.named(api_name, job.result(timeout=300))
+        out["_updates"] = len(job.outputs())
+        return out
+
+
+def error_of(session, api_name, **kwargs) -> str:
+    with pytest.raises(AppError) as info:
+        session.run(api_name, **kwargs)
+    return str(info.value)
+
+
+@pytest.fixture(scope="module")
+def erased(app):
+    """One short erasure (with its evaluation), shared by the tests that use an erased model."""
+    s = Session(app.url)
+    t0 = time.time()
+    out = s.run("/erase", **ERASE)
+    out["_seconds"] = time.time() - t0
+    key = out["Model to attack:props"]["value"]
+    assert key.startswith("session:")
+    return SimpleNamespace(session=s, out=out, key=key)
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def test_server_is_local_and_serves_no_repo_files(app):
+    import httpx
+
+    assert app.url.startswith("http://127.0.0.1:")
+    config = httpx.get(app.url + "config").json()
+    assert config.get("analytics_enabled") is False
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"erase", "cancel_erase", "save_model", "export_encoder", "attack", "edit", "generate", "check_model"} <= names
+    for path in (ROOT / "README.md", ROOT / "apps" / "studio_app.py", Path("/etc/passwd"), SAMPLE):
+        r = httpx.get(f"{app.url}gradio_api/file={path}")
+        assert r.status_code in (403, 404), f"{path} is served ({r.status_code})"
+    assert "googleapis" not in httpx.get(app.url + "theme.css").text  # no web fonts from the network
+
+
+def test_cli_registers_studio_app():
+    from studio.cli import build_parser
+
+    args = build_parser().parse_args(["app", "--port", "7999"])
+    assert (args.host, args.port, args.model, args.outputs) == ("127.0.0.1", 7999, "toy", "outputs")
+    assert args.fn.__module__ == "apps.cli"
+
+
+# ----------------------------------------------------------------------------- tabs
+
+
+def test_generate_side_by_side_streams_previews(app):
+    s = Session(app.url)
+    out = s.run("/generate", prompts_text="a red triangle\na blue circle", seeds_text="0-1", steps=3)
+    left = out["The model above"]
+    assert len(left) == 4 and all(Path(item["image"]).is_file() for item in left)
+    assert [item["caption"].split(" · ")[:2] for item in left] == [
+        ["a red triangle", "seed 0"], ["a red triangle", "seed 1"], ["a blue circle", "seed 0"], ["a blue circle", "seed 1"]]  # fmt: skip
+    assert "judge:" in left[0]["caption"]  # the toy judge says what it sees
+    assert out["Compared model"] == []
+    assert "done" in out["Generate status"] and out["_updates"] >= 3  # loading, previews, final
+
+
+def test_erase_streams_progress_and_shows_grid_report(erased):
+    out = erased.out
+    assert "job done" in out["Erase status"] and "esd-x: 2 steps" in out["Erase status"]
+    assert [row[0] for row in out["Training loss"]["data"]] == [1, 2]  # the live loss curve, one point per step
+    assert "after step 2" in out["Preview:props"]["label"]
+    from PIL import Image
+
+    grid = Image.open(out["Before / after on fixed seeds"])
+    assert grid.width > grid.height  # 4 seeds across, original and erased rows
+    assert "erasure success" in out["Evaluation"] and "ASR" in out["Evaluation"]
+    assert Path(out["Original / erased / attacked (with the judge's verdicts)"]).is_file()
+    assert out["Concept the judge looks for"] == "triangle"  # the Attack tab is filled in for the next step
+    assert out["_updates"] >= 4
+    assert erased.out["_seconds"] < 120
+
+
+def test_attack_the_erased_model_over_a_prompt_set(erased):
+    s = erased.session
+    out = s.run("/attack", victim=erased.key, concept="triangle", prompts_text="a red triangle\na striped blue triangle", **ATTACK)
+    table = out["Adversarial prompts"]
+    assert [row[0] for row in table["data"]] == ["a red triangle", "a striped blue triangle"]
+    assert all(row[1].endswith(row[0]) for row in table["data"])  # prefix tokens + the prompt
+    assert "Attack success rate" in out["Attack success rate"] and "over 2 prompt(s)" in out["Attack success rate"]
+    gallery = out["Target (original model) and attacked images"]
+    assert len(gallery) == 4 and gallery[0]["caption"].startswith("target (original model)") and "triangle shown:" in gallery[1]["caption"]
+    assert "erased: a triangle · esd-x" in out["Attack status"]
+    assert len(out["Attack loss"]["data"]) == 2 * 2 * 2  # timesteps x steps x prompts (no pre-attack success on a noisy model)
+
+
+def test_attack_baseline_on_the_original(app):
+    s = Session(app.url)
+    out = s.run("/attack", victim="original", concept="circle", prompts_text="a red circle", attack="random", draws=2, steps=3)
+    assert len(out["Adversarial prompts"]["data"]) == 1 and "random on original" in out["Attack status"]
+
+
+def test_edit_sample_with_prompt_to_prompt_options(app):
+    s = Session(app.url)
+    out = s.run("/edit", image=handle_file(str(SAMPLE)), source="a red triangle", target="a blue triangle", method="null-text",
+                blend="triangle", reweight="blue: 2", cross=0.6, self_steps=0.4, **EDIT)  # fmt: skip
+    assert "Reconstruction PSNR" in out["Edit status"]
+    assert "PSNR" in out["Reconstruction:props"]["label"]
+    for label in ("Input, as the model sees it", "Reconstruction", "Edit", "Local-blend mask (where the edit may change the image)"):
+        assert Path(out[label]).is_file(), label
+    assert "replace mode" in out["Edit details"] and "128x128, resized to 32x32" in out["Edit details"]
+
+
+def test_edit_with_the_erased_model_and_refine(erased):
+    s = erased.session
+    out = s.run("/edit", choice=erased.key, image=handle_file(str(SAMPLE)), source="a red triangle", target="a striped red triangle",
+                method="negative-prompt", **EDIT)  # fmt: skip
+    assert "refine mode" in out["Edit details"] and "erased: a triangle" in out["Edit details"]
+    assert Path(out["Edit"]).is_file()
+
+
+def test_generate_original_vs_erased_same_seeds(erased):
+    out = erased.session.run("/generate", compare=erased.key, prompts_text="a red triangle", seeds_text="3, 4", steps=3)
+    left, right = out["The model above"], out["Compared model"]
+    assert [i["caption"].split(" · ")[1] for i in left] == [i["caption"].split(" · ")[1] for i in right] == ["seed 3", "seed 4"]
+    assert "erased: a triangle · esd-x" in out["Compared model:props"]["label"]
+
+
+def test_save_lists_the_model_and_export_needs_a_text_encoder(erased, app):
+    s = erased.session
+    out = s.run("/save_model")
+    folders = list((app.outputs / "models").glob("*/erasure.json"))
+    assert len(folders) == 1 and str(folders[0].parent) in out["Saved and exported"]
+    values = [v for _, v in out["Model:props"]["choices"]]
+    assert str(folders[0].parent) in values  # the top model picker lists it
+    # ESD changed the UNet: nothing to export, and the page says why
+    assert "changes the UNet" in error_of(s, "/export_encoder")
+
+
+def test_advunlearn_exports_a_plug_in_encoder(app):
+    pytest.importorskip("erasers.export", reason="erasers/export.py is not in this version yet")
+    s = Session(app.url)
+    out = s.run("/erase", concept_text="a triangle", method="advunlearn", iterations=2, warmup_iterations=1, attack_steps=1,
+                num_inference_steps=2, more_json='{"retain_batch": 1}', evaluate_on=False, sample_steps=2, preview_every=0)  # fmt: skip
+    assert "advunlearn: 2 steps" in out["Erase status"]
+    out = s.run("/export_encoder")
+    archive = out["Download"]
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+    assert any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
+    assert list((app.outputs / "encoders").glob("*/config.json"))
+    refreshed = Session(app.url).run("/refresh_models")
+    assert any("encoders" in label for label, _ in refreshed["Plug-in text encoder:props"]["choices"])
+
+
+# ----------------------------------------------------------------------------- cancel, sessions, errors
+
+
+def test_cancel_stops_the_work(app):
+    s = Session(app.url)
+    job = s.submit("/erase", concept_text="a circle", method="esd-x", iterations=100_000, num_inference_steps=3, preview_every=0, evaluate_on=False)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any("step" in str(o[0]) and "/ 100000" in str(o[0]) for o in job.outputs()):
+        time.sleep(0.2)
+    assert job.outputs(), "no progress was streamed"
+    t0 = time.time()
+    s.client.predict(api_name="/cancel_erase")
+    out = s.named("/erase", job.result(timeout=60))
+    assert "Cancelled at step" in out["Erase status"]
+    assert time.time() - t0 < 20
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if t.name == "studio-erase" and t.is_alive()], "the erasure kept running"
+
+
+def test_two_sessions_get_their_own_results(app, erased):
+    a, b = Session(app.url), Session(app.url)
+    ja = a.submit("/generate", prompts_text="a green star", seeds_text="0", steps=3)
+    jb = b.submit("/generate", prompts_text="a purple cross", seeds_text="0", steps=3)
+    ra, rb = a.named("/generate", ja.result(timeout=120)), b.named("/generate", jb.result(timeout=120))
+    assert ra["The model above"][0]["caption"].startswith("a green star")
+    assert rb["The model above"][0]["caption"].startswith("a purple cross")
+    # another session neither lists nor can use this session's erased model
+    choices = [v for _, v in b.run("/refresh_models")["Model to attack:props"]["choices"]]
+    assert erased.key not in choices
+    assert "not in this browser session" in error_of(b, "/attack", victim=erased.key, **ATTACK)
+
+
+@pytest.mark.parametrize(
+    "api_name, kwargs, expected",
+    [
+        ("/generate", dict(prompts_text="   "), "type a prompt first"),
+        ("/generate", dict(seeds_text="a, b"), "seeds must be whole numbers"),
+        ("/erase", dict(concept_text=""), "type the concept to erase"),
+        ("/erase", dict(concept_text="a " + "very " * 80 + "red triangle"), "CLIP takes at most 77"),
+        ("/erase", dict(concept_text="a triangle", more_json="{oops"), "not valid JSON"),
+        ("/edit", dict(image=None), "upload an image first"),
+        ("/edit", dict(image="NOT_AN_IMAGE"), "is not a readable image"),
+        ("/edit", dict(image=str(SAMPLE), source=""), "type a source prompt"),
+        ("/attack", dict(concept="dragon"), "unknown toy-world concept"),
+        ("/check_model", dict(model="/no/such/model"), "no model at /no/such/model"),
+        ("/check_model", dict(model=str(ROOT / "README.md")), "not a checkpoint this loader knows"),
+    ],
+)
+def test_bad_input_gets_a_readable_error(app, tmp_path, api_name, kwargs, expected):
+    if kwargs.get("image") == "NOT_AN_IMAGE":
+        notes = tmp_path / "notes.png"
+        notes.write_text("this is text, not a picture")
+        kwargs = {**kwargs, "image": handle_file(str(notes))}
+    elif isinstance(kwargs.get("image"), str):
+        kwargs = {**kwargs, "image": handle_file(kwargs["image"])}
+    message = error_of(Session(app.url), api_name, **kwargs)
+    assert expected in message
+    assert "Traceback" not in message and "File \"" not in message
