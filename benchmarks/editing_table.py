@@ -1,0 +1,390 @@
+"""Inversion and editing on the toy world: reconstruction, judged attribute edits, speed.
+
+    OMP_NUM_THREADS=1 python benchmarks/editing_table.py                 # the full table (toy model, 8 images)
+    OMP_NUM_THREADS=1 python benchmarks/editing_table.py --quick         # 2 images, to check the machinery
+
+Images are rendered by the toy world's renderer, so they are *real* images for the model (it never
+generated them) and come with their labels and object masks. For each image:
+
+* Reconstruction: PSNR / SSIM against the rendered image of each method's reconstruction at
+  guidance 7.5, beside the VAE ceiling (encode then decode) and the w = 1 DDIM round trip.
+* Editing: four edits that each change one attribute (colour, shape, style, background) by
+  swapping one word of the prompt (attention replace; local blend on the object's shape word(s) for
+  object edits, none for background edits), judged by the toy judge: the target attribute changed
+  as asked, the other three kept, and the object's mask kept in place (IoU of the edit's object
+  mask, estimated from the distance to the background colour, with the render's true mask).
+* Speed: wall time and UNet evaluations (forward passes counted per batch row; backward passes)
+  of each inversion, and of null-text inversion as a straightforward loop that follows the
+  official notebook, run side by side on the same images in the same process (alternating), both
+  as the notebook leaves the UNet (weights trainable, so every backward pass also computes weight
+  gradients) and with the UNet frozen.
+
+Writes benchmarks/results/editing_table.json (everything, per image) and editing_table.md (tables).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inversion import METHODS, EditConfig, InversionResult, edit, invert, reconstruct  # noqa: E402
+from inversion.common import decode_latents, embed, encode_image, to_pil  # noqa: E402
+from inversion.null_text import NullTextConfig  # noqa: E402
+from studio.images import psnr, ssim  # noqa: E402
+from studio.toyworld.grammar import ATTRIBUTES  # noqa: E402
+from studio.toyworld.render import render  # noqa: E402
+
+
+TEMPLATE = "a {style} {colour} {shape} on a {background} background"
+ATTRS = ("colour", "shape", "style", "background")
+
+
+# ---------------------------------------------------------------- counting UNet work
+
+
+class UnetCounter:
+    """Counts forward rows and backward passes of a UNet through hooks (also on copies made while attached)."""
+
+    def __init__(self, unet):
+        self.forward = 0
+        self.backward = 0
+        self.handle = unet.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        sample = args[0] if args else kwargs["sample"]
+        self.forward += sample.shape[0]
+        out = output[0] if isinstance(output, tuple) else output.sample
+        if out.requires_grad:
+            out.register_hook(self._backward)
+
+    def _backward(self, grad):
+        self.backward += 1
+        return grad
+
+    def reset(self):
+        self.forward = self.backward = 0
+
+    def close(self):
+        self.handle.remove()
+
+
+# ---------------------------------------------------------------- the official notebook's null-text loop, written out plainly
+
+
+def _next_step(scheduler, eps, t, x):
+    """The notebook's `next_step`: from level t - 20 (alpha-bar_0 below zero) to level t."""
+    t_prev = min(int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps, 999)
+    a_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    a_next = scheduler.alphas_cumprod[int(t)]
+    x0 = (x - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
+    return a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+
+
+def _prev_step(scheduler, eps, t, x):
+    """The notebook's `prev_step`: one DDIM step from level t to t - 20."""
+    t_prev = int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a_t = scheduler.alphas_cumprod[int(t)]
+    a_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+def official_null_text(pipe, image, prompt, *, steps=50, guidance=7.5, inner=10, epsilon=1e-5, frozen=False) -> InversionResult:
+    """Null-text inversion as the official notebook runs it (NullInversion.invert): DDIM loop with the
+    conditional embedding, then per step a new Adam, `loss.backward()`, step, early stop after the step,
+    and a batched CFG pass to advance. `frozen=False` leaves the UNet weights trainable, as the notebook does."""
+    from diffusers import DDIMScheduler
+
+    unet = pipe.unet
+    flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(not frozen)
+    try:
+        start = time.perf_counter()
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(steps)
+        z0 = encode_image(pipe, image)
+        cond, uncond = embed(pipe, prompt), embed(pipe, "")
+        latents = [z0]
+        latent = z0
+        with torch.no_grad():
+            for i in range(steps):
+                t = scheduler.timesteps[len(scheduler.timesteps) - i - 1]
+                latent = _next_step(scheduler, unet(latent, t, encoder_hidden_states=cond).sample, t, latent)
+                latents.append(latent)
+        nulls = []
+        latent_cur = latents[-1]
+        for i in range(steps):
+            uncond = uncond.clone().detach()
+            uncond.requires_grad = True
+            optimizer = torch.optim.Adam([uncond], lr=1e-2 * (1.0 - i / 100.0))
+            latent_prev = latents[len(latents) - i - 2]
+            t = scheduler.timesteps[i]
+            with torch.no_grad():
+                eps_c = unet(latent_cur, t, encoder_hidden_states=cond).sample
+            for _ in range(inner):
+                eps_u = unet(latent_cur, t, encoder_hidden_states=uncond).sample
+                eps = eps_u + guidance * (eps_c - eps_u)
+                loss = F.mse_loss(_prev_step(scheduler, eps, t, latent_cur), latent_prev)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if loss.item() < epsilon + i * 2e-5:
+                    break
+            nulls.append(uncond[:1].detach())
+            with torch.no_grad():
+                eps_u, eps_c = unet(torch.cat([latent_cur] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+                latent_cur = _prev_step(scheduler, eps_u + guidance * (eps_c - eps_u), t, latent_cur)
+        seconds = time.perf_counter() - start
+    finally:
+        for p, flag in zip(unet.parameters(), flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    from inversion.common import fingerprint, model_resolution, scheduler_config
+
+    return InversionResult(
+        method="null-text", prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, latent_T=latents[-1].detach().clone(),
+        image_latent=z0, scheduler_config=scheduler_config(pipe), null_embeddings=torch.cat(nulls), resolution=model_resolution(pipe),
+        fingerprint=fingerprint(pipe), stats={"seconds": seconds},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the toy world's images, prompts and masks
+
+
+def dataset(n: int, seed: int = 100) -> list:
+    """n rendered images with all four attributes drawn from the seed, and their full prompts."""
+    items = []
+    for k in range(n):
+        r = render(None, seed=seed + k)
+        items.append({"seed": seed + k, "labels": r.labels, "image": r.image, "mask": r.mask, "prompt": TEMPLATE.format(**r.labels)})
+    return items
+
+
+def swap(labels: dict, attribute: str, k: int) -> str:
+    """Another value of `attribute` (deterministic in k)."""
+    values = [v for v in ATTRIBUTES[attribute] if v != labels[attribute]]
+    return values[k % len(values)]
+
+
+def object_mask(image: np.ndarray, threshold: float = 40.0) -> np.ndarray:
+    """The object's pixels: far (max channel difference) from the background colour, the median of the border."""
+    img = np.asarray(image, dtype=np.float64)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    background = np.median(border, axis=0)
+    return np.abs(img - background).max(-1) > threshold
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def method_config(method: str, steps: int):
+    from inversion import INVERTERS
+
+    return INVERTERS[method][1](num_inference_steps=steps)
+
+
+def run(args) -> dict:
+    from studio.loading import load_pipeline
+    from studio.toyworld.judge import ToyJudge
+
+    torch.manual_seed(0)
+    pipe = load_pipeline(args.model, device="cpu")
+    judge = ToyJudge.load(args.judge)
+    items = dataset(args.images)
+    counter = UnetCounter(pipe.unet)
+    results = {"images": [], "settings": vars(args).copy()}
+    edit_cfg = EditConfig(cross_replace_steps=args.cross, self_replace_steps=args.self_steps)
+
+    for n, item in enumerate(items):
+        from PIL import Image
+
+        image = Image.fromarray(item["image"])
+        record = {"seed": item["seed"], "labels": item["labels"], "prompt": item["prompt"], "reconstruction": {}, "speed": {}, "edits": {}}
+        z0 = encode_image(pipe, image)
+        ceiling = to_pil(decode_latents(pipe, z0))[0]
+        record["reconstruction"]["vae"] = {"psnr": psnr(ceiling, image), "ssim": ssim(ceiling, image)}
+        record["judge_on_render"] = judge.predict([image])[0]
+        record["mask_estimator_iou"] = iou(object_mask(item["image"]), item["mask"])
+
+        # official loops first on even images, ours first on odd ones: drift of the machine's load cancels out
+        order = ["official", "official-frozen", *METHODS] if n % 2 == 0 else [*METHODS, "official", "official-frozen"]
+        if args.skip_official:
+            order = [m for m in order if not m.startswith("official")]
+        inversions = {}
+        for name in order:
+            counter.reset()
+            t0 = time.perf_counter()
+            if name.startswith("official"):
+                inv = official_null_text(pipe, image, item["prompt"], steps=args.steps, frozen=name == "official-frozen")
+            else:
+                inv = invert(pipe, image, item["prompt"], name, method_config(name, args.steps))
+            seconds = time.perf_counter() - t0
+            record["speed"][name] = {"seconds": seconds, "unet_forward": counter.forward, "unet_backward": counter.backward}
+            if "inner_steps" in inv.stats:
+                record["speed"][name]["adam_steps"] = int(sum(inv.stats["inner_steps"]))
+            inversions[name] = inv
+            rec, _ = reconstruct(pipe, inv)
+            record["reconstruction"][f"null-text (official loop{', frozen' if name == 'official-frozen' else ''})" if name.startswith("official") else name] = {
+                "psnr": psnr(rec, image),
+                "ssim": ssim(rec, image),
+            }
+        # w = 1 round trip (reference: what the pivot itself reconstructs)
+        ddim_inv = inversions["ddim"]
+        w1 = InversionResult(**{**ddim_inv.__dict__, "guidance_scale": 1.0})
+        rec, _ = reconstruct(pipe, w1)
+        record["reconstruction"]["ddim (w = 1 round trip)"] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
+
+        for method in METHODS:
+            inv = inversions[method]
+            record["edits"][method] = {}
+            for k, attribute in enumerate(ATTRS):
+                new = swap(item["labels"], attribute, item["seed"] + k)
+                target_labels = {**item["labels"], attribute: new}
+                target = TEMPLATE.format(**target_labels)
+                blend = None
+                if attribute != "background":
+                    blend = (item["labels"]["shape"], target_labels["shape"])
+                t0 = time.perf_counter()
+                counter.reset()
+                out = edit(pipe, None, item["prompt"], target, method, inversion=inv, config=edit_cfg, blend_words=blend)
+                edit_seconds = time.perf_counter() - t0
+                verdict = judge.predict([out.edit])[0]
+                kept = all(verdict[a] == item["labels"][a] for a in ATTRS if a != attribute)
+                record["edits"][method][attribute] = {
+                    "target": target,
+                    "verdict": verdict,
+                    "changed": verdict[attribute] == new,
+                    "kept": kept,
+                    "iou": iou(object_mask(np.asarray(out.edit)), item["mask"]),
+                    "seconds": edit_seconds,
+                    "unet_forward": counter.forward,
+                }
+                if args.save_images:
+                    folder = Path(args.save_images)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    out.edit.save(folder / f"{item['seed']}-{method}-{attribute}.png")
+                    out.reconstruction.save(folder / f"{item['seed']}-{method}-reconstruction.png")
+        results["images"].append(record)
+        print(f"image {n + 1}/{len(items)} ({item['prompt']}): " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in record["speed"].items()), flush=True)
+    counter.close()
+    results["summary"] = summarise(results["images"])
+    return results
+
+
+def summarise(records: list) -> dict:
+    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
+    recon = {}
+    for name in records[0]["reconstruction"]:
+        recon[name] = {m: mean([r["reconstruction"][name][m] for r in records]) for m in ("psnr", "ssim")}
+    speed = {}
+    for name in records[0]["speed"]:
+        speed[name] = {m: mean([r["speed"][name][m] for r in records]) for m in ("seconds", "unet_forward", "unet_backward")}
+        if "adam_steps" in records[0]["speed"][name]:
+            speed[name]["adam_steps"] = mean([r["speed"][name]["adam_steps"] for r in records])
+    ratios = {}
+    for ref in ("official", "official-frozen"):
+        if ref in records[0]["speed"]:
+            ratios[ref] = {m: mean([r["speed"][ref]["seconds"] / r["speed"][m]["seconds"] for r in records]) for m in METHODS}
+    edits = {}
+    for method in METHODS:
+        edits[method] = {}
+        for attribute in (*ATTRS, "all"):
+            rows = [r["edits"][method][a] for r in records for a in (ATTRS if attribute == "all" else (attribute,))]
+            edits[method][attribute] = {
+                "changed": mean([e["changed"] for e in rows]),
+                "kept": mean([e["kept"] for e in rows]),
+                "changed_and_kept": mean([e["changed"] and e["kept"] for e in rows]),
+                "iou": mean([e["iou"] for e in rows]),
+                "seconds": mean([e["seconds"] for e in rows]),
+            }
+    judge_ok = mean([all(r["judge_on_render"][a] == r["labels"][a] for a in ATTRS) for r in records])
+    return {
+        "reconstruction": recon,
+        "speed": speed,
+        "speedup_vs_official_null_text": ratios,
+        "edits": edits,
+        "judge_accuracy_on_renders": judge_ok,
+        "mask_estimator_iou_on_renders": mean([r["mask_estimator_iou"] for r in records]),
+    }
+
+
+def markdown(results: dict) -> str:
+    s = results["summary"]
+    settings = results["settings"]
+    lines = [
+        "# Inversion and editing on the toy world",
+        "",
+        f"{settings['images']} rendered images, {settings['steps']} DDIM steps, guidance 7.5; prompt-to-prompt replace, "
+        f"cross {settings['cross']}, self {settings['self_steps']}. Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py`.",
+        "",
+        "## Reconstruction (against the rendered image)",
+        "",
+        "| method | PSNR (dB) | SSIM |",
+        "|---|---|---|",
+    ]
+    for name, v in s["reconstruction"].items():
+        lines.append(f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} |")
+    lines += ["", "## Speed of the inversion (per image, CPU)", "", "| method | seconds | UNet forward rows | UNet backward | Adam steps | speed-up vs official loop | vs official loop, frozen UNet |", "|---|---|---|---|---|---|---|"]
+    ratios = s["speedup_vs_official_null_text"]
+    for name, v in s["speed"].items():
+        r1 = f"{ratios['official'][name]:.1f}x" if name in ratios.get("official", {}) else ""
+        r2 = f"{ratios['official-frozen'][name]:.1f}x" if name in ratios.get("official-frozen", {}) else ""
+        adam = f"{v['adam_steps']:.0f}" if "adam_steps" in v else ""
+        label = {"official": "null-text, official loop", "official-frozen": "null-text, official loop, frozen UNet"}.get(name, name)
+        lines.append(f"| {label} | {v['seconds']:.2f} | {v['unet_forward']:.0f} | {v['unet_backward']:.0f} | {adam} | {r1} | {r2} |")
+    lines += ["", "## Attribute edits judged by the toy judge", ""]
+    lines += [
+        f"Judge accuracy on the renders themselves (all four attributes right): {s['judge_accuracy_on_renders']:.2f}; "
+        f"IoU of the mask estimator with the true masks on the renders: {s['mask_estimator_iou_on_renders']:.2f}. "
+        "changed: the edited attribute reads as the target value; kept: the other three read as in the original; IoU: object mask of the edit vs the original's.",
+        "",
+    ]
+    for method, table in s["edits"].items():
+        lines += [f"### {method}", "", "| edit | changed | kept | changed and kept | mask IoU | seconds |", "|---|---|---|---|---|---|"]
+        for attribute, v in table.items():
+            lines.append(f"| {attribute} | {v['changed']:.2f} | {v['kept']:.2f} | {v['changed_and_kept']:.2f} | {v['iou']:.2f} | {v['seconds']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toy")
+    p.add_argument("--judge", default=str(ROOT / "assets" / "toy-judge"))
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cross", type=float, default=EditConfig.cross_replace_steps)
+    p.add_argument("--self", dest="self_steps", type=float, default=EditConfig.self_replace_steps)
+    p.add_argument("--skip-official", action="store_true", help="leave out the official null-text loop (quick runs)")
+    p.add_argument("--save-images", default=None, help="folder for the edits and reconstructions")
+    p.add_argument("--quick", action="store_true", help="2 images: a check of the machinery, not a result")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "editing_table.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images = 2
+    results = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=float))
+    md = markdown(results)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
