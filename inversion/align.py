@@ -39,9 +39,21 @@ def words(prompt: str) -> list[tuple[str, int, int]]:
 
 
 def _token_spans(tokenizer, prompt: str) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(prompt, truncation=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    """Token ids of the prompt (with start and end tokens) and each token's character span."""
+    try:
+        enc = tokenizer(prompt, truncation=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, TypeError, KeyError):  # a slow tokenizer (transformers 4): tokenize word by word
+        ids = list(tokenizer(prompt, truncation=False).input_ids)
+        offsets, inner = [(0, 0)], []
+        for _, start, end in words(prompt):
+            for token in tokenizer(prompt[start:end], add_special_tokens=False).input_ids:
+                inner.append(token)
+                offsets.append((start, end))
+        offsets.append((0, 0))
+        if inner != ids[1:-1]:
+            raise ValueError(f"cannot map the words of {prompt!r} to its tokens with this tokenizer; use a fast (Rust) CLIP tokenizer") from None
     if len(ids) > MAX_LEN:
         raise ValueError(f"prompt has {len(ids)} tokens; CLIP takes at most {MAX_LEN}. Shorten it: {prompt[:60]!r}")
     return ids, offsets

@@ -32,6 +32,19 @@ def test_word_tokens_survive_punctuation(tok):
         token_indices(tok, "a red circle", "tiger")
 
 
+def test_word_tokens_without_offsets_match(tok):
+    from inversion.align import word_tokens
+
+    class Slow:  # a tokenizer without character offsets, like transformers 4's slow CLIPTokenizer
+        def __call__(self, text, return_offsets_mapping=False, **kw):
+            if return_offsets_mapping:
+                raise NotImplementedError
+            return tok(text, **kw)
+
+    for prompt in ("a shape, red, striped", "a polka-dot square", "a verdant box on a dark background"):
+        assert word_tokens(Slow(), prompt) == word_tokens(tok, prompt)
+
+
 def test_refine_golden_insertion(tok):
     from inversion.align import refine_mapper
 
