@@ -269,7 +269,6 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
             return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
 
     te.train()
-    losses_attack = []
     for step, rng, gen in loop:
         k = int(rng.integers(len(concept.prompts)))
         prompt, c0 = concept.prompts[k], emb_c[k : k + 1]
@@ -290,9 +289,11 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
             init = state.delta if bool(state.active) else None
             delta, info = soft_prompt_attack(unet, te, tok, prompt, batches, attack_cfg, init_embeds=init, generator=gen, cancel=cancel)
             loop.count_unet(2 * info["unet_evals"])  # forward + backward through the UNet
+            if init is not None:  # how far this attack moved the warm-started prefix
+                shifts = loop.stats.setdefault("attack_shifts", [])
+                shifts.append(round(float((delta - init).norm()), 6))
             state.delta.copy_(delta)
             state.active.fill_(1)
-            losses_attack.append(info["losses"][-1])
 
         if adversarial and bool(state.active):
             cond = encode_with_prefix(te, tok, [prompt], state.delta)  # (1, 77, D)
@@ -320,6 +321,8 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
     te.requires_grad_(False)
     stats = loop.finish()
     stats["attack_prefix_norm"] = float(state.delta.norm()) if bool(state.active) else 0.0
+    shifts = loop.stats.get("attack_shifts", [])
+    stats["attack_shift"] = float(sum(shifts) / len(shifts)) if shifts else 0.0
     weights = {n: p.detach().clone() for n, p in trained.items()}
     return ErasureResult("advunlearn", concept, config_dict(config), "text_encoder", weights, stats)
 
