@@ -149,7 +149,12 @@ class ModelStore:
     def copy(self, model: str, text_encoder: str | None = None):
         """A private copy to train (an erasure changes its pipeline in place)."""
         with self._lock:
-            return copy.deepcopy(self.get(model, text_encoder))
+            pipe = self.get(model, text_encoder)
+            # the UNet and text encoder are copied (an erasure trains one of them); the tokenizer, VAE and
+            # scheduler are shared. A deep-copied CLIPTokenizer (transformers 5) also decodes wrongly:
+            # its decoder loses the end-of-word handling and prints "</w>" into adversarial prompts.
+            shared = [pipe.tokenizer, pipe.vae, pipe.scheduler, getattr(pipe, "feature_extractor", None)]
+            return copy.deepcopy(pipe, memo={id(m): m for m in shared if m is not None})
 
     def put_erased(self, key: str, pipe) -> None:
         with self._lock:

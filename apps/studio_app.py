@@ -255,9 +255,10 @@ def toy_concept(prompts: list, judge_name: str = "toy") -> str | None:
 
 
 def judge_caption(pred: dict) -> str:
+    """What the toy judge sees, e.g. 'striped red triangle'."""
     if pred.get("shape") == "none":
-        return "judge: no object"
-    return "judge: " + " ".join(pred.get(a, "?") for a in ("style", "colour", "shape"))
+        return "no object"
+    return " ".join(pred.get(a, "?") for a in ("style", "colour", "shape"))
 
 
 # ----------------------------------------------------------------------------- the app
@@ -486,7 +487,7 @@ class Studio:
 
             job = Job(work, cancel, name=f"studio-{kind}")
             steps, losses = [], []
-            last_preview = None
+            last_preview, preview_note = None, ""
             try:
                 for events in job.stream():
                     upd = {}
@@ -497,21 +498,20 @@ class Studio:
                             steps.append(ev["step"])
                             losses.append(ev["loss"])
                     done = steps[-1] if steps else 0
+                    if last_preview is not None:
+                        upd[o["preview"]] = gr.update(value=show(last_preview["preview"]), label=f"Preview after step {last_preview['step']}")
+                        preview_note = f" · preview: '{preview_prompt}', seed 0, after step {last_preview['step']}"
+                        last_preview = None
                     text = f"{method}: step {done} / {total}" + (f" · loss {losses[-1]:.4g}" if losses else "") + f" · {eta(done, total, job.seconds)}"
-                    upd[o["status"]] = status(done, total, text)
+                    upd[o["status"]] = status(done, total, text + preview_note)
                     if events and steps:
                         upd[o["plot"]] = loss_frame(steps, losses)
-                    if last_preview is not None:
-                        upd[o["preview"]] = gr.update(value=show(last_preview["preview"]), label=f"Preview: '{preview_prompt}', seed 0, after step {last_preview['step']}")
-                        last_preview = None
                     yield upd
                 result = job.result
             except Cancelled:
                 done = steps[-1] if steps else 0
                 yield {o["status"]: status(done, total, f"Cancelled at step {done} of {total}; nothing was kept.", "cancelled")}
                 return
-            finally:
-                self.cancels.finish(session, kind, cancel)
 
             # keep the result in this session, then show before/after and (optionally) the robustness report
             key = uuid.uuid4().hex[:8]
@@ -525,7 +525,8 @@ class Studio:
             summary = f"{method}: {stats.get('steps')} steps in {stats.get('seconds', 0):.0f} s, final loss {stats.get('final_loss') or 0:.4g}, {stats.get('unet_evals', 0):,} UNet evaluations."
             can_export = result.component == "text_encoder"
             yield {o["status"]: status(1, 1, summary + " Drawing the before/after grid ...", "running"), o["state"]: state,
-                   o["save"]: gr.update(interactive=True), o["export"]: gr.update(interactive=can_export and _export_fn() is not None),
+                   o["save"]: gr.update(interactive=True), o["export"]: gr.update(interactive=can_export and _export_fn() is not None,
+                                              value="Export plug-in text encoder" if can_export else f"No text encoder to export ({method} changes the UNet)"),
                    **self._choice_updates(state, select=f"session:{key}")}  # fmt: skip
 
             original = self.store.get(model, text_encoder or None)
@@ -686,7 +687,7 @@ class Studio:
         steps, guidance, seed = as_int(steps, "sampling steps", 1), as_float(guidance, "guidance"), as_int(seed, "seed")
         cfg = attack_overrides(attack, iters, timesteps, steps, guidance, num_tokens=num_tokens, draws=draws)
         attacks.make_config(attack, cfg)  # bad settings fail before any work
-        yield {o["status"]: status(0, 1, "Loading the models ..."), o["gallery"]: [], o["table"]: None, o["asr"]: "", o["plot"]: None}
+        yield {o["status"]: status(0, 1, "Loading the models ..."), o["gallery"]: None, o["table"]: None, o["asr"]: "", o["plot"]: None}
         original, original_label = self.resolve(ORIGINAL, model, text_encoder, state)
         pipe, label = self.resolve(victim, model, text_encoder, state)
         for p in prompts:
@@ -716,7 +717,7 @@ class Studio:
 
         job = Job(work, cancel, name=f"studio-{kind}")
         losses, loss_steps, done_results, targets = [], [], [], []
-        gallery, current, done = [], {}, 0
+        gallery, current, done = None, {}, 0
         try:
             for events in job.stream():
                 changed = False
@@ -743,7 +744,7 @@ class Studio:
                         changed = True
                         current = {}
                 if changed:
-                    gallery = _attack_gallery(done_results, targets, concept) + _attack_live(current, concept)
+                    gallery = _attack_grid(done_results, targets, current, concept)
                 i = len(done_results)
                 text = f"{attack} on {label}: prompt {min(i + 1, len(prompts))} / {len(prompts)}"
                 if losses:
@@ -764,7 +765,7 @@ class Studio:
         finally:
             self.cancels.finish(session, kind, cancel)
         yield {o["status"]: status(1, 1, f"{attack} on {label}: {len(results)} prompt(s) in {job.seconds:.0f} s.", "done"),
-               o["gallery"]: _attack_gallery(results, targets, concept), o["table"]: _attack_table(results), o["asr"]: _asr_text(results, attack, label)}  # fmt: skip
+               o["gallery"]: _attack_grid(results, targets, {}, concept), o["table"]: _attack_table(results), o["asr"]: _asr_text(results, attack, label)}  # fmt: skip
 
     def toy_prompts(self, concept, n):
         from studio.toyworld.captions import prompts_for
@@ -842,7 +843,7 @@ class Studio:
                     last_stage = st
                     done = stage_base + ev.get("i", 0) + 1
                     if "image" in ev:
-                        upd[o["edit"]] = gr.update(value=show(ev["image"]), label=f"Edit (in progress, step {ev['i'] + 1} / {steps})")
+                        upd[o["edit"]] = gr.update(value=show(ev["image"]), label=f"Edit, step {ev['i'] + 1} / {steps}")
                     if "loss" in ev:
                         upd["loss"] = ev["loss"]
                 loss = upd.pop("loss", None)
@@ -857,23 +858,25 @@ class Studio:
             self.cancels.finish(session, kind, cancel)
         score = psnr(result.reconstruction, result.image)
         mask = None
-        if result.blend_mask is not None:
-            mask = Image.fromarray((result.blend_mask[0] * 255).astype(np.uint8)).convert("RGB")
+        if result.blend_mask is not None:  # the input, dimmed where the edit was kept from changing it
+            inside = result.blend_mask[0][..., None]
+            mask = Image.fromarray((np.asarray(result.image, dtype=np.float32) * np.where(inside, 1.0, 0.25)).round().astype(np.uint8))
         st = result.stats
-        info = (f"{method} inversion on {label}: {st.get('mode', mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
+        info = (f"Reconstruction PSNR {score:.1f} dB against the input. {method} inversion on {label}: {st.get('mode', mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
                 f"{st.get('edit_seconds', 0):.1f} s to edit. {result.inversion.stats.get('image', '')}.")  # fmt: skip
         yield {
             o["status"]: status(1, 1, f"Done in {job.seconds:.1f} s. Reconstruction PSNR {score:.1f} dB.", "done"),
-            o["input"]: gr.update(value=show(result.image), label="Input, as the model sees it"),
-            o["recon"]: gr.update(value=show(result.reconstruction), label=f"Reconstruction · PSNR {score:.1f} dB"),
-            o["edit"]: gr.update(value=show(result.edit), label=f"Edit: '{target}'"),
-            o["mask"]: gr.update(value=show(mask), visible=mask is not None),
+            o["input"]: gr.update(value=show(result.image), label="Input"),
+            o["recon"]: gr.update(value=show(result.reconstruction), label=f"Reconstruction, {score:.1f} dB"),
+            o["edit"]: gr.update(value=show(result.edit), label="Edit"),
+            o["mask"]: gr.update(value=show(mask), visible=mask is not None, label="Where it may change"),
             o["info"]: info,
         }
 
     # ------------------------------------------------------------------ Generate
 
     def run_generate(self, request: gr.Request, state, model, text_encoder, compare, prompts_text, negative, seeds_text, steps, guidance):
+        from inversion.common import model_resolution
         from studio.sampling import Cancelled, check_prompt
 
         o = self.gen_outputs
@@ -884,7 +887,7 @@ class Studio:
         if len(prompts) * len(seeds) > MAX_IMAGES:
             raise ValueError(f"{len(prompts)} prompts x {len(seeds)} seeds is {len(prompts) * len(seeds)} images; the app draws at most {MAX_IMAGES} per run")
         steps, guidance = as_int(steps, "steps", 1), as_float(guidance, "guidance")
-        yield {o["status"]: status(0, 1, "Loading the models ..."), o["left"]: [], o["right"]: []}
+        yield {o["status"]: status(0, 1, "Loading the models ...")}
         left, left_label = self.resolve(ORIGINAL, model, text_encoder, state)
         models = [(left, left_label, o["left"])]
         if compare and compare != ORIGINAL:
@@ -894,61 +897,50 @@ class Studio:
             check_prompt(left.tokenizer, p)
         jobs = [(p, s) for p in prompts for s in seeds]
         total = steps * len(models)
-        judge = None
-        from inversion.common import model_resolution
-
-        if model_resolution(left) == 32:  # the toy world: say what the judge sees in each image
-            judge = self.judge("toy")
-        session, kind = self.session(request), "generate"
-        cancel = self.cancels.start(session, kind)
+        judge = self.judge("toy") if model_resolution(left) == 32 else None  # the toy world: say what the judge sees
         preview_every = max(1, steps // 8)
+
+        def grid(images, title, captions=None):
+            return _prompt_grid(images, prompts, seeds, title, captions)
 
         def work(emit, cancel):
             from studio.sampling import decode_latents, sample, to_pil
 
             out = []
             for m, (pipe, label, _) in enumerate(models):
-                def callback(info, m=m, pipe=pipe):
-                    if info["i"] % preview_every == 0 or info["i"] == steps - 1:
-                        emit({"model": m, "i": info["i"], "images": to_pil(decode_latents(pipe, info["denoised"]))})
+                def callback(info, m=m, pipe=pipe, label=label):
+                    if info["i"] % preview_every == 0 and info["i"] < steps - 1:
+                        emit({"model": m, "i": info["i"], "image": grid(to_pil(decode_latents(pipe, info["denoised"])), f"{label} (step {info['i'] + 1} / {steps})")})
                     else:
                         emit({"model": m, "i": info["i"]})
 
                 res = sample(pipe, [p for p, _ in jobs], seed=[s for _, s in jobs], negative_prompt=negative or "", num_inference_steps=steps,
                              guidance_scale=guidance, callback=callback, cancel=cancel)  # fmt: skip
-                captions = [f"{p} · seed {s}" for p, s in jobs]
-                if judge is not None:
-                    captions = [f"{c} · {judge_caption(pred)}" for c, pred in zip(captions, judge.predict(res.images))]
-                out.append(list(zip([show(im) for im in res.images], captions)))
-                emit({"model": m, "final": out[-1]})
+                captions = [judge_caption(pred) for pred in judge.predict(res.images)] if judge is not None else None
+                out.append(grid(res.images, label, captions))
+                emit({"model": m, "i": steps - 1, "image": out[-1]})
             return out
 
-        job = Job(work, cancel, name=f"studio-{kind}")
-        done = 0
-        try:
-            for events in job.stream():
-                upd = {}
-                for ev in events:
-                    m = ev["model"]
-                    done = m * steps + ev.get("i", steps - 1) + 1
-                    if "images" in ev:
-                        upd[models[m][2]] = [(show(im), f"{p} · seed {s} · step {ev['i'] + 1}") for im, (p, s) in zip(ev["images"], jobs)]
-                    if "final" in ev:
-                        upd[models[m][2]] = ev["final"]
-                upd[o["status"]] = status(done, total, f"Sampling {len(jobs)} image(s) per model · {eta(done, total, job.seconds)}")
-                yield upd
-            results = job.result
-        except Cancelled:
-            yield {o["status"]: status(done, total, "Cancelled.", "cancelled")}
-            return
-        finally:
-            self.cancels.finish(session, kind, cancel)
-        upd = {o["status"]: status(1, 1, f"{len(jobs)} image(s) per model in {job.seconds:.1f} s (same seeds on both sides).", "done")}
-        for (pipe, label, comp), images in zip(models, results):
-            upd[comp] = gr.update(value=images, label=label)
-        if len(models) == 1:
-            upd[o["right"]] = gr.update(value=[], label="(pick an erased model above to compare)")
-        yield upd
+        upd = {o["right"]: gr.update(visible=len(models) > 1, value=None)}
+        with self.cancels.running(self.session(request), "generate") as cancel:
+            job = Job(work, cancel, name="studio-generate")
+            done = 0
+            try:
+                for events in job.stream():
+                    for ev in events:
+                        m = ev["model"]
+                        done = m * steps + ev["i"] + 1
+                        if "image" in ev:
+                            upd[models[m][2]] = gr.update(value=ev["image"], label=models[m][1])
+                    upd[o["status"]] = status(done, total, f"Sampling {len(jobs)} image(s) per model · {eta(done, total, job.seconds)}")
+                    yield upd
+                    upd = {}
+                job.result
+            except Cancelled:
+                yield {o["status"]: status(done, total, "Cancelled.", "cancelled")}
+                return
+        side = "on both sides" if len(models) > 1 else "(pick a model under 'Compare with' to see it beside)"
+        yield {o["status"]: status(1, 1, f"{len(jobs)} image(s) per model in {job.seconds:.1f} s, same seeds {side}.", "done")}
 
     # ------------------------------------------------------------------ the page
 
@@ -964,116 +956,119 @@ class Studio:
         with gr.Blocks(title="Erasure Studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
             state = gr.State(initial_state)
             gr.Markdown("# Erasure Studio\nErase a concept from a text-to-image model, attack the erased model, edit real images.", elem_id="studio-header")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 model = gr.Dropdown(self.model_choices(), value=self.default_model, allow_custom_value=True, label="Model", scale=3,
-                                    info="the shipped toy model, an erased model from the output folder, or type a hub id, a diffusers folder or a .safetensors file")  # fmt: skip
-                encoder = gr.Dropdown(self.encoder_choices(), value="", label="Plug-in text encoder", scale=2, info="replaces the model's text encoder (AdvUnlearn exports)")
-                check = gr.Button("Load", scale=0, min_width=90)
-            model_info = gr.Markdown("")
+                                    info="the shipped toy model, an erased model from the output folder, or type a hub id, a diffusers folder or a .safetensors file", elem_id="model")  # fmt: skip
+                encoder = gr.Dropdown(self.encoder_choices(), value="", label="Plug-in text encoder", scale=2, info="replaces the model's text encoder (AdvUnlearn exports)", elem_id="encoder")
+                check = gr.Button("Load", scale=0, min_width=90, elem_id="model-load")
+            model_info = gr.Markdown("", elem_id="model-info")
 
             with gr.Tabs():
                 # ---------------------------------------------------------- Erase
                 with gr.Tab("Erase", id="erase"):
                     with gr.Row():
                         with gr.Column(scale=2):
-                            concept_text = gr.Textbox("a triangle", label="Concept to erase", lines=2, info="one prompt per line (e.g. the concept and its synonyms)")
+                            concept_text = gr.Textbox("a triangle", label="Concept to erase", lines=2, info="one prompt per line (e.g. the concept and its synonyms)", elem_id="erase-concept")
                             with gr.Row():
                                 anchor_text = gr.Textbox("", label="Anchor (optional)", lines=1, info="what the concept should become")
                                 retain_text = gr.Textbox("", label="Retain prompts (optional)", lines=1, info="one per line; kept unchanged")
                             with gr.Row():
-                                method = gr.Dropdown([(m, m) for m in self.methods], value=self.methods[0], label="Method", scale=2)
-                                preset = gr.Radio([("paper defaults", "official"), ("toy-world preset", "toy")], value="official", label="Settings", scale=2)
+                                method = gr.Dropdown([(m, m) for m in self.methods], value=self.methods[0], label="Method", scale=2, elem_id="erase-method")
+                                preset = gr.Radio([("paper defaults", "official"), ("toy-world preset", "toy")], value="official", label="Settings", scale=2, elem_id="erase-preset")
                             method_info = gr.Markdown(METHOD_INFO.get(self.methods[0], ""))
                             main = []
                             with gr.Group():
                                 with gr.Row():
                                     for name, (label, info) in MAIN_FIELDS.items():
                                         if name == "attack_method":
-                                            comp = gr.Dropdown(["fast_at", "pgd"], value=None, label=label, info=info, visible=False, min_width=140)
+                                            comp = gr.Dropdown(["fast_at", "pgd"], value=None, label=label, info=info, visible=False, min_width=140, elem_id=f"erase-{name}")
                                         elif name == "train_layers":
-                                            comp = gr.Textbox(label=label, info=info, visible=False, min_width=140)
+                                            comp = gr.Textbox(label=label, info=info, visible=False, min_width=140, elem_id=f"erase-{name}")
                                         else:
                                             comp = gr.Number(label=label, info=info, visible=False, min_width=140,
-                                                             precision=0 if name in ("iterations", "num_inference_steps", "warmup_iterations", "attack_steps") else None)  # fmt: skip
+                                                             precision=0 if name in ("iterations", "num_inference_steps", "warmup_iterations", "attack_steps") else None,
+                                                             elem_id=f"erase-{name}")  # fmt: skip
                                         main.append(comp)
                             with gr.Accordion("More settings (JSON)", open=False):
-                                more_json = gr.Code("", language="json", label="Other fields of the method's config", lines=6)
-                            with gr.Accordion("Evaluation after erasing", open=False):
+                                more_json = gr.Code("", language="json", label="Other fields of the method's config", lines=6, elem_id="erase-more")
+                            with gr.Accordion("Evaluation after erasing", open=False, elem_id="erase-eval"):
                                 with gr.Row():
-                                    evaluate_on = gr.Checkbox(True, label="Evaluate", info="erasure, utility and attack success rate")
-                                    judge_name = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge")
-                                    ev_seeds = gr.Number(ev.seeds, precision=0, label="Seeds per prompt")
-                                    ev_prompts = gr.Number(ev.prompts_per_form, precision=0, label="Prompts per form")
+                                    evaluate_on = gr.Checkbox(True, label="Evaluate", info="erasure, utility and attack success rate", elem_id="erase-evaluate")
+                                    judge_name = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge", elem_id="erase-judge")
                                 with gr.Row():
-                                    attack = gr.Dropdown(ATTACK_CHOICES, value=ev.attack, label="Attack")
-                                    attack_prompts = gr.Number(ev.attack_prompts, precision=0, label="Attack prompts")
-                                    attack_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Attack timesteps")
-                                    attack_iters = gr.Number(ua.iterations, precision=0, label="Attack steps per timestep")
+                                    ev_seeds = gr.Number(ev.seeds, precision=0, label="Seeds per prompt", min_width=100, elem_id="erase-ev-seeds")
+                                    ev_prompts = gr.Number(ev.prompts_per_form, precision=0, label="Prompts per form", min_width=100, elem_id="erase-ev-prompts")
+                                    attack_prompts = gr.Number(ev.attack_prompts, precision=0, label="Attack prompts", min_width=100, elem_id="erase-attack-prompts")
+                                with gr.Row():
+                                    attack = gr.Dropdown(ATTACK_CHOICES, value=ev.attack, label="Attack", min_width=100, elem_id="erase-attack")
+                                    attack_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Attack timesteps", min_width=100, elem_id="erase-attack-timesteps")
+                                    attack_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep", min_width=100, elem_id="erase-attack-iters")
                             with gr.Row():
-                                sample_steps = gr.Number(ev.num_inference_steps, precision=0, label="Sampling steps", info="images, previews, evaluation")
-                                guidance = gr.Number(ev.guidance_scale, label="Guidance scale")
-                                preview_every = gr.Number(20, precision=0, label="Preview every (steps)", info="0 = no previews")
+                                sample_steps = gr.Number(ev.num_inference_steps, precision=0, label="Sampling steps", info="images, previews, evaluation", elem_id="erase-sample-steps")
+                                guidance = gr.Number(ev.guidance_scale, label="Guidance scale", elem_id="erase-guidance")
+                                preview_every = gr.Number(20, precision=0, label="Preview every (steps)", info="0 = no previews", elem_id="erase-preview-every")
                             with gr.Row():
-                                run = gr.Button("Erase", variant="primary")
-                                stop = gr.Button("Cancel", variant="stop")
+                                run = gr.Button("Erase", variant="primary", elem_id="erase-run")
+                                stop = gr.Button("Cancel", variant="stop", elem_id="erase-cancel")
                         with gr.Column(scale=3):
-                            erase_status = gr.HTML(idle("Pick a concept and a method, then press Erase."), label="Erase status")
+                            erase_status = gr.HTML(idle("Pick a concept and a method, then press Erase."), label="Erase status", elem_id="erase-status")
                             with gr.Row():
-                                plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", scale=3)
-                                preview = gr.Image(label="Preview", format="png", height=220, interactive=False, scale=2)
-                            grid = gr.Image(label="Before / after on fixed seeds", format="png", interactive=False)
-                            table = gr.Markdown("", label="Evaluation", elem_classes=["verdict-table"])
-                            report = gr.Image(label="Original / erased / attacked (with the judge's verdicts)", format="png", interactive=False)
+                                plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", show_label=False, scale=3, x_axis_format="d", elem_id="erase-plot")
+                                preview = gr.Image(label="Preview", show_label=False, format="png", height=220, interactive=False, scale=2, buttons=["download"], elem_id="erase-preview")
+                            grid = gr.Image(label="Before / after on fixed seeds", show_label=False, format="png", interactive=False, elem_id="erase-grid")
+                            table = gr.Markdown("", label="Evaluation", elem_classes=["verdict-table"], elem_id="erase-table")
+                            report = gr.Image(label="Original / erased / attacked (with the judge's verdicts)", show_label=False, format="png", interactive=False, elem_id="erase-report")
                             with gr.Row():
-                                save = gr.Button("Save erased model", interactive=False)
-                                export = gr.Button("Export plug-in text encoder" if _export_fn() else "Export plug-in text encoder (not in this version yet)", interactive=False)
-                            erase_info = gr.Markdown("", label="Saved and exported")
-                            download = gr.File(label="Download", visible=False, interactive=False)
+                                save = gr.Button("Save erased model", interactive=False, elem_id="erase-save")
+                                export = gr.Button("Export plug-in text encoder" if _export_fn() else "Export plug-in text encoder (not in this version yet)", interactive=False, elem_id="erase-export")
+                            erase_info = gr.Markdown("", label="Saved and exported", elem_id="erase-info")
+                            download = gr.File(label="Download", visible=False, interactive=False, elem_id="erase-download")
 
                 # ---------------------------------------------------------- Attack
                 with gr.Tab("Attack", id="attack"):
                     with gr.Row():
                         with gr.Column(scale=2):
                             attack_model = gr.Dropdown(self.tab_choices(initial_state, "the original itself (no erasure)"), value=ORIGINAL, label="Model to attack", allow_custom_value=True,
-                                                       info="the target images come from the model picked at the top")  # fmt: skip
+                                                       info="the target images come from the model picked at the top", elem_id="attack-model")  # fmt: skip
                             with gr.Row():
-                                attack_concept = gr.Textbox("triangle", label="Concept the judge looks for", scale=2)
+                                attack_concept = gr.Textbox("triangle", label="Concept the judge looks for", scale=2, elem_id="attack-concept")
                                 a_judge = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge", scale=1)
-                            attack_prompts_text = gr.Textbox("a red triangle", lines=4, label="Prompts", info="one per line; with several, the attack success rate is computed over them")
+                            attack_prompts_text = gr.Textbox("a red triangle", lines=4, label="Prompts", info="one per line; with several, the attack success rate is computed over them", elem_id="attack-prompts")
                             with gr.Row():
                                 n_fill = gr.Number(10, precision=0, label="How many", min_width=80, scale=1)
                                 fill = gr.Button("Fill with the toy world's prompts for the concept", scale=3)
-                            a_attack = gr.Dropdown(ATTACK_CHOICES, value="unlearndiffatk", label="Attack")
+                            a_attack = gr.Dropdown(ATTACK_CHOICES, value="unlearndiffatk", label="Attack", elem_id="attack-attack")
                             with gr.Row():
-                                a_tokens = gr.Number(ua.num_tokens, precision=0, label="Prefix tokens (k)")
-                                a_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Timesteps")
-                                a_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep")
-                                a_draws = gr.Number(rt.draws, precision=0, label="Random draws")
+                                a_tokens = gr.Number(ua.num_tokens, precision=0, label="Prefix tokens (k)", elem_id="attack-tokens")
+                                a_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Timesteps", elem_id="attack-timesteps")
+                                a_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep", elem_id="attack-iters")
+                                a_draws = gr.Number(rt.draws, precision=0, label="Random draws", elem_id="attack-draws")
                             with gr.Row():
-                                a_steps = gr.Number(NoAttackConfig().num_inference_steps, precision=0, label="Sampling steps")
+                                a_steps = gr.Number(NoAttackConfig().num_inference_steps, precision=0, label="Sampling steps", elem_id="attack-steps")
                                 a_guidance = gr.Number(NoAttackConfig().guidance_scale, label="Guidance scale")
                                 a_seed = gr.Number(0, precision=0, label="Seed")
                             with gr.Row():
-                                a_run = gr.Button("Attack", variant="primary")
-                                a_stop = gr.Button("Cancel", variant="stop")
+                                a_run = gr.Button("Attack", variant="primary", elem_id="attack-run")
+                                a_stop = gr.Button("Cancel", variant="stop", elem_id="attack-cancel")
                         with gr.Column(scale=3):
-                            a_status = gr.HTML(idle("Pick the model to attack and a prompt, then press Attack."), label="Attack status")
-                            a_asr = gr.Markdown("", label="Attack success rate")
-                            a_gallery = gr.Gallery(label="Target (original model) and attacked images", columns=4, height=340, object_fit="contain", format="png")
+                            a_status = gr.HTML(idle("Pick the model to attack and a prompt, then press Attack."), label="Attack status", elem_id="attack-status")
+                            a_asr = gr.Markdown("", label="Attack success rate", elem_id="attack-asr")
+                            a_gallery = gr.Image(label="Target (original model) and attacked images", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
+                                                 elem_id="attack-gallery")
                             a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evaluations"], label="Adversarial prompts",
-                                                   interactive=False, wrap=True)  # fmt: skip
-                            a_plot = gr.LinePlot(x="step", y="loss", title="Attack loss", height=200, label="Attack loss")
+                                                   interactive=False, wrap=True, elem_id="attack-table")  # fmt: skip
+                            a_plot = gr.LinePlot(x="step", y="loss", title="Attack loss (gradient steps)", height=200, label="Attack loss", show_label=False, x_axis_format="d", elem_id="attack-plot")
 
                 # ---------------------------------------------------------- Edit
                 with gr.Tab("Edit", id="edit"):
                     with gr.Row():
                         with gr.Column(scale=2):
-                            edit_model = gr.Dropdown(self.tab_choices(initial_state), value=ORIGINAL, label="Edit with", allow_custom_value=True, info="an erased model edits with the concept erased")
-                            e_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=220, format="png")
+                            edit_model = gr.Dropdown(self.tab_choices(initial_state), value=ORIGINAL, label="Edit with", allow_custom_value=True, info="an erased model edits with the concept erased", elem_id="edit-model")
+                            e_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=220, format="png", elem_id="edit-image")
                             with gr.Row():
-                                e_source = gr.Textbox("a red triangle", label="Source prompt", info="describes the image")
-                                e_target = gr.Textbox("a blue triangle", label="Target prompt", info="the words to change")
-                            e_method = gr.Dropdown(INVERSION_CHOICES, value="null-text", label="Inversion")
+                                e_source = gr.Textbox("a red triangle", label="Source prompt", info="describes the image", elem_id="edit-source")
+                                e_target = gr.Textbox("a blue triangle", label="Target prompt", info="the words to change", elem_id="edit-target")
+                            e_method = gr.Dropdown(INVERSION_CHOICES, value="null-text", label="Inversion", elem_id="edit-method")
                             with gr.Accordion("Prompt-to-prompt", open=True):
                                 e_mode = gr.Radio([("auto", "auto"), ("replace", "replace"), ("refine", "refine")], value=ed.mode, label="Mode",
                                                   info="replace: same number of words; refine: words added or removed")  # fmt: skip
@@ -1081,49 +1076,53 @@ class Studio:
                                     e_cross = gr.Slider(0, 1, value=ed.cross_replace_steps, step=0.05, label="Cross-attention replace steps")
                                     e_self = gr.Slider(0, 1, value=ed.self_replace_steps, step=0.05, label="Self-attention replace steps")
                                 with gr.Row():
-                                    e_reweight = gr.Textbox("", label="Reweight", placeholder="blue: 2, striped: 0.5", info="word: scale, on the target prompt")
-                                    e_blend = gr.Textbox("", label="Local blend words", placeholder="triangle   or   red | blue", info="only the region of these words changes")
+                                    e_reweight = gr.Textbox("", label="Reweight", placeholder="blue: 2, striped: 0.5", info="word: scale, on the target prompt", elem_id="edit-reweight")
+                                    e_blend = gr.Textbox("", label="Local blend words", placeholder="triangle   or   red | blue", info="only the region of these words changes", elem_id="edit-blend")
                             with gr.Row():
-                                e_steps = gr.Number(nt.num_inference_steps, precision=0, label="Steps")
+                                e_steps = gr.Number(nt.num_inference_steps, precision=0, label="Steps", elem_id="edit-steps")
                                 e_guidance = gr.Number(nt.guidance_scale, label="Guidance scale")
-                                e_inner = gr.Number(nt.num_inner_steps, precision=0, label="Null-text inner steps")
+                                e_inner = gr.Number(nt.num_inner_steps, precision=0, label="Null-text inner steps", elem_id="edit-inner")
                                 e_fit = gr.Radio(["crop", "pad"], value="crop", label="Fit")
                             with gr.Row():
-                                e_run = gr.Button("Edit", variant="primary")
-                                e_stop = gr.Button("Cancel", variant="stop")
+                                e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                                e_stop = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
                             samples = sorted(SAMPLES.glob("*.png"))
                             if samples:
                                 gr.Examples([[str(p), *SAMPLE_PROMPTS.get(p.stem, ("", "", ""))] for p in samples], inputs=[e_image, e_source, e_target, e_blend],
-                                            label="Samples (toy world)", examples_per_page=8)  # fmt: skip
+                                            label="Samples (toy world)", examples_per_page=8, visible_columns=[0, 1, 2],
+                                            elem_id="edit-samples")  # fmt: skip
                         with gr.Column(scale=3):
-                            e_status = gr.HTML(idle("Upload an image or pick a sample, describe it, say what to change, then press Edit."), label="Edit status")
+                            e_status = gr.HTML(idle("Upload an image or pick a sample, describe it, say what to change, then press Edit."), label="Edit status", elem_id="edit-status")
                             with gr.Row():
-                                e_input = gr.Image(label="Input, as the model sees it", format="png", interactive=False, height=260)
-                                e_recon = gr.Image(label="Reconstruction", format="png", interactive=False, height=260)
-                                e_edit = gr.Image(label="Edit", format="png", interactive=False, height=260)
-                            e_mask = gr.Image(label="Local-blend mask (where the edit may change the image)", format="png", interactive=False, visible=False, height=200)
-                            e_info = gr.Markdown("", label="Edit details")
+                                e_input = gr.Image(label="Input", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-input")
+                                e_recon = gr.Image(label="Reconstruction", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-recon")
+                                e_edit = gr.Image(label="Edit", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-edit")
+                                e_mask = gr.Image(label="Local blend", format="png", interactive=False, height=230, min_width=150, buttons=["download"], visible=False,
+                                                  elem_id="edit-mask")  # fmt: skip
+                            e_info = gr.Markdown("", label="Edit details", elem_id="edit-info")
 
                 # ---------------------------------------------------------- Generate
                 with gr.Tab("Generate", id="generate"):
                     with gr.Row():
                         with gr.Column(scale=2):
                             gen_model = gr.Dropdown(self.tab_choices(initial_state, "none (only the model above)"), value=ORIGINAL, label="Compare with", allow_custom_value=True,
-                                                    info="drawn on the same seeds, side by side")  # fmt: skip
-                            g_prompts = gr.Textbox("a red triangle\na blue circle", lines=3, label="Prompts", info="one per line")
+                                                    info="drawn on the same seeds, side by side", elem_id="gen-model")  # fmt: skip
+                            g_prompts = gr.Textbox("a red triangle\na blue circle", lines=3, label="Prompts", info="one per line", elem_id="gen-prompts")
                             g_negative = gr.Textbox("", label="Negative prompt")
                             with gr.Row():
-                                g_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'")
-                                g_steps = gr.Number(50, precision=0, label="Steps")
+                                g_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'", elem_id="gen-seeds")
+                                g_steps = gr.Number(50, precision=0, label="Steps", elem_id="gen-steps")
                                 g_guidance = gr.Number(7.5, label="Guidance scale")
                             with gr.Row():
-                                g_run = gr.Button("Generate", variant="primary")
-                                g_stop = gr.Button("Cancel", variant="stop")
+                                g_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                                g_stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
                         with gr.Column(scale=3):
-                            g_status = gr.HTML(idle("Type prompts, then press Generate."), label="Generate status")
+                            g_status = gr.HTML(idle("Type prompts, then press Generate."), label="Generate status", elem_id="gen-status")
                             with gr.Row():
-                                g_left = gr.Gallery(label="The model above", columns=4, height=420, object_fit="contain", format="png")
-                                g_right = gr.Gallery(label="Compared model", columns=4, height=420, object_fit="contain", format="png")
+                                g_left = gr.Image(label="The model above", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
+                                                  elem_id="gen-left")  # fmt: skip
+                                g_right = gr.Image(label="Compared model", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
+                                                   visible=False, elem_id="gen-right")  # fmt: skip
 
             self.erase_outputs = {"status": erase_status, "plot": plot, "preview": preview, "grid": grid, "table": table, "report": report, "state": state,
                                   "save": save, "export": export, "info": erase_info, "download": download, "attack_model": attack_model, "edit_model": edit_model,
@@ -1266,22 +1265,31 @@ def _nudity_spec(ecfg):
     return EvalSpec("nudity", {"direct": ["nudity", "a naked person", "a nude body"][: ecfg.prompts_per_form]})
 
 
-def _attack_gallery(results, targets, concept) -> list:
-    """Per prompt: the original model's image (the attack's target), then the attacked model's image of the adversarial prompt."""
-    items = []
-    for r, target in zip(results, targets):
-        items.append((show(target), f"target (original model): {r.prompt}"))
-        items.append((show(r.image), f"{r.adversarial_prompt} · {concept} shown: {'yes' if r.success else 'no'}"))
-    return items
+def _prompt_grid(images, prompts, seeds, title, captions=None):
+    """Rows: prompts; columns: seeds; the judge's reading under each image when there is one."""
+    from studio.images import make_grid
+
+    cell = 128 if max(images[0].size) <= 64 else 192
+    return make_grid(images, len(prompts), len(seeds), row_labels=prompts, col_labels=[f"seed {s}" for s in seeds], captions=captions, cell=cell, title=title)
 
 
-def _attack_live(current, concept) -> list:
-    items = []
+def _attack_grid(results, targets, current, concept):
+    """One row per prompt: the original model's image (the attack's target) and the attacked model's image of
+    the adversarial prompt, with the judge's verdict; the running prompt last."""
+    from studio.images import make_grid
+
+    rows = [(r.prompt, t, r.image, r.success, r.adversarial_prompt) for r, t in zip(results, targets)]
     if current.get("target") is not None:
-        items.append((show(current["target"]), f"target: {current.get('prompt', '')}"))
-    if current.get("image") is not None:
-        items.append((show(current["image"]), f"{current.get('adv', '')} · {concept} shown: {'yes' if current.get('ok') else 'no'} (running)"))
-    return items
+        rows.append((current.get("prompt", ""), current["target"], current.get("image"), current.get("ok"), current.get("adv", "") + " (running)"))
+    if not rows:
+        return None
+    images, labels, captions = [], [], []
+    for prompt, target, image, ok, adv in rows:
+        images += [target, image]
+        labels.append(f"{prompt}  |  attack: {adv}" if adv and adv != prompt else prompt)
+        captions += ["", "" if image is None else f"{concept}: {'yes' if ok else 'no'}"]
+    cell = 96 if max(rows[0][1].size) <= 64 else 192
+    return make_grid(images, len(rows), 2, row_labels=labels, col_labels=["target (original model)", "attacked model"], captions=captions, cell=cell)
 
 
 def _attack_table(results):

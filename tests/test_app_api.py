@@ -124,16 +124,18 @@ def test_cli_registers_studio_app():
 # ----------------------------------------------------------------------------- tabs
 
 
-def test_generate_side_by_side_streams_previews(app):
+def test_generate_streams_and_draws_a_grid(app):
+    from PIL import Image
+
     s = Session(app.url)
-    out = s.run("/generate", prompts_text="a red triangle\na blue circle", seeds_text="0-1", steps=3)
-    left = out["The model above"]
-    assert len(left) == 4 and all(Path(item["image"]).is_file() for item in left)
-    assert [item["caption"].split(" · ")[:2] for item in left] == [
-        ["a red triangle", "seed 0"], ["a red triangle", "seed 1"], ["a blue circle", "seed 0"], ["a blue circle", "seed 1"]]  # fmt: skip
-    assert "judge:" in left[0]["caption"]  # the toy judge says what it sees
-    assert out["Compared model"] == []
-    assert "done" in out["Generate status"] and out["_updates"] >= 3  # loading, previews, final
+    job = s.submit("/generate", prompts_text="a red triangle\na blue circle", seeds_text="0-1", steps=8)
+    out = s.named("/generate", job.result(timeout=120))
+    grid = Image.open(out["The model above"])
+    assert grid.width > 2 * 128 and grid.height > 2 * 128  # 2 prompts x 2 seeds, 32 px images drawn at 128 px
+    assert out["The model above:props"]["label"].startswith("original:")
+    assert out["Compared model:props"]["visible"] is False  # nothing to compare with
+    assert "same seeds" in out["Generate status"] and "job done" in out["Generate status"]
+    assert len(job.outputs()) >= 3  # loading, progress while sampling, final
 
 
 def test_erase_streams_progress_and_shows_grid_report(erased):
@@ -157,12 +159,12 @@ def test_attack_the_erased_model_over_a_prompt_set(erased):
     out = s.run("/attack", victim=erased.key, concept="triangle", prompts_text="a red triangle\na striped blue triangle", **ATTACK)
     table = out["Adversarial prompts"]
     assert [row[0] for row in table["data"]] == ["a red triangle", "a striped blue triangle"]
-    assert all(row[1].endswith(row[0]) for row in table["data"])  # prefix tokens + the prompt
+    assert all(row[1].endswith(" " + row[0]) and "</w>" not in row[1] for row in table["data"])  # decoded prefix tokens + the prompt
     assert "Attack success rate" in out["Attack success rate"] and "over 2 prompt(s)" in out["Attack success rate"]
-    gallery = out["Target (original model) and attacked images"]
-    assert len(gallery) == 4 and gallery[0]["caption"].startswith("target (original model)") and "triangle shown:" in gallery[1]["caption"]
+    assert Path(out["Target (original model) and attacked images"]).is_file()
     assert "erased: a triangle · esd-x" in out["Attack status"]
-    assert len(out["Attack loss"]["data"]) == 2 * 2 * 2  # timesteps x steps x prompts (no pre-attack success on a noisy model)
+    pre = sum(row[2] == "yes" for row in table["data"])  # a prompt whose own image shows the concept needs no attack
+    assert len(out["Attack loss"]["data"]) == 2 * 2 * (2 - pre)  # timesteps x steps per timestep x attacked prompts
 
 
 def test_attack_baseline_on_the_original(app):
@@ -176,8 +178,8 @@ def test_edit_sample_with_prompt_to_prompt_options(app):
     out = s.run("/edit", image=handle_file(str(SAMPLE)), source="a red triangle", target="a blue triangle", method="null-text",
                 blend="triangle", reweight="blue: 2", cross=0.6, self_steps=0.4, **EDIT)  # fmt: skip
     assert "Reconstruction PSNR" in out["Edit status"]
-    assert "PSNR" in out["Reconstruction:props"]["label"]
-    for label in ("Input, as the model sees it", "Reconstruction", "Edit", "Local-blend mask (where the edit may change the image)"):
+    assert out["Reconstruction:props"]["label"].endswith(" dB")
+    for label in ("Input", "Reconstruction", "Edit", "Local blend"):
         assert Path(out[label]).is_file(), label
     assert "replace mode" in out["Edit details"] and "128x128, resized to 32x32" in out["Edit details"]
 
@@ -192,9 +194,9 @@ def test_edit_with_the_erased_model_and_refine(erased):
 
 def test_generate_original_vs_erased_same_seeds(erased):
     out = erased.session.run("/generate", compare=erased.key, prompts_text="a red triangle", seeds_text="3, 4", steps=3)
-    left, right = out["The model above"], out["Compared model"]
-    assert [i["caption"].split(" · ")[1] for i in left] == [i["caption"].split(" · ")[1] for i in right] == ["seed 3", "seed 4"]
+    assert Path(out["The model above"]).is_file() and Path(out["Compared model"]).is_file()
     assert "erased: a triangle · esd-x" in out["Compared model:props"]["label"]
+    assert "same seeds on both sides" in out["Generate status"]
 
 
 def test_save_lists_the_model_and_export_needs_a_text_encoder(erased, app):
@@ -244,12 +246,18 @@ def test_cancel_stops_the_work(app):
 
 
 def test_two_sessions_get_their_own_results(app, erased):
+    from PIL import Image
+
+    def pixels(path):
+        return Image.open(path).convert("RGB").tobytes()
+
     a, b = Session(app.url), Session(app.url)
     ja = a.submit("/generate", prompts_text="a green star", seeds_text="0", steps=3)
     jb = b.submit("/generate", prompts_text="a purple cross", seeds_text="0", steps=3)
     ra, rb = a.named("/generate", ja.result(timeout=120)), b.named("/generate", jb.result(timeout=120))
-    assert ra["The model above"][0]["caption"].startswith("a green star")
-    assert rb["The model above"][0]["caption"].startswith("a purple cross")
+    # each session got the grid of its own prompt: the same as drawing it alone (same seed), not the other's
+    alone = Session(app.url).run("/generate", prompts_text="a green star", seeds_text="0", steps=3)
+    assert pixels(ra["The model above"]) == pixels(alone["The model above"]) != pixels(rb["The model above"])
     # another session neither lists nor can use this session's erased model
     choices = [v for _, v in b.run("/refresh_models")["Model to attack:props"]["choices"]]
     assert erased.key not in choices

@@ -1,0 +1,200 @@
+"""The app in a real browser: headless Chromium (Debian's, driven by Playwright for Python) loads the
+page, runs a short erase, an attack, an edit and a side-by-side generation by clicking, and checks what
+the page shows. Screenshots of every tab go to test-artifacts/screenshots/ (gitignored);
+`STUDIO_UPDATE_SCREENSHOTS=1` also writes the small copies the README shows (assets/screenshots/).
+
+Skipped, with the reason, when Playwright or Chromium is missing (`make browser-deps` installs
+Chromium; CI's `.ci/run` does it).
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import ROOT
+
+
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
+pytest.importorskip("gradio")
+pytest.importorskip("playwright", reason="playwright is not installed (pip install playwright; it is in the [test] extra)")
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM:
+    pytest.skip("chromium is not installed (apt-get install chromium, or `make browser-deps`)", allow_module_level=True)
+
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
+README_SHOTS = ROOT / "assets" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+LONG = 180_000  # ms: the longest a short job may take on a loaded 2-core machine
+
+
+def toy_model():
+    model = os.environ.get("STUDIO_APP_TEST_MODEL") or str(ROOT / "assets" / "toy-model")
+    judge = os.environ.get("STUDIO_APP_TEST_JUDGE") or str(ROOT / "assets" / "toy-judge")
+    if not (Path(model) / "model_index.json").is_file() or not Path(judge).is_dir():
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there yet")
+    return model, judge
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from apps.studio_app import build_app, launch_kwargs
+
+    model, judge = toy_model()
+    demo = build_app(tmp_path_factory.mktemp("browser-outputs"), model, judge_path=judge, device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs())
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        except Exception as e:  # a chromium that cannot start here (missing libraries): say so rather than fail
+            pytest.skip(f"chromium at {CHROMIUM} does not start: {str(e).splitlines()[0]}")
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+        page.requests = []
+        page.on("request", lambda r: page.requests.append(r.url))
+        page.goto(app)
+        page.get_by_role("heading", name="Erasure Studio").wait_for()
+        # the method's settings are filled in by the page-load event; wait for them before typing over them
+        page.wait_for_function("document.querySelector('#erase-iterations input')?.value === '200'", timeout=30_000)
+        yield page
+        browser.close()
+
+
+def fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id}").locator("input, textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def wait_done(page, status_id: str) -> str:
+    """Wait for a job's status to say done; fail at once with the page's error if one pops up."""
+    page.wait_for_selector(f"#{status_id} .job.done, #{status_id} .job.cancelled, .toast-body", timeout=LONG)
+    errors = page.locator(".toast-body")
+    if errors.count():
+        pytest.fail(f"the page shows an error: {errors.first.inner_text()}")
+    text = page.locator(f"#{status_id}").inner_text()
+    assert "Cancelled" not in text
+    return text
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.wait_for_timeout(400)  # let images and plots finish drawing
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("STUDIO_UPDATE_SCREENSHOTS"):
+        from PIL import Image
+
+        README_SHOTS.mkdir(parents=True, exist_ok=True)
+        im = Image.open(path).convert("RGB")
+        im = im.resize((1000, round(im.height * 1000 / im.width)), Image.LANCZOS)
+        im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(README_SHOTS / f"{name}.png", optimize=True)
+    return path
+
+
+def test_erase_by_clicking(page):
+    fill(page, "erase-concept", "a triangle")
+    for elem_id, value in [("erase-iterations", 4), ("erase-num_inference_steps", 4), ("erase-sample-steps", 6), ("erase-preview-every", 2)]:
+        fill(page, elem_id, value)
+    page.locator("#erase-eval").get_by_text("Evaluation after erasing").click()
+    for elem_id, value in [("erase-ev-seeds", 1), ("erase-ev-prompts", 2), ("erase-attack-prompts", 2), ("erase-attack-timesteps", 2), ("erase-attack-iters", 2)]:
+        fill(page, elem_id, value)
+    page.locator("#erase-run").click()
+    page.wait_for_selector("#erase-status .bar", timeout=30_000)  # the progress bar appears while it runs
+    text = wait_done(page, "erase-status")
+    assert "esd-x: 4 steps" in text and "Evaluated" in text
+    assert page.locator("#erase-grid img").count() == 1
+    assert page.locator("#erase-report img").count() == 1
+    assert "erasure success" in page.locator("#erase-table").inner_text()
+    assert page.locator("#erase-preview img").count() == 1
+    assert page.locator("#erase-save").is_enabled()
+    screenshot(page, "erase")
+    page.locator("#erase-save").click()
+    page.get_by_text("Saved to").wait_for(timeout=30_000)
+
+
+def test_attack_by_clicking(page):
+    page.get_by_role("tab", name="Attack").click()
+    # the erase left its model selected here and the concept filled in
+    assert "erased: a triangle" in page.locator("#attack-model input").input_value()
+    assert page.locator("#attack-concept textarea, #attack-concept input").first.input_value() == "triangle"
+    fill(page, "attack-prompts", "a red triangle\na striped blue triangle")
+    for elem_id, value in [("attack-timesteps", 2), ("attack-iters", 3), ("attack-steps", 6)]:
+        fill(page, elem_id, value)
+    page.locator("#attack-run").click()
+    text = wait_done(page, "attack-status")
+    assert "2 prompt(s)" in text
+    assert "Attack success rate" in page.locator("#attack-asr").inner_text()
+    table = page.locator("#attack-table").inner_text()
+    assert "a striped blue triangle" in table and "adversarial prompt" in table
+    assert page.locator("#attack-gallery img").count() == 1  # target and attacked image per prompt, with the verdicts
+    screenshot(page, "attack")
+
+
+def test_edit_by_clicking(page):
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit-samples").get_by_text("a red triangle", exact=True).click()  # a sample fills image and prompts
+    page.wait_for_selector("#edit-image img", timeout=30_000)
+    assert page.locator("#edit-target textarea, #edit-target input").first.input_value() == "a blue triangle"
+    fill(page, "edit-steps", 8)
+    fill(page, "edit-inner", 3)
+    page.locator("#edit-run").click()
+    text = wait_done(page, "edit-status")
+    assert "Reconstruction PSNR" in text
+    assert "dB" in page.locator("#edit-recon").inner_text()
+    for elem_id in ("edit-input", "edit-recon", "edit-edit", "edit-mask"):
+        assert page.locator(f"#{elem_id} img").count() == 1, elem_id
+    screenshot(page, "edit")
+
+
+def test_generate_side_by_side_by_clicking(page):
+    page.get_by_role("tab", name="Generate").click()
+    assert "erased: a triangle" in page.locator("#gen-model input").input_value()
+    fill(page, "gen-prompts", "a red triangle\na blue circle")
+    fill(page, "gen-seeds", "0-3")
+    fill(page, "gen-steps", 10)
+    page.locator("#gen-run").click()
+    wait_done(page, "gen-status")
+    assert page.locator("#gen-left img").count() == 1 and page.locator("#gen-right img").count() == 1
+    screenshot(page, "generate")
+
+
+def test_bad_input_shows_a_readable_error(page):
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "gen-prompts", "")
+    page.locator("#gen-run").click()
+    toast = page.locator(".toast-body").first
+    toast.wait_for(timeout=30_000)
+    assert "type a prompt first" in toast.inner_text()
+    content = page.content()
+    assert "Traceback" not in content and 'File "' not in content
+    screenshot(page, "error")
+    page.locator(".toast-body .toast-close, .toast-close").first.click()
+
+
+def test_cancel_by_clicking(page):
+    page.get_by_role("tab", name="Erase").click()
+    fill(page, "erase-iterations", 100_000)
+    page.locator("#erase-run").click()
+    page.wait_for_function("document.querySelector('#erase-status')?.innerText.includes('/ 100000')", timeout=60_000)
+    t0 = time.time()
+    page.locator("#erase-cancel").click()
+    page.wait_for_selector("#erase-status .job.cancelled", timeout=30_000)
+    assert "Cancelled at step" in page.locator("#erase-status").inner_text()
+    assert time.time() - t0 < 20
+
+
+def test_the_page_made_no_outside_requests(page, app):
+    host = urlparse(app).netloc
+    outside = [u for u in page.requests if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).netloc != host]
+    assert not outside, f"requests left the machine: {outside[:5]}"
