@@ -103,3 +103,17 @@ def prompts_for(name: str, form: str = "direct", n: int | None = None) -> list[t
         asked[c.attribute] = c.name
         out.append((_article(text), asked))
     return out[:n] if n else out
+
+
+def erasure_prompts(name: str) -> list[str]:
+    """The prompt(s) that name a toy concept for an eraser, the way the papers name theirs ("nudity",
+    "Van Gogh", "church"): the base word in its shortest template. Synonyms and aliases are left out
+    on purpose: the evaluation measures whether the erasure reaches them."""
+    c = concept(name)
+    if c.attribute == "shape":
+        return [_article(f"a {c.name}")]
+    if c.attribute == "colour":
+        return [f"a {c.name} shape"]
+    if c.attribute == "style":
+        return [f"a {c.name} shape"]
+    raise ValueError(f"{name!r} is a background; the toy world erases shapes, colours and styles")
