@@ -88,6 +88,7 @@ CSS = """
 #studio-header h1 {margin-bottom: 0;}
 #studio-header p {margin-top: 2px; color: var(--body-text-color-subdued);}
 .verdict-table table {font-size: 0.9em;}
+.caption p {font-size: 0.9em; margin: 0; text-align: center;}
 """
 
 
@@ -767,7 +768,7 @@ class Studio:
         yield {o["status"]: status(1, 1, f"{attack} on {label}: {len(results)} prompt(s) in {job.seconds:.0f} s.", "done"),
                o["gallery"]: _attack_grid(results, targets, {}, concept), o["table"]: _attack_table(results), o["asr"]: _asr_text(results, attack, label)}  # fmt: skip
 
-    def toy_prompts(self, concept, n):
+    def toy_prompts(self, concept, n=10):
         from studio.toyworld.captions import prompts_for
         from studio.toyworld.grammar import concept as toy_concept_of
 
@@ -814,7 +815,8 @@ class Studio:
         blend_words = parse_blend(blend)
         if blend_words:
             options["blend_words"] = blend_words
-        yield {o["status"]: status(0, 1, "Loading the model ..."), o["input"]: None, o["recon"]: None, o["edit"]: None, o["mask"]: None, o["info"]: ""}
+        yield {o["status"]: status(0, 1, "Loading the model ..."), o["input"]: None, o["recon"]: None, o["edit"]: None, o["mask"]: None, o["info"]: "",
+               o["recon_cap"]: "**Reconstruction**", o["edit_cap"]: "**Edit**"}  # fmt: skip
         pipe, label = self.resolve(choice, model, text_encoder, state)
         total = steps * (3 if method == "null-text" else 2)
         preview_every = max(1, steps // 10)
@@ -843,7 +845,8 @@ class Studio:
                     last_stage = st
                     done = stage_base + ev.get("i", 0) + 1
                     if "image" in ev:
-                        upd[o["edit"]] = gr.update(value=show(ev["image"]), label=f"Edit, step {ev['i'] + 1} / {steps}")
+                        upd[o["edit"]] = show(ev["image"])
+                        upd[o["edit_cap"]] = f"**Edit**, step {ev['i'] + 1} / {steps}"
                     if "loss" in ev:
                         upd["loss"] = ev["loss"]
                 loss = upd.pop("loss", None)
@@ -862,14 +865,16 @@ class Studio:
             inside = result.blend_mask[0][..., None]
             mask = Image.fromarray((np.asarray(result.image, dtype=np.float32) * np.where(inside, 1.0, 0.25)).round().astype(np.uint8))
         st = result.stats
-        info = (f"Reconstruction PSNR {score:.1f} dB against the input. {method} inversion on {label}: {st.get('mode', mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
+        info = (f"{method} inversion on {label}: {st.get('mode', mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
                 f"{st.get('edit_seconds', 0):.1f} s to edit. {result.inversion.stats.get('image', '')}.")  # fmt: skip
         yield {
             o["status"]: status(1, 1, f"Done in {job.seconds:.1f} s. Reconstruction PSNR {score:.1f} dB.", "done"),
-            o["input"]: gr.update(value=show(result.image), label="Input"),
-            o["recon"]: gr.update(value=show(result.reconstruction), label=f"Reconstruction, {score:.1f} dB"),
-            o["edit"]: gr.update(value=show(result.edit), label="Edit"),
-            o["mask"]: gr.update(value=show(mask), visible=mask is not None, label="Where it may change"),
+            o["input"]: show(result.image),
+            o["recon"]: gr.update(value=show(result.reconstruction), label=f"Reconstruction, PSNR {score:.1f} dB"),
+            o["recon_cap"]: f"**Reconstruction**, PSNR {score:.1f} dB",
+            o["edit"]: show(result.edit),
+            o["edit_cap"]: f"**Edit**: {html.escape(target)}",
+            o["mask"]: show(mask),
             o["info"]: info,
         }
 
@@ -940,7 +945,8 @@ class Studio:
                 yield {o["status"]: status(done, total, "Cancelled.", "cancelled")}
                 return
         side = "on both sides" if len(models) > 1 else "(pick a model under 'Compare with' to see it beside)"
-        yield {o["status"]: status(1, 1, f"{len(jobs)} image(s) per model in {job.seconds:.1f} s, same seeds {side}.", "done")}
+        note = " Under each image: what the toy judge sees." if judge is not None else ""
+        yield {o["status"]: status(1, 1, f"{len(jobs)} image(s) per model in {job.seconds:.1f} s, same seeds {side}.{note}", "done")}
 
     # ------------------------------------------------------------------ the page
 
@@ -1034,15 +1040,13 @@ class Studio:
                                 attack_concept = gr.Textbox("triangle", label="Concept the judge looks for", scale=2, elem_id="attack-concept")
                                 a_judge = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge", scale=1)
                             attack_prompts_text = gr.Textbox("a red triangle", lines=4, label="Prompts", info="one per line; with several, the attack success rate is computed over them", elem_id="attack-prompts")
-                            with gr.Row():
-                                n_fill = gr.Number(10, precision=0, label="How many", min_width=80, scale=1)
-                                fill = gr.Button("Fill with the toy world's prompts for the concept", scale=3)
+                            fill = gr.Button(f"Fill in {ev.attack_prompts} toy-world prompts for this concept", size="sm", elem_id="attack-fill")
                             a_attack = gr.Dropdown(ATTACK_CHOICES, value="unlearndiffatk", label="Attack", elem_id="attack-attack")
                             with gr.Row():
                                 a_tokens = gr.Number(ua.num_tokens, precision=0, label="Prefix tokens (k)", elem_id="attack-tokens")
                                 a_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Timesteps", elem_id="attack-timesteps")
                                 a_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep", elem_id="attack-iters")
-                                a_draws = gr.Number(rt.draws, precision=0, label="Random draws", elem_id="attack-draws")
+                                a_draws = gr.Number(rt.draws, precision=0, label="Random draws", visible=False, elem_id="attack-draws")
                             with gr.Row():
                                 a_steps = gr.Number(NoAttackConfig().num_inference_steps, precision=0, label="Sampling steps", elem_id="attack-steps")
                                 a_guidance = gr.Number(NoAttackConfig().guidance_scale, label="Guidance scale")
@@ -1056,80 +1060,90 @@ class Studio:
                             a_gallery = gr.Image(label="Target (original model) and attacked images", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
                                                  elem_id="attack-gallery")
                             a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evaluations"], label="Adversarial prompts",
-                                                   interactive=False, wrap=True, elem_id="attack-table")  # fmt: skip
+                                                   interactive=False, wrap=True, column_widths=["26%", "38%", "11%", "11%", "14%"], elem_id="attack-table")  # fmt: skip
                             a_plot = gr.LinePlot(x="step", y="loss", title="Attack loss (gradient steps)", height=200, label="Attack loss", show_label=False, x_axis_format="d", elem_id="attack-plot")
 
                 # ---------------------------------------------------------- Edit
                 with gr.Tab("Edit", id="edit"):
                     with gr.Row():
                         with gr.Column(scale=2):
-                            edit_model = gr.Dropdown(self.tab_choices(initial_state), value=ORIGINAL, label="Edit with", allow_custom_value=True, info="an erased model edits with the concept erased", elem_id="edit-model")
-                            e_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=220, format="png", elem_id="edit-image")
+                            edit_model = gr.Dropdown(self.tab_choices(initial_state), value=ORIGINAL, label="Edit with", allow_custom_value=True,
+                                                     info="an erased model edits with the concept erased", elem_id="edit-model")  # fmt: skip
+                            e_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=200, format="png", elem_id="edit-image")
                             with gr.Row():
                                 e_source = gr.Textbox("a red triangle", label="Source prompt", info="describes the image", elem_id="edit-source")
                                 e_target = gr.Textbox("a blue triangle", label="Target prompt", info="the words to change", elem_id="edit-target")
-                            e_method = gr.Dropdown(INVERSION_CHOICES, value="null-text", label="Inversion", elem_id="edit-method")
-                            with gr.Accordion("Prompt-to-prompt", open=True):
-                                e_mode = gr.Radio([("auto", "auto"), ("replace", "replace"), ("refine", "refine")], value=ed.mode, label="Mode",
-                                                  info="replace: same number of words; refine: words added or removed")  # fmt: skip
-                                with gr.Row():
-                                    e_cross = gr.Slider(0, 1, value=ed.cross_replace_steps, step=0.05, label="Cross-attention replace steps")
-                                    e_self = gr.Slider(0, 1, value=ed.self_replace_steps, step=0.05, label="Self-attention replace steps")
-                                with gr.Row():
-                                    e_reweight = gr.Textbox("", label="Reweight", placeholder="blue: 2, striped: 0.5", info="word: scale, on the target prompt", elem_id="edit-reweight")
-                                    e_blend = gr.Textbox("", label="Local blend words", placeholder="triangle   or   red | blue", info="only the region of these words changes", elem_id="edit-blend")
                             with gr.Row():
-                                e_steps = gr.Number(nt.num_inference_steps, precision=0, label="Steps", elem_id="edit-steps")
-                                e_guidance = gr.Number(nt.guidance_scale, label="Guidance scale")
-                                e_inner = gr.Number(nt.num_inner_steps, precision=0, label="Null-text inner steps", elem_id="edit-inner")
-                                e_fit = gr.Radio(["crop", "pad"], value="crop", label="Fit")
-                            with gr.Row():
-                                e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
-                                e_stop = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
+                                e_reweight = gr.Textbox("", label="Reweight", placeholder="blue: 2, striped: 0.5", info="word: scale, on the target prompt", elem_id="edit-reweight")
+                                e_blend = gr.Textbox("", label="Local blend words", placeholder="triangle   or   red | blue", info="only their region changes", elem_id="edit-blend")
                             samples = sorted(SAMPLES.glob("*.png"))
                             if samples:
                                 gr.Examples([[str(p), *SAMPLE_PROMPTS.get(p.stem, ("", "", ""))] for p in samples], inputs=[e_image, e_source, e_target, e_blend],
-                                            label="Samples (toy world)", examples_per_page=8, visible_columns=[0, 1, 2],
+                                            label="Samples (toy world): click one", examples_per_page=8, visible_columns=[0, 1, 2],
                                             elem_id="edit-samples")  # fmt: skip
+                            with gr.Row():
+                                e_method = gr.Dropdown(INVERSION_CHOICES, value="null-text", label="Inversion", elem_id="edit-method")
+                                e_mode = gr.Radio([("auto", "auto"), ("replace", "replace"), ("refine", "refine")], value=ed.mode, label="Prompt-to-prompt",
+                                                  info="replace: same word count; refine: words added", elem_id="edit-mode")  # fmt: skip
+                            with gr.Row():
+                                e_cross = gr.Slider(0, 1, value=ed.cross_replace_steps, step=0.05, label="Cross-attention steps", info="share of steps with the source's word maps")
+                                e_self = gr.Slider(0, 1, value=ed.self_replace_steps, step=0.05, label="Self-attention steps", info="share of steps with the source's layout")
+                            with gr.Row():
+                                e_steps = gr.Number(nt.num_inference_steps, precision=0, label="Steps", min_width=80, elem_id="edit-steps")
+                                e_guidance = gr.Number(nt.guidance_scale, label="Guidance", min_width=80)
+                                e_inner = gr.Number(nt.num_inner_steps, precision=0, label="Null-text inner steps", min_width=80, elem_id="edit-inner")
+                                e_fit = gr.Radio(["crop", "pad"], value="crop", label="Fit", min_width=80)
+                            with gr.Row():
+                                e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                                e_stop = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
                         with gr.Column(scale=3):
                             e_status = gr.HTML(idle("Upload an image or pick a sample, describe it, say what to change, then press Edit."), label="Edit status", elem_id="edit-status")
                             with gr.Row():
-                                e_input = gr.Image(label="Input", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-input")
-                                e_recon = gr.Image(label="Reconstruction", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-recon")
-                                e_edit = gr.Image(label="Edit", format="png", interactive=False, height=230, min_width=150, buttons=["download"], elem_id="edit-edit")
-                                e_mask = gr.Image(label="Local blend", format="png", interactive=False, height=230, min_width=150, buttons=["download"], visible=False,
-                                                  elem_id="edit-mask")  # fmt: skip
+                                shown = dict(format="png", interactive=False, height=220, show_label=False, buttons=["download"])
+                                with gr.Column(min_width=150):
+                                    e_input = gr.Image(label="Input", **shown, elem_id="edit-input")
+                                    gr.Markdown("**Input**, as the model sees it", elem_classes=["caption"])
+                                with gr.Column(min_width=150):
+                                    e_recon = gr.Image(label="Reconstruction", **shown, elem_id="edit-recon")
+                                    e_recon_cap = gr.Markdown("**Reconstruction** (PSNR against the input)", elem_classes=["caption"], elem_id="edit-recon-caption")
+                                with gr.Column(min_width=150):
+                                    e_edit = gr.Image(label="Edit", **shown, elem_id="edit-edit")
+                                    e_edit_cap = gr.Markdown("**Edit**", elem_classes=["caption"], elem_id="edit-edit-caption")
+                                with gr.Column(min_width=150):
+                                    e_mask = gr.Image(label="Local blend", **shown, elem_id="edit-mask")
+                                    gr.Markdown("**Where it may change** (local blend; the rest is kept)", elem_classes=["caption"])
                             e_info = gr.Markdown("", label="Edit details", elem_id="edit-info")
 
                 # ---------------------------------------------------------- Generate
                 with gr.Tab("Generate", id="generate"):
                     with gr.Row():
+                        g_prompts = gr.Textbox("a red triangle\na blue circle", lines=3, label="Prompts", info="one per line", scale=3, elem_id="gen-prompts")
                         with gr.Column(scale=2):
                             gen_model = gr.Dropdown(self.tab_choices(initial_state, "none (only the model above)"), value=ORIGINAL, label="Compare with", allow_custom_value=True,
                                                     info="drawn on the same seeds, side by side", elem_id="gen-model")  # fmt: skip
-                            g_prompts = gr.Textbox("a red triangle\na blue circle", lines=3, label="Prompts", info="one per line", elem_id="gen-prompts")
                             g_negative = gr.Textbox("", label="Negative prompt")
+                        with gr.Column(scale=2):
                             with gr.Row():
-                                g_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'", elem_id="gen-seeds")
-                                g_steps = gr.Number(50, precision=0, label="Steps", elem_id="gen-steps")
-                                g_guidance = gr.Number(7.5, label="Guidance scale")
+                                g_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'", min_width=90, elem_id="gen-seeds")
+                                g_steps = gr.Number(50, precision=0, label="Steps", info="DDIM", min_width=70, elem_id="gen-steps")
+                                g_guidance = gr.Number(7.5, label="Guidance", info="CFG scale", min_width=70)
                             with gr.Row():
                                 g_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                                 g_stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
-                        with gr.Column(scale=3):
-                            g_status = gr.HTML(idle("Type prompts, then press Generate."), label="Generate status", elem_id="gen-status")
-                            with gr.Row():
-                                g_left = gr.Image(label="The model above", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
-                                                  elem_id="gen-left")  # fmt: skip
-                                g_right = gr.Image(label="Compared model", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
-                                                   visible=False, elem_id="gen-right")  # fmt: skip
+                    g_status = gr.HTML(idle("Type prompts, then press Generate."), label="Generate status", elem_id="gen-status")
+                    with gr.Row():
+                        g_left = gr.Image(label="The model above", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
+                                          elem_id="gen-left")  # fmt: skip
+                        g_right = gr.Image(label="Compared model", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
+                                           visible=False, elem_id="gen-right")  # fmt: skip
 
             self.erase_outputs = {"status": erase_status, "plot": plot, "preview": preview, "grid": grid, "table": table, "report": report, "state": state,
                                   "save": save, "export": export, "info": erase_info, "download": download, "attack_model": attack_model, "edit_model": edit_model,
                                   "gen_model": gen_model, "model": model, "encoder": encoder, "attack_concept": attack_concept,
                                   "attack_prompts": attack_prompts_text}  # fmt: skip
             self.attack_outputs = {"status": a_status, "gallery": a_gallery, "table": a_table, "asr": a_asr, "plot": a_plot}
-            self.edit_outputs = {"status": e_status, "input": e_input, "recon": e_recon, "edit": e_edit, "mask": e_mask, "info": e_info}
+            self.edit_outputs = {"status": e_status, "input": e_input, "recon": e_recon, "edit": e_edit, "mask": e_mask, "info": e_info,
+                                 "recon_cap": e_recon_cap, "edit_cap": e_edit_cap}  # fmt: skip
             self.gen_outputs = {"status": g_status, "left": g_left, "right": g_right}
 
             compute = {"concurrency_id": "compute", "concurrency_limit": self.concurrency, "show_progress": "hidden"}
@@ -1156,7 +1170,8 @@ class Studio:
                              a_steps, a_guidance, a_seed, a_judge]  # fmt: skip
             a_run.click(friendly_stream(self.run_attack), attack_inputs, list(self.attack_outputs.values()), api_name="attack", **compute)
             a_stop.click(self.canceller("attack"), None, None, api_name="cancel_attack", **light)
-            fill.click(friendly(self.toy_prompts), [attack_concept, n_fill], [attack_prompts_text], api_name="toy_prompts", **light)
+            fill.click(friendly(self.toy_prompts), [attack_concept], [attack_prompts_text], api_name="toy_prompts", **light)
+            a_attack.change(attack_fields, [a_attack], [a_tokens, a_timesteps, a_iters, a_draws], api_visibility="private", **light)
 
             edit_inputs = [state, model, encoder, edit_model, e_image, e_source, e_target, e_method, e_mode, e_cross, e_self, e_reweight, e_blend, e_steps,
                            e_guidance, e_inner, e_fit]  # fmt: skip
@@ -1194,6 +1209,12 @@ def _cast_like(default, value, label: str):
     if isinstance(default, float):
         return as_float(value, label)
     return value
+
+
+def attack_fields(attack):
+    """Which budget fields an attack uses: prefix tokens (both), timesteps and steps (UnlearnDiffAtk), draws (random)."""
+    return [gr.update(visible=attack != "none"), gr.update(visible=attack == "unlearndiffatk"), gr.update(visible=attack == "unlearndiffatk"),
+            gr.update(visible=attack == "random")]  # fmt: skip
 
 
 def attack_overrides(attack, iters, timesteps, steps, guidance, num_tokens=None, draws=None) -> dict:
@@ -1288,8 +1309,8 @@ def _attack_grid(results, targets, current, concept):
         images += [target, image]
         labels.append(f"{prompt}  |  attack: {adv}" if adv and adv != prompt else prompt)
         captions += ["", "" if image is None else f"{concept}: {'yes' if ok else 'no'}"]
-    cell = 96 if max(rows[0][1].size) <= 64 else 192
-    return make_grid(images, len(rows), 2, row_labels=labels, col_labels=["target (original model)", "attacked model"], captions=captions, cell=cell)
+    cell = 128 if max(rows[0][1].size) <= 64 else 192
+    return make_grid(images, len(rows), 2, row_labels=labels, col_labels=["target (original)", "attacked"], captions=captions, cell=cell)
 
 
 def _attack_table(results):

@@ -151,7 +151,7 @@ def test_edit_by_clicking(page):
     page.locator("#edit-run").click()
     text = wait_done(page, "edit-status")
     assert "Reconstruction PSNR" in text
-    assert "dB" in page.locator("#edit-recon").inner_text()
+    assert "PSNR" in page.locator("#edit-recon-caption").inner_text()
     for elem_id in ("edit-input", "edit-recon", "edit-edit", "edit-mask"):
         assert page.locator(f"#{elem_id} img").count() == 1, elem_id
     screenshot(page, "edit")
