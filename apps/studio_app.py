@@ -57,7 +57,7 @@ METHOD_INFO = {
     "esd-x-strict": "ESD-x-strict: only the cross-attention keys and values.",
     "esd-all": "ESD-all: every Linear and Conv layer of the UNet.",
     "advunlearn": "AdvUnlearn: adversarial training of the text encoder; exports as a plug-in text encoder.",
-    "doco": "DoCo: concept domain correction with a discriminator, plus gradient surgery to keep other concepts.",
+    "doco": "DoCo: concept domain correction with a discriminator, plus gradient surgery to keep other concepts. Needs an anchor, e.g. 'a square'.",
 }
 
 # The settings shown as fields (when the method's config has them); the rest go in "More settings".
@@ -72,6 +72,9 @@ MAIN_FIELDS = {
     "attack_steps": ("Inner attack steps", None),
     "attack_method": ("Inner attack", None),
     "train_layers": ("Text-encoder layers", "'all', 'layers:0-2', or an official name"),
+    "warmup_steps": ("Discriminator warm-up", "steps that train only the discriminator"),
+    "surgery": ("Gradient surgery", "official, pcgrad or none"),
+    "num_anchor_images": ("Anchor images", "drawn by the original model from the anchor prompts"),
 }
 HIDDEN_FIELDS = ("train_method",)  # fixed by the method name
 
@@ -116,7 +119,7 @@ def _to_gr_error(e: BaseException) -> gr.Error:
     known = type(e).__module__.split(".")[0] in ("studio", "erasers", "inversion", "apps") or isinstance(e, (ValueError, KeyError))
     if not known:
         traceback.print_exception(e)
-    return gr.Error(html.escape(readable(e)), print_exception=False)
+    return gr.Error(html.escape(readable(e), quote=False), print_exception=False)
 
 
 def friendly(fn):
@@ -217,11 +220,11 @@ def status(done: float, total: float, text: str, kind: str = "running") -> str:
     pct = 0 if not total else max(0, min(100, 100 * done / total))
     if kind in ("done",):
         pct = 100
-    return f'<div class="job {kind}"><div class="bar"><div style="width:{pct:.1f}%"></div></div>{html.escape(text)}</div>'
+    return f'<div class="job {kind}"><div class="bar"><div style="width:{pct:.1f}%"></div></div>{html.escape(text, quote=False)}</div>'
 
 
 def idle(text: str) -> str:
-    return f'<div class="job idle">{html.escape(text)}</div>'
+    return f'<div class="job idle">{html.escape(text, quote=False)}</div>'
 
 
 def eta(done: float, total: float, seconds: float) -> str:
@@ -433,7 +436,7 @@ class Studio:
         self, request: gr.Request, state, model, text_encoder, concept_text, anchor_text, retain_text, method, preset, more_json,
         evaluate_on, judge_name, ev_seeds, ev_prompts, attack, attack_prompts, attack_iters, attack_timesteps, sample_steps, guidance,
         preview_every, iterations=None, lr=None, negative_guidance=None, start_guidance=None, num_inference_steps=None, warmup_iterations=None,
-        retain_weight=None, attack_steps=None, attack_method=None, train_layers=None,
+        retain_weight=None, attack_steps=None, attack_method=None, train_layers=None, warmup_steps=None, surgery=None, num_anchor_images=None,
     ):  # fmt: skip
         """The method's settings: the preset's values, then the fields given here (None: keep the preset's), then 'More settings'."""
         from erasers import Concept, erase, get_config
@@ -448,7 +451,7 @@ class Studio:
             raise ValueError(f"method {method!r} is not available in this version; choose one of {', '.join(self.methods)}")
         given = dict(iterations=iterations, lr=lr, negative_guidance=negative_guidance, start_guidance=start_guidance, num_inference_steps=num_inference_steps,
                      warmup_iterations=warmup_iterations, retain_weight=retain_weight, attack_steps=attack_steps, attack_method=attack_method,
-                     train_layers=train_layers)  # fmt: skip
+                     train_layers=train_layers, warmup_steps=warmup_steps, surgery=surgery, num_anchor_images=num_anchor_images)  # fmt: skip
         overrides = {k: v for k, v in given.items() if v is not None and v != ""}
         try:
             more = json.loads(more_json) if (more_json or "").strip() else {}
@@ -976,7 +979,7 @@ class Studio:
                         with gr.Column(scale=2):
                             concept_text = gr.Textbox("a triangle", label="Concept to erase", lines=2, info="one prompt per line (e.g. the concept and its synonyms)", elem_id="erase-concept")
                             with gr.Row():
-                                anchor_text = gr.Textbox("", label="Anchor (optional)", lines=1, info="what the concept should become")
+                                anchor_text = gr.Textbox("", label="Anchor (optional)", lines=1, info="what it should become (DoCo needs one)")
                                 retain_text = gr.Textbox("", label="Retain prompts (optional)", lines=1, info="one per line; kept unchanged")
                             with gr.Row():
                                 method = gr.Dropdown([(m, m) for m in self.methods], value=self.methods[0], label="Method", scale=2, elem_id="erase-method")
@@ -988,11 +991,14 @@ class Studio:
                                     for name, (label, info) in MAIN_FIELDS.items():
                                         if name == "attack_method":
                                             comp = gr.Dropdown(["fast_at", "pgd"], value=None, label=label, info=info, visible=False, min_width=140, elem_id=f"erase-{name}")
+                                        elif name == "surgery":
+                                            comp = gr.Dropdown(["official", "pcgrad", "none"], value=None, label=label, info=info, visible=False, min_width=140,
+                                                               elem_id=f"erase-{name}")  # fmt: skip
                                         elif name == "train_layers":
                                             comp = gr.Textbox(label=label, info=info, visible=False, min_width=140, elem_id=f"erase-{name}")
                                         else:
                                             comp = gr.Number(label=label, info=info, visible=False, min_width=140,
-                                                             precision=0 if name in ("iterations", "num_inference_steps", "warmup_iterations", "attack_steps") else None,
+                                                             precision=0 if name in ("iterations", "num_inference_steps", "warmup_iterations", "attack_steps", "warmup_steps", "num_anchor_images") else None,
                                                              elem_id=f"erase-{name}")  # fmt: skip
                                         main.append(comp)
                             with gr.Accordion("More settings (JSON)", open=False):

@@ -204,10 +204,24 @@ def test_save_lists_the_model_and_export_needs_a_text_encoder(erased, app):
     out = s.run("/save_model")
     folders = list((app.outputs / "models").glob("*/erasure.json"))
     assert len(folders) == 1 and str(folders[0].parent) in out["Saved and exported"]
+    import httpx
+
+    assert httpx.get(f"{app.url}gradio_api/file={folders[0]}").status_code in (403, 404)  # the output folder is not served
     values = [v for _, v in out["Model:props"]["choices"]]
     assert str(folders[0].parent) in values  # the top model picker lists it
     # ESD changed the UNet: nothing to export, and the page says why
     assert "changes the UNet" in error_of(s, "/export_encoder")
+
+
+def test_doco_needs_an_anchor_and_erases_with_one(app):
+    s = Session(app.url)
+    tiny = dict(concept_text="a triangle", method="doco", iterations=2, warmup_steps=1, num_anchor_images=2, evaluate_on=False, sample_steps=2,
+                preview_every=0, more_json='{"batch_size": 1, "anchor_steps": 2, "anchor_batch_size": 2}')  # fmt: skip
+    assert "DoCo needs anchor prompts" in error_of(s, "/erase", **tiny)
+    out = s.run("/erase", anchor_text="a square", **tiny)
+    assert "doco: 2 steps" in out["Erase status"]
+    settings = s.client.predict("doco", "official", api_name="/erase_settings")
+    assert "anchor" in settings[0]["value"]
 
 
 def test_advunlearn_exports_a_plug_in_encoder(app):
