@@ -113,6 +113,33 @@ def test_server_is_local_and_serves_no_repo_files(app):
     assert "googleapis" not in httpx.get(app.url + "theme.css").text  # no web fonts from the network
 
 
+def test_server_makes_no_outside_connections(tmp_path, monkeypatch):
+    """Build, launch and use a second app while every socket connection and name lookup is recorded."""
+    import socket
+
+    import httpx
+
+    from apps.studio_app import build_app, launch_kwargs
+
+    model, judge = toy_model()
+    seen, lookups = [], []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: (seen.append(address), connect(self, address))[1])
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, address: (seen.append(address), connect_ex(self, address))[1])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: (lookups.append(host), getaddrinfo(host, *a, **k))[1])
+    demo = build_app(tmp_path, model, judge_path=judge, device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs())
+    try:
+        assert httpx.get(url).status_code == 200
+        Session(url).run("/generate", prompts_text="a red triangle", seeds_text="0", steps=2)
+    finally:
+        demo.close()
+    local = ("127.0.0.1", "::1", "localhost")
+    assert seen  # the recorder saw the local connections (client to server)
+    assert not [a for a in seen if isinstance(a, tuple) and a[0] not in local], seen
+    assert not [h for h in lookups if h not in local and h is not None], lookups
+
+
 def test_cli_registers_studio_app():
     from studio.cli import build_parser
 
@@ -164,7 +191,8 @@ def test_attack_the_erased_model_over_a_prompt_set(erased):
     assert Path(out["Target (original model) and attacked images"]).is_file()
     assert "erased: a triangle · esd-x" in out["Attack status"]
     pre = sum(row[2] == "yes" for row in table["data"])  # a prompt whose own image shows the concept needs no attack
-    assert len(out["Attack loss"]["data"]) == 2 * 2 * (2 - pre)  # timesteps x steps per timestep x attacked prompts
+    steps = len(out["Attack loss"]["data"]) if out["Attack loss"] else 0
+    assert steps <= 2 * 2 * 2 and (steps > 0 or pre == 2)  # at most timesteps x steps per timestep x prompts (it stops on success)
 
 
 def test_attack_baseline_on_the_original(app):

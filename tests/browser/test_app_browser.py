@@ -182,6 +182,23 @@ def test_bad_input_shows_a_readable_error(page):
     page.locator(".toast-body .toast-close, .toast-close").first.click()
 
 
+def test_non_image_upload_gets_a_readable_error(page, tmp_path):
+    page.get_by_role("tab", name="Edit").click()
+    clear = page.locator("#edit-image").get_by_label("Clear")
+    if clear.count():
+        clear.first.click()
+    notes = tmp_path / "notes.png"
+    notes.write_text("this is text, not a picture")
+    page.locator("#edit-image input[type=file]").set_input_files(str(notes))
+    page.wait_for_timeout(1000)
+    page.locator("#edit-run").click()
+    toast = page.locator(".toast-body").first
+    toast.wait_for(timeout=30_000)
+    assert "'notes.png' is not a readable image" in toast.inner_text()
+    assert "Traceback" not in page.content()
+    page.locator(".toast-close").first.click()
+
+
 def test_cancel_by_clicking(page):
     page.get_by_role("tab", name="Erase").click()
     fill(page, "erase-iterations", 100_000)
