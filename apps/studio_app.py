@@ -371,7 +371,9 @@ class Studio:
         if choice.startswith("encoder:"):
             path = choice.split(":", 1)[1]
             return self.store.get(model, path), f"{model} + plug-in encoder {Path(path).name}"
-        return self.store.get(choice), self._erased_label(Path(choice)) if Path(choice).is_dir() and str(Path(choice).resolve()).startswith(str(self.outputs)) else choice
+        folder = Path(choice).expanduser()
+        label = self._erased_label(folder) if folder.is_dir() and folder.resolve().is_relative_to(self.outputs) else choice
+        return self.store.get(choice), label
 
     def session(self, request) -> str:
         return getattr(request, "session_hash", None) or "anonymous"
