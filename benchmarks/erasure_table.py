@@ -37,7 +37,13 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
     config = get_config(method, "toy", overrides)
     pipe, original = load_pipeline("toy"), load_pipeline("toy")
     t0 = time.time()
-    result = erase(pipe, Concept(erasure_prompts(concept), name=concept), method, config=config, progress=True)
+    if method == "doco":  # DoCo needs anchors: "a triangle" -> "a square" plus anchor captions (erasers.doco.toy_concept)
+        from erasers.doco import toy_concept
+
+        target = toy_concept(concept)
+    else:
+        target = Concept(erasure_prompts(concept), name=concept)
+    result = erase(pipe, target, method, config=config, progress=True)
     erase_s = time.time() - t0
     report = evaluate(original, pipe, toy_spec(concept, eval_config), judge, eval_config)
     write_report(report, RESULTS / "erasure_rows" / f"{method_name}--{concept}")

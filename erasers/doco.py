@@ -559,9 +559,15 @@ TOY_EVAL_PROMPTS = 10  # the first prompts of each form are the evaluation's; th
 
 def toy_concept(name: str, anchor: str | None = None, n_prompts: int | None = None) -> Concept:
     """A toy-world DoCo concept: erase `name` toward `anchor` (default: a square for shapes, "solid" for styles,
-    blue for colours). The anchor prompts are the toy world's direct prompts of the anchor after the first
-    `TOY_EVAL_PROMPTS` (which the evaluation asks for); each pairs with the same prompt naming `name`."""
-    from studio.toyworld.captions import prompts_for
+    blue for colours; the other one of each pair when `name` is the default itself).
+
+    The prompt is the one every eraser gets (`erasure_prompts(name)`, e.g. "a triangle"); the anchors are the
+    same phrase for the anchor ("a square"), which fixes the word swap, and then the toy world's direct prompts
+    of the anchor ("a red square", "a striped blue square on a dark background", ...) after the first
+    `TOY_EVAL_PROMPTS`, which the evaluation asks for: they stand in for the official GPT-written captions.
+    `n_prompts` keeps only that many of the latter.
+    """
+    from studio.toyworld.captions import erasure_prompts, prompts_for
     from studio.toyworld.grammar import concept as toy
 
     c = toy(name)
@@ -571,11 +577,10 @@ def toy_concept(name: str, anchor: str | None = None, n_prompts: int | None = No
     a = toy(anchor)
     if a.attribute != c.attribute or a.name == c.name:
         raise ValueError(f"the anchor of {c.name!r} must be another {c.attribute}, got {anchor!r}")
-    anchors = [p for p, _ in prompts_for(a.name, "direct")][TOY_EVAL_PROMPTS:]
-    target = [p for p, _ in prompts_for(c.name, "direct")][TOY_EVAL_PROMPTS:]
+    captions = [p for p, _ in prompts_for(a.name, "direct")][TOY_EVAL_PROMPTS:]
     if n_prompts:
-        anchors, target = anchors[:n_prompts], target[:n_prompts]
-    return Concept([target[0]], anchors=anchors, name=c.name)
+        captions = captions[:n_prompts]
+    return Concept(erasure_prompts(c.name), anchors=erasure_prompts(a.name) + captions, name=c.name)
 
 
 # The toy world's presets (method -> config fields), chosen by the committed sweep benchmarks/doco_sweep.py

@@ -94,7 +94,8 @@ def test_training_pairs_swap_the_anchor_word_for_the_target_word():
     ]
     assert training_pairs(Concept(["nudity"], anchors=["clothed", "a clothed person"]))[1] == ("a clothed person", "a nudity person")
     toy = toy_concept("striped")
-    assert all(a.replace("solid", "striped") == t for a, t in training_pairs(toy)) and len(toy.anchors) == 40
+    assert toy.prompts == ["a striped shape"] and toy.anchors[0] == "a solid shape" and len(toy.anchors) == 41
+    assert all(a.replace("solid", "striped") == t for a, t in training_pairs(toy))
 
 
 def test_bad_inputs_are_clear_errors(tiny_pipe):
