@@ -39,12 +39,11 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no network calls
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import gradio as gr
+import numpy as np
+from PIL import Image
 
-from .runner import Cancels, Job, ModelStore  # noqa: E402
-
+from .runner import Cancels, Job, ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "samples"
@@ -78,8 +77,17 @@ MAIN_FIELDS = {
 }
 HIDDEN_FIELDS = ("train_method",)  # fixed by the method name
 
-ATTACK_CHOICES = [("UnlearnDiffAtk (optimised prefix tokens)", "unlearndiffatk"), ("random tokens (baseline)", "random"), ("no attack (baseline)", "none")]
-INVERSION_CHOICES = [("null-text inversion", "null-text"), ("negative-prompt inversion", "negative-prompt"), ("direct inversion", "direct"), ("DDIM inversion (baseline)", "ddim")]
+ATTACK_CHOICES = [
+    ("UnlearnDiffAtk (optimised prefix tokens)", "unlearndiffatk"),
+    ("random tokens (baseline)", "random"),
+    ("no attack (baseline)", "none"),
+]
+INVERSION_CHOICES = [
+    ("null-text inversion", "null-text"),
+    ("negative-prompt inversion", "negative-prompt"),
+    ("direct inversion", "direct"),
+    ("DDIM inversion (baseline)", "ddim"),
+]
 
 CSS = """
 .job {font-size: 0.95em; padding: 4px 0;}
@@ -171,7 +179,7 @@ def lines(text: str | None) -> list:
 
 
 def parse_seeds(text) -> list:
-    """"0, 1, 2" or "0-3" -> [0, 1, 2] / [0, 1, 2, 3]."""
+    """ "0, 1, 2" or "0-3" -> [0, 1, 2] / [0, 1, 2, 3]."""
     seeds = []
     for part in re.split(r"[,\s]+", str(text or "").strip()):
         if not part:
@@ -317,7 +325,9 @@ class Studio:
                     continue
                 if (p / ERASURE_FILE).is_file():
                     erased.append((self._erased_label(p), str(p)))
-                elif (p / "config.json").is_file() and (p / "model.safetensors").is_file() and not (p.parent / "model_index.json").is_file():
+                elif (
+                    (p / "config.json").is_file() and (p / "model.safetensors").is_file() and not (p.parent / "model_index.json").is_file()
+                ):
                     if any((q / ERASURE_FILE).is_file() for q in p.parents):
                         continue  # the text encoder inside an erased model folder
                     try:
@@ -353,20 +363,32 @@ class Studio:
         erased, encoders = self.scan()
         saved = {str(Path(e["folder"])) for e in state["erased"].values() if e.get("folder")}
         erased = [(label, path) for label, path in erased if path not in saved]  # listed once, as this session's
-        session = [(f"{e['label']} (this session{', saved' if e.get('folder') else ', unsaved'})", f"session:{k}") for k, e in reversed(list(state["erased"].items()))]
-        return [(first, ORIGINAL)] + session + erased + [(f"original + plug-in encoder {label}", f"encoder:{path}") for label, path in encoders]
+        session = [
+            (f"{e['label']} (this session{', saved' if e.get('folder') else ', unsaved'})", f"session:{k}")
+            for k, e in reversed(list(state["erased"].items()))
+        ]
+        return (
+            [(first, ORIGINAL)]
+            + session
+            + erased
+            + [(f"original + plug-in encoder {label}", f"encoder:{path}") for label, path in encoders]
+        )
 
     def resolve(self, choice: str, model: str, text_encoder: str, state: dict):
         """(pipeline, label) for a tab-level model choice."""
         model = (model or "").strip() or self.default_model
         choice = (choice or ORIGINAL).strip()
         if choice == ORIGINAL:
-            return self.store.get(model, text_encoder or None), f"original: {model}" + (f" + encoder {Path(text_encoder).name}" if text_encoder else "")
+            return self.store.get(model, text_encoder or None), f"original: {model}" + (
+                f" + encoder {Path(text_encoder).name}" if text_encoder else ""
+            )
         if choice.startswith("session:"):
             key = choice.split(":", 1)[1]
             entry = state["erased"].get(key)
             if entry is None:
-                raise ValueError("that erased model is not in this browser session (other sessions' models are private, and unsaved ones are lost when the server restarts); erase again or pick a saved one")
+                raise ValueError(
+                    "that erased model is not in this browser session (other sessions' models are private, and unsaved ones are lost when the server restarts); erase again or pick a saved one"
+                )
             return self.store.erased(key, entry), entry["label"]
         if choice.startswith("encoder:"):
             path = choice.split(":", 1)[1]
@@ -505,10 +527,16 @@ class Studio:
                             losses.append(ev["loss"])
                     done = steps[-1] if steps else 0
                     if last_preview is not None:
-                        upd[o["preview"]] = gr.update(value=show(last_preview["preview"]), label=f"Preview after step {last_preview['step']}")
+                        upd[o["preview"]] = gr.update(
+                            value=show(last_preview["preview"]), label=f"Preview after step {last_preview['step']}"
+                        )
                         preview_note = f" · preview: '{preview_prompt}', seed 0, after step {last_preview['step']}"
                         last_preview = None
-                    text = f"{method}: step {done} / {total}" + (f" · loss {losses[-1]:.4g}" if losses else "") + f" · {eta(done, total, job.seconds)}"
+                    text = (
+                        f"{method}: step {done} / {total}"
+                        + (f" · loss {losses[-1]:.4g}" if losses else "")
+                        + f" · {eta(done, total, job.seconds)}"
+                    )
                     upd[o["status"]] = status(done, total, text + preview_note)
                     if events and steps:
                         upd[o["plot"]] = loss_frame(steps, losses)
@@ -575,8 +603,16 @@ class Studio:
             ecfg.attack = "none"
         judge = self.judge(judge_name)
         spec = toy_spec(concept_name, ecfg) if judge_name == "toy" else _nudity_spec(ecfg)
-        job = Job(lambda emit, cancel: evaluate(original, pipe, spec, judge, ecfg, callback=emit, cancel=cancel, progress=False), cancel, name="studio-erase")
-        names = {"erasure": "erasure on direct / synonym / alias prompts", "utility": "utility on the other concepts", "attack": f"{attack} attack"}
+        job = Job(
+            lambda emit, cancel: evaluate(original, pipe, spec, judge, ecfg, callback=emit, cancel=cancel, progress=False),
+            cancel,
+            name="studio-erase",
+        )
+        names = {
+            "erasure": "erasure on direct / synonym / alias prompts",
+            "utility": "utility on the other concepts",
+            "attack": f"{attack} attack",
+        }
         stage = 0
         try:
             for events in job.stream():
@@ -614,9 +650,13 @@ class Studio:
     def _choice_updates(self, state, select: str | None = None) -> dict:
         o = self.erase_outputs
         upd = {
-            o["attack_model"]: gr.update(choices=self.tab_choices(state, "the original itself (no erasure)"), **({"value": select} if select else {})),
+            o["attack_model"]: gr.update(
+                choices=self.tab_choices(state, "the original itself (no erasure)"), **({"value": select} if select else {})
+            ),
             o["edit_model"]: gr.update(choices=self.tab_choices(state)),
-            o["gen_model"]: gr.update(choices=self.tab_choices(state, "none (only the model above)"), **({"value": select} if select else {})),
+            o["gen_model"]: gr.update(
+                choices=self.tab_choices(state, "none (only the model above)"), **({"value": select} if select else {})
+            ),
             o["model"]: gr.update(choices=self.model_choices()),
             o["encoder"]: gr.update(choices=self.encoder_choices()),
         }
@@ -653,7 +693,9 @@ class Studio:
             raise ValueError("erase a concept with AdvUnlearn first; then you can export its text encoder")
         entry = state["erased"][key]
         if entry["result"].component != "text_encoder":
-            raise ValueError(f"{entry['method']} changes the UNet, so there is no text encoder to export; AdvUnlearn erasures export as plug-in encoders")
+            raise ValueError(
+                f"{entry['method']} changes the UNet, so there is no text encoder to export; AdvUnlearn erasures export as plug-in encoders"
+            )
         export = _export_fn()
         if export is None:
             raise ValueError("exporting plug-in text encoders needs erasers/export.py, which is not in this version yet")
@@ -699,8 +741,12 @@ class Studio:
         for p in prompts:
             check_prompt(pipe.tokenizer, p)
         judge = self.judge(judge_name)
-        is_success = lambda images: judge.shows(images, concept)  # noqa: E731
-        per_prompt = cfg.get("num_timesteps", 1) * cfg.get("iterations", 0) if attack == "unlearndiffatk" else (cfg.get("draws", 0) if attack == "random" else 0)
+        is_success = lambda images: judge.shows(images, concept)
+        per_prompt = (
+            cfg.get("num_timesteps", 1) * cfg.get("iterations", 0)
+            if attack == "unlearndiffatk"
+            else (cfg.get("draws", 0) if attack == "random" else 0)
+        )
         total = len(prompts) * (1 + per_prompt)
         session, kind = self.session(request), "attack"
         cancel = self.cancels.start(session, kind)
@@ -714,9 +760,17 @@ class Studio:
                 emit({"stage": "target", "index": i, "image": target_image})
 
                 def callback(info, i=i):
-                    emit({**{k: v for k, v in info.items() if k != "image"}, "index": i, **({"image": info["image"]} if "image" in info else {})})
+                    emit(
+                        {
+                            **{k: v for k, v in info.items() if k != "image"},
+                            "index": i,
+                            **({"image": info["image"]} if "image" in info else {}),
+                        }
+                    )
 
-                res = attacks.run_attack(attack, pipe, prompt, target, is_success, config=cfg, seed=seed, callback=callback, cancel=cancel, progress=False)
+                res = attacks.run_attack(
+                    attack, pipe, prompt, target, is_success, config=cfg, seed=seed, callback=callback, cancel=cancel, progress=False
+                )
                 results.append(res)
                 emit({"stage": "result", "index": i, "result": res, "target": target_image})
             return results
@@ -813,7 +867,11 @@ class Studio:
         if method == "null-text":
             inv_kwargs["num_inner_steps"] = as_int(inner_steps, "null-text inner steps", 0)
         inv_config = inv_cls(**inv_kwargs)
-        options = {"mode": mode, "cross_replace_steps": as_float(cross, "cross replace steps"), "self_replace_steps": as_float(self_steps, "self replace steps")}
+        options = {
+            "mode": mode,
+            "cross_replace_steps": as_float(cross, "cross replace steps"),
+            "self_replace_steps": as_float(self_steps, "self replace steps"),
+        }
         weights = parse_reweight(reweight)
         if weights:
             options["reweight"] = weights
@@ -835,7 +893,9 @@ class Studio:
                     small["image"] = to_pil(decode_latents(pipe, info["denoised"][1:2].float()))[0]
                 emit(small)
 
-            return edit_image(pipe, picture, source, target, method, inversion_config=inv_config, fit=fit, callback=callback, cancel=cancel, **options)
+            return edit_image(
+                pipe, picture, source, target, method, inversion_config=inv_config, fit=fit, callback=callback, cancel=cancel, **options
+            )
 
         job = Job(work, cancel, name=f"studio-{kind}")
         done, stage_base, last_stage = 0, 0, None
@@ -855,7 +915,11 @@ class Studio:
                     if "loss" in ev:
                         upd["loss"] = ev["loss"]
                 loss = upd.pop("loss", None)
-                text = f"{stage_names.get(last_stage, 'starting')} on {label}" + (f" · loss {loss:.2e}" if loss is not None else "") + f" · {eta(done, total, job.seconds)}"
+                text = (
+                    f"{stage_names.get(last_stage, 'starting')} on {label}"
+                    + (f" · loss {loss:.2e}" if loss is not None else "")
+                    + f" · {eta(done, total, job.seconds)}"
+                )
                 upd[o["status"]] = status(done, total, text)
                 yield upd
             result = job.result
@@ -895,7 +959,9 @@ class Studio:
             raise ValueError("type a prompt first, e.g. 'a red triangle' (one per line)")
         seeds = parse_seeds(seeds_text)
         if len(prompts) * len(seeds) > MAX_IMAGES:
-            raise ValueError(f"{len(prompts)} prompts x {len(seeds)} seeds is {len(prompts) * len(seeds)} images; the app draws at most {MAX_IMAGES} per run")
+            raise ValueError(
+                f"{len(prompts)} prompts x {len(seeds)} seeds is {len(prompts) * len(seeds)} images; the app draws at most {MAX_IMAGES} per run"
+            )
         steps, guidance = as_int(steps, "steps", 1), as_float(guidance, "guidance")
         yield {o["status"]: status(0, 1, "Loading the models ...")}
         left, left_label = self.resolve(ORIGINAL, model, text_encoder, state)
@@ -918,9 +984,16 @@ class Studio:
 
             out = []
             for m, (pipe, label, _) in enumerate(models):
+
                 def callback(info, m=m, pipe=pipe, label=label):
                     if info["i"] % preview_every == 0 and info["i"] < steps - 1:
-                        emit({"model": m, "i": info["i"], "image": grid(to_pil(decode_latents(pipe, info["denoised"])), f"{label} (step {info['i'] + 1} / {steps})")})
+                        emit(
+                            {
+                                "model": m,
+                                "i": info["i"],
+                                "image": grid(to_pil(decode_latents(pipe, info["denoised"])), f"{label} (step {info['i'] + 1} / {steps})"),
+                            }
+                        )
                     else:
                         emit({"model": m, "i": info["i"]})
 
@@ -966,11 +1039,21 @@ class Studio:
 
         with gr.Blocks(title="Erasure Studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
             state = gr.State(initial_state)
-            gr.Markdown("# Erasure Studio\nErase a concept from a text-to-image model, attack the erased model, edit real images.", elem_id="studio-header")
+            gr.Markdown(
+                "# Erasure Studio\nErase a concept from a text-to-image model, attack the erased model, edit real images.",
+                elem_id="studio-header",
+            )
             with gr.Row():
                 model = gr.Dropdown(self.model_choices(), value=self.default_model, allow_custom_value=True, label="Model", scale=3,
                                     info="the shipped toy model, an erased model from the output folder, or type a hub id, a diffusers folder or a .safetensors file", elem_id="model")  # fmt: skip
-                encoder = gr.Dropdown(self.encoder_choices(), value="", label="Plug-in text encoder", scale=2, info="replaces the model's text encoder (AdvUnlearn exports)", elem_id="encoder")
+                encoder = gr.Dropdown(
+                    self.encoder_choices(),
+                    value="",
+                    label="Plug-in text encoder",
+                    scale=2,
+                    info="replaces the model's text encoder (AdvUnlearn exports)",
+                    elem_id="encoder",
+                )
                 check = gr.Button("Load", scale=0, min_width=90, elem_id="model-load")
             model_info = gr.Markdown("", elem_id="model-info")
 
@@ -979,20 +1062,46 @@ class Studio:
                 with gr.Tab("Erase", id="erase"):
                     with gr.Row():
                         with gr.Column(scale=2):
-                            concept_text = gr.Textbox("a triangle", label="Concept to erase", lines=2, info="one prompt per line (e.g. the concept and its synonyms)", elem_id="erase-concept")
+                            concept_text = gr.Textbox(
+                                "a triangle",
+                                label="Concept to erase",
+                                lines=2,
+                                info="one prompt per line (e.g. the concept and its synonyms)",
+                                elem_id="erase-concept",
+                            )
                             with gr.Row():
-                                anchor_text = gr.Textbox("", label="Anchor (optional)", lines=1, info="what it should become (DoCo needs one)")
-                                retain_text = gr.Textbox("", label="Retain prompts (optional)", lines=1, info="one per line; kept unchanged")
+                                anchor_text = gr.Textbox(
+                                    "", label="Anchor (optional)", lines=1, info="what it should become (DoCo needs one)"
+                                )
+                                retain_text = gr.Textbox(
+                                    "", label="Retain prompts (optional)", lines=1, info="one per line; kept unchanged"
+                                )
                             with gr.Row():
-                                method = gr.Dropdown([(m, m) for m in self.methods], value=self.methods[0], label="Method", scale=2, elem_id="erase-method")
-                                preset = gr.Radio([("paper defaults", "official"), ("toy-world preset", "toy")], value="official", label="Settings", scale=2, elem_id="erase-preset")
+                                method = gr.Dropdown(
+                                    [(m, m) for m in self.methods], value=self.methods[0], label="Method", scale=2, elem_id="erase-method"
+                                )
+                                preset = gr.Radio(
+                                    [("paper defaults", "official"), ("toy-world preset", "toy")],
+                                    value="official",
+                                    label="Settings",
+                                    scale=2,
+                                    elem_id="erase-preset",
+                                )
                             method_info = gr.Markdown(METHOD_INFO.get(self.methods[0], ""))
                             main = []
                             with gr.Group():
                                 with gr.Row():
                                     for name, (label, info) in MAIN_FIELDS.items():
                                         if name == "attack_method":
-                                            comp = gr.Dropdown(["fast_at", "pgd"], value=None, label=label, info=info, visible=False, min_width=140, elem_id=f"erase-{name}")
+                                            comp = gr.Dropdown(
+                                                ["fast_at", "pgd"],
+                                                value=None,
+                                                label=label,
+                                                info=info,
+                                                visible=False,
+                                                min_width=140,
+                                                elem_id=f"erase-{name}",
+                                            )
                                         elif name == "surgery":
                                             comp = gr.Dropdown(["official", "pcgrad", "none"], value=None, label=label, info=info, visible=False, min_width=140,
                                                                elem_id=f"erase-{name}")  # fmt: skip
@@ -1004,37 +1113,112 @@ class Studio:
                                                              elem_id=f"erase-{name}")  # fmt: skip
                                         main.append(comp)
                             with gr.Accordion("More settings (JSON)", open=False):
-                                more_json = gr.Code("", language="json", label="Other fields of the method's config", lines=6, elem_id="erase-more")
+                                more_json = gr.Code(
+                                    "", language="json", label="Other fields of the method's config", lines=6, elem_id="erase-more"
+                                )
                             with gr.Accordion("Evaluation after erasing", open=False, elem_id="erase-eval"):
                                 with gr.Row():
-                                    evaluate_on = gr.Checkbox(True, label="Evaluate", info="erasure, utility and attack success rate", elem_id="erase-evaluate")
+                                    evaluate_on = gr.Checkbox(
+                                        True, label="Evaluate", info="erasure, utility and attack success rate", elem_id="erase-evaluate"
+                                    )
                                     judge_name = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge", elem_id="erase-judge")
                                 with gr.Row():
-                                    ev_seeds = gr.Number(ev.seeds, precision=0, label="Seeds per prompt", min_width=100, elem_id="erase-ev-seeds")
-                                    ev_prompts = gr.Number(ev.prompts_per_form, precision=0, label="Prompts per form", min_width=100, elem_id="erase-ev-prompts")
-                                    attack_prompts = gr.Number(ev.attack_prompts, precision=0, label="Attack prompts", min_width=100, elem_id="erase-attack-prompts")
+                                    ev_seeds = gr.Number(
+                                        ev.seeds, precision=0, label="Seeds per prompt", min_width=100, elem_id="erase-ev-seeds"
+                                    )
+                                    ev_prompts = gr.Number(
+                                        ev.prompts_per_form,
+                                        precision=0,
+                                        label="Prompts per form",
+                                        min_width=100,
+                                        elem_id="erase-ev-prompts",
+                                    )
+                                    attack_prompts = gr.Number(
+                                        ev.attack_prompts,
+                                        precision=0,
+                                        label="Attack prompts",
+                                        min_width=100,
+                                        elem_id="erase-attack-prompts",
+                                    )
                                 with gr.Row():
-                                    attack = gr.Dropdown(ATTACK_CHOICES, value=ev.attack, label="Attack", min_width=100, elem_id="erase-attack")
-                                    attack_timesteps = gr.Number(ua.num_timesteps, precision=0, label="Attack timesteps", min_width=100, elem_id="erase-attack-timesteps")
-                                    attack_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep", min_width=100, elem_id="erase-attack-iters")
+                                    attack = gr.Dropdown(
+                                        ATTACK_CHOICES, value=ev.attack, label="Attack", min_width=100, elem_id="erase-attack"
+                                    )
+                                    attack_timesteps = gr.Number(
+                                        ua.num_timesteps,
+                                        precision=0,
+                                        label="Attack timesteps",
+                                        min_width=100,
+                                        elem_id="erase-attack-timesteps",
+                                    )
+                                    attack_iters = gr.Number(
+                                        ua.iterations, precision=0, label="Steps per timestep", min_width=100, elem_id="erase-attack-iters"
+                                    )
                             with gr.Row():
-                                sample_steps = gr.Number(ev.num_inference_steps, precision=0, label="Sampling steps", info="images, previews, evaluation", elem_id="erase-sample-steps")
+                                sample_steps = gr.Number(
+                                    ev.num_inference_steps,
+                                    precision=0,
+                                    label="Sampling steps",
+                                    info="images, previews, evaluation",
+                                    elem_id="erase-sample-steps",
+                                )
                                 guidance = gr.Number(ev.guidance_scale, label="Guidance scale", elem_id="erase-guidance")
-                                preview_every = gr.Number(20, precision=0, label="Preview every (steps)", info="0 = no previews", elem_id="erase-preview-every")
+                                preview_every = gr.Number(
+                                    20, precision=0, label="Preview every (steps)", info="0 = no previews", elem_id="erase-preview-every"
+                                )
                             with gr.Row():
                                 run = gr.Button("Erase", variant="primary", elem_id="erase-run")
                                 stop = gr.Button("Cancel", variant="stop", elem_id="erase-cancel")
                         with gr.Column(scale=3):
-                            erase_status = gr.HTML(idle("Pick a concept and a method, then press Erase."), label="Erase status", elem_id="erase-status")
+                            erase_status = gr.HTML(
+                                idle("Pick a concept and a method, then press Erase."), label="Erase status", elem_id="erase-status"
+                            )
                             with gr.Row():
-                                plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, label="Training loss", show_label=False, scale=3, x_axis_format="d", elem_id="erase-plot")
-                                preview = gr.Image(label="Preview", show_label=False, format="png", height=220, interactive=False, scale=2, buttons=["download"], elem_id="erase-preview")
-                            grid = gr.Image(label="Before / after on fixed seeds", show_label=False, format="png", interactive=False, elem_id="erase-grid")
+                                plot = gr.LinePlot(
+                                    x="step",
+                                    y="loss",
+                                    title="Training loss",
+                                    height=220,
+                                    label="Training loss",
+                                    show_label=False,
+                                    scale=3,
+                                    x_axis_format="d",
+                                    elem_id="erase-plot",
+                                )
+                                preview = gr.Image(
+                                    label="Preview",
+                                    show_label=False,
+                                    format="png",
+                                    height=220,
+                                    interactive=False,
+                                    scale=2,
+                                    buttons=["download"],
+                                    elem_id="erase-preview",
+                                )
+                            grid = gr.Image(
+                                label="Before / after on fixed seeds",
+                                show_label=False,
+                                format="png",
+                                interactive=False,
+                                elem_id="erase-grid",
+                            )
                             table = gr.Markdown("", label="Evaluation", elem_classes=["verdict-table"], elem_id="erase-table")
-                            report = gr.Image(label="Original / erased / attacked (with the judge's verdicts)", show_label=False, format="png", interactive=False, elem_id="erase-report")
+                            report = gr.Image(
+                                label="Original / erased / attacked (with the judge's verdicts)",
+                                show_label=False,
+                                format="png",
+                                interactive=False,
+                                elem_id="erase-report",
+                            )
                             with gr.Row():
                                 save = gr.Button("Save erased model", interactive=False, elem_id="erase-save")
-                                export = gr.Button("Export plug-in text encoder" if _export_fn() else "Export plug-in text encoder (not in this version yet)", interactive=False, elem_id="erase-export")
+                                export = gr.Button(
+                                    "Export plug-in text encoder"
+                                    if _export_fn()
+                                    else "Export plug-in text encoder (not in this version yet)",
+                                    interactive=False,
+                                    elem_id="erase-export",
+                                )
                             erase_info = gr.Markdown("", label="Saved and exported", elem_id="erase-info")
                             download = gr.File(label="Download", visible=False, interactive=False, elem_id="erase-download")
 
@@ -1045,10 +1229,20 @@ class Studio:
                             attack_model = gr.Dropdown(self.tab_choices(initial_state, "the original itself (no erasure)"), value=ORIGINAL, label="Model to attack", allow_custom_value=True,
                                                        info="the target images come from the model picked at the top", elem_id="attack-model")  # fmt: skip
                             with gr.Row():
-                                attack_concept = gr.Textbox("triangle", label="Concept the judge looks for", scale=2, elem_id="attack-concept")
+                                attack_concept = gr.Textbox(
+                                    "triangle", label="Concept the judge looks for", scale=2, elem_id="attack-concept"
+                                )
                                 a_judge = gr.Dropdown(["toy", "nudenet"], value="toy", label="Judge", scale=1)
-                            attack_prompts_text = gr.Textbox("a red triangle", lines=4, label="Prompts", info="one per line; with several, the attack success rate is computed over them", elem_id="attack-prompts")
-                            fill = gr.Button(f"Fill in {ev.attack_prompts} toy-world prompts for this concept", size="sm", elem_id="attack-fill")
+                            attack_prompts_text = gr.Textbox(
+                                "a red triangle",
+                                lines=4,
+                                label="Prompts",
+                                info="one per line; with several, the attack success rate is computed over them",
+                                elem_id="attack-prompts",
+                            )
+                            fill = gr.Button(
+                                f"Fill in {ev.attack_prompts} toy-world prompts for this concept", size="sm", elem_id="attack-fill"
+                            )
                             a_attack = gr.Dropdown(ATTACK_CHOICES, value="unlearndiffatk", label="Attack", elem_id="attack-attack")
                             with gr.Row():
                                 a_tokens = gr.Number(ua.num_tokens, precision=0, label="Prefix tokens (k)", elem_id="attack-tokens")
@@ -1056,20 +1250,41 @@ class Studio:
                                 a_iters = gr.Number(ua.iterations, precision=0, label="Steps per timestep", elem_id="attack-iters")
                                 a_draws = gr.Number(rt.draws, precision=0, label="Random draws", visible=False, elem_id="attack-draws")
                             with gr.Row():
-                                a_steps = gr.Number(NoAttackConfig().num_inference_steps, precision=0, label="Sampling steps", elem_id="attack-steps")
+                                a_steps = gr.Number(
+                                    NoAttackConfig().num_inference_steps, precision=0, label="Sampling steps", elem_id="attack-steps"
+                                )
                                 a_guidance = gr.Number(NoAttackConfig().guidance_scale, label="Guidance scale")
                                 a_seed = gr.Number(0, precision=0, label="Seed")
                             with gr.Row():
                                 a_run = gr.Button("Attack", variant="primary", elem_id="attack-run")
                                 a_stop = gr.Button("Cancel", variant="stop", elem_id="attack-cancel")
                         with gr.Column(scale=3):
-                            a_status = gr.HTML(idle("Pick the model to attack and a prompt, then press Attack."), label="Attack status", elem_id="attack-status")
+                            a_status = gr.HTML(
+                                idle("Pick the model to attack and a prompt, then press Attack."),
+                                label="Attack status",
+                                elem_id="attack-status",
+                            )
                             a_asr = gr.Markdown("", label="Attack success rate", elem_id="attack-asr")
-                            a_gallery = gr.Image(label="Target (original model) and attacked images", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
-                                                 elem_id="attack-gallery")
+                            a_gallery = gr.Image(
+                                label="Target (original model) and attacked images",
+                                show_label=False,
+                                format="png",
+                                interactive=False,
+                                buttons=["download", "fullscreen"],
+                                elem_id="attack-gallery",
+                            )
                             a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evaluations"], label="Adversarial prompts",
                                                    interactive=False, wrap=True, column_widths=["26%", "38%", "11%", "11%", "14%"], elem_id="attack-table")  # fmt: skip
-                            a_plot = gr.LinePlot(x="step", y="loss", title="Attack loss (gradient steps)", height=200, label="Attack loss", show_label=False, x_axis_format="d", elem_id="attack-plot")
+                            a_plot = gr.LinePlot(
+                                x="step",
+                                y="loss",
+                                title="Attack loss (gradient steps)",
+                                height=200,
+                                label="Attack loss",
+                                show_label=False,
+                                x_axis_format="d",
+                                elem_id="attack-plot",
+                            )
 
                 # ---------------------------------------------------------- Edit
                 with gr.Tab("Edit", id="edit"):
@@ -1077,13 +1292,36 @@ class Studio:
                         with gr.Column(scale=2):
                             edit_model = gr.Dropdown(self.tab_choices(initial_state), value=ORIGINAL, label="Edit with", allow_custom_value=True,
                                                      info="an erased model edits with the concept erased", elem_id="edit-model")  # fmt: skip
-                            e_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=200, format="png", elem_id="edit-image")
+                            e_image = gr.Image(
+                                type="filepath",
+                                label="Image",
+                                sources=["upload", "clipboard"],
+                                height=200,
+                                format="png",
+                                elem_id="edit-image",
+                            )
                             with gr.Row():
-                                e_source = gr.Textbox("a red triangle", label="Source prompt", info="describes the image", elem_id="edit-source")
-                                e_target = gr.Textbox("a blue triangle", label="Target prompt", info="the words to change", elem_id="edit-target")
+                                e_source = gr.Textbox(
+                                    "a red triangle", label="Source prompt", info="describes the image", elem_id="edit-source"
+                                )
+                                e_target = gr.Textbox(
+                                    "a blue triangle", label="Target prompt", info="the words to change", elem_id="edit-target"
+                                )
                             with gr.Row():
-                                e_reweight = gr.Textbox("", label="Reweight", placeholder="blue: 2, striped: 0.5", info="word: scale, on the target prompt", elem_id="edit-reweight")
-                                e_blend = gr.Textbox("", label="Local blend words", placeholder="triangle   or   red | blue", info="only their region changes", elem_id="edit-blend")
+                                e_reweight = gr.Textbox(
+                                    "",
+                                    label="Reweight",
+                                    placeholder="blue: 2, striped: 0.5",
+                                    info="word: scale, on the target prompt",
+                                    elem_id="edit-reweight",
+                                )
+                                e_blend = gr.Textbox(
+                                    "",
+                                    label="Local blend words",
+                                    placeholder="triangle   or   red | blue",
+                                    info="only their region changes",
+                                    elem_id="edit-blend",
+                                )
                             samples = sorted(SAMPLES.glob("*.png"))
                             if samples:
                                 gr.Examples([[str(p), *SAMPLE_PROMPTS.get(p.stem, ("", "", ""))] for p in samples], inputs=[e_image, e_source, e_target, e_blend],
@@ -1094,18 +1332,38 @@ class Studio:
                                 e_mode = gr.Radio([("auto", "auto"), ("replace", "replace"), ("refine", "refine")], value=ed.mode, label="Prompt-to-prompt",
                                                   info="replace: same word count; refine: words added", elem_id="edit-mode")  # fmt: skip
                             with gr.Row():
-                                e_cross = gr.Slider(0, 1, value=ed.cross_replace_steps, step=0.05, label="Cross-attention steps", info="share of steps with the source's word maps")
-                                e_self = gr.Slider(0, 1, value=ed.self_replace_steps, step=0.05, label="Self-attention steps", info="share of steps with the source's layout")
+                                e_cross = gr.Slider(
+                                    0,
+                                    1,
+                                    value=ed.cross_replace_steps,
+                                    step=0.05,
+                                    label="Cross-attention steps",
+                                    info="share of steps with the source's word maps",
+                                )
+                                e_self = gr.Slider(
+                                    0,
+                                    1,
+                                    value=ed.self_replace_steps,
+                                    step=0.05,
+                                    label="Self-attention steps",
+                                    info="share of steps with the source's layout",
+                                )
                             with gr.Row():
                                 e_steps = gr.Number(nt.num_inference_steps, precision=0, label="Steps", min_width=80, elem_id="edit-steps")
                                 e_guidance = gr.Number(nt.guidance_scale, label="Guidance", min_width=80)
-                                e_inner = gr.Number(nt.num_inner_steps, precision=0, label="Null-text inner steps", min_width=80, elem_id="edit-inner")
+                                e_inner = gr.Number(
+                                    nt.num_inner_steps, precision=0, label="Null-text inner steps", min_width=80, elem_id="edit-inner"
+                                )
                                 e_fit = gr.Radio(["crop", "pad"], value="crop", label="Fit", min_width=80)
                             with gr.Row():
                                 e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                                 e_stop = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
                         with gr.Column(scale=3):
-                            e_status = gr.HTML(idle("Upload an image or pick a sample, describe it, say what to change, then press Edit."), label="Edit status", elem_id="edit-status")
+                            e_status = gr.HTML(
+                                idle("Upload an image or pick a sample, describe it, say what to change, then press Edit."),
+                                label="Edit status",
+                                elem_id="edit-status",
+                            )
                             with gr.Row():
                                 shown = dict(format="png", interactive=False, height=220, show_label=False, buttons=["download"])
                                 with gr.Column(min_width=150):
@@ -1113,7 +1371,11 @@ class Studio:
                                     gr.Markdown("**Input**, as the model sees it", elem_classes=["caption"])
                                 with gr.Column(min_width=150):
                                     e_recon = gr.Image(label="Reconstruction", **shown, elem_id="edit-recon")
-                                    e_recon_cap = gr.Markdown("**Reconstruction** (PSNR against the input)", elem_classes=["caption"], elem_id="edit-recon-caption")
+                                    e_recon_cap = gr.Markdown(
+                                        "**Reconstruction** (PSNR against the input)",
+                                        elem_classes=["caption"],
+                                        elem_id="edit-recon-caption",
+                                    )
                                 with gr.Column(min_width=150):
                                     e_edit = gr.Image(label="Edit", **shown, elem_id="edit-edit")
                                     e_edit_cap = gr.Markdown("**Edit**", elem_classes=["caption"], elem_id="edit-edit-caption")
@@ -1125,14 +1387,18 @@ class Studio:
                 # ---------------------------------------------------------- Generate
                 with gr.Tab("Generate", id="generate"):
                     with gr.Row():
-                        g_prompts = gr.Textbox("a red triangle\na blue circle", lines=3, label="Prompts", info="one per line", scale=3, elem_id="gen-prompts")
+                        g_prompts = gr.Textbox(
+                            "a red triangle\na blue circle", lines=3, label="Prompts", info="one per line", scale=3, elem_id="gen-prompts"
+                        )
                         with gr.Column(scale=2):
                             gen_model = gr.Dropdown(self.tab_choices(initial_state, "none (only the model above)"), value=ORIGINAL, label="Compare with", allow_custom_value=True,
                                                     info="drawn on the same seeds, side by side", elem_id="gen-model")  # fmt: skip
                             g_negative = gr.Textbox("", label="Negative prompt")
                         with gr.Column(scale=2):
                             with gr.Row():
-                                g_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'", min_width=90, elem_id="gen-seeds")
+                                g_seeds = gr.Textbox(
+                                    "0, 1, 2, 3", label="Seeds", info="'0, 1, 2' or '0-7'", min_width=90, elem_id="gen-seeds"
+                                )
                                 g_steps = gr.Number(50, precision=0, label="Steps", info="DDIM", min_width=70, elem_id="gen-steps")
                                 g_guidance = gr.Number(7.5, label="Guidance", info="CFG scale", min_width=70)
                             with gr.Row():
@@ -1183,7 +1449,9 @@ class Studio:
 
             edit_inputs = [state, model, encoder, edit_model, e_image, e_source, e_target, e_method, e_mode, e_cross, e_self, e_reweight, e_blend, e_steps,
                            e_guidance, e_inner, e_fit]  # fmt: skip
-            e_run.click(friendly_stream(self.run_edit), edit_inputs, list(self.edit_outputs.values()), api_name="edit", preprocess=False, **compute)
+            e_run.click(
+                friendly_stream(self.run_edit), edit_inputs, list(self.edit_outputs.values()), api_name="edit", preprocess=False, **compute
+            )
             e_stop.click(self.canceller("edit"), None, None, api_name="cancel_edit", **light)
 
             gen_inputs = [state, model, encoder, gen_model, g_prompts, g_negative, g_seeds, g_steps, g_guidance]
@@ -1243,7 +1511,7 @@ def attack_overrides(attack, iters, timesteps, steps, guidance, num_tokens=None,
 
 
 def parse_reweight(text) -> dict:
-    """"blue: 2, striped: 0.5" -> {"blue": 2.0, "striped": 0.5}."""
+    """ "blue: 2, striped: 0.5" -> {"blue": 2.0, "striped": 0.5}."""
     out = {}
     for part in re.split(r"[,;\n]+", str(text or "")):
         if not part.strip():
@@ -1256,13 +1524,13 @@ def parse_reweight(text) -> dict:
 
 
 def parse_blend(text):
-    """"triangle" -> "triangle"; "red | blue" -> (["red"], ["blue"]); "" -> None."""
+    """ "triangle" -> "triangle"; "red | blue" -> (["red"], ["blue"]); "" -> None."""
     text = str(text or "").strip()
     if not text:
         return None
     if "|" in text:
         src, tgt = text.split("|", 1)
-        words = lambda s: [w for w in re.split(r"[,\s]+", s.strip()) if w]  # noqa: E731
+        words = lambda s: [w for w in re.split(r"[,\s]+", s.strip()) if w]
         if not words(src) or not words(tgt):
             raise ValueError("local blend 'source words | target words' needs words on both sides of the bar, e.g. 'red | blue'")
         return (words(src), words(tgt))
@@ -1299,7 +1567,16 @@ def _prompt_grid(images, prompts, seeds, title, captions=None):
     from studio.images import make_grid
 
     cell = 128 if max(images[0].size) <= 64 else 192
-    return make_grid(images, len(prompts), len(seeds), row_labels=prompts, col_labels=[f"seed {s}" for s in seeds], captions=captions, cell=cell, title=title)
+    return make_grid(
+        images,
+        len(prompts),
+        len(seeds),
+        row_labels=prompts,
+        col_labels=[f"seed {s}" for s in seeds],
+        captions=captions,
+        cell=cell,
+        title=title,
+    )
 
 
 def _attack_grid(results, targets, current, concept):
@@ -1309,7 +1586,9 @@ def _attack_grid(results, targets, current, concept):
 
     rows = [(r.prompt, t, r.image, r.success, r.adversarial_prompt) for r, t in zip(results, targets)]
     if current.get("target") is not None:
-        rows.append((current.get("prompt", ""), current["target"], current.get("image"), current.get("ok"), current.get("adv", "") + " (running)"))
+        rows.append(
+            (current.get("prompt", ""), current["target"], current.get("image"), current.get("ok"), current.get("adv", "") + " (running)")
+        )
     if not rows:
         return None
     images, labels, captions = [], [], []

@@ -9,15 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ROOT
-
 
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")  # inside gradio's queue, with pandas 3
 SAMPLE = ROOT / "assets" / "samples" / "red-triangle.png"
@@ -273,7 +270,9 @@ def test_advunlearn_exports_a_plug_in_encoder(app):
 
 def test_cancel_stops_the_work(app):
     s = Session(app.url)
-    job = s.submit("/erase", concept_text="a circle", method="esd-x", iterations=100_000, num_inference_steps=3, preview_every=0, evaluate_on=False)
+    job = s.submit(
+        "/erase", concept_text="a circle", method="esd-x", iterations=100_000, num_inference_steps=3, preview_every=0, evaluate_on=False
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any("step" in str(o[0]) and "/ 100000" in str(o[0]) for o in job.outputs()):
         time.sleep(0.2)
@@ -331,4 +330,4 @@ def test_bad_input_gets_a_readable_error(app, tmp_path, api_name, kwargs, expect
         kwargs = {**kwargs, "image": handle_file(kwargs["image"])}
     message = error_of(Session(app.url), api_name, **kwargs)
     assert expected in message
-    assert "Traceback" not in message and "File \"" not in message
+    assert "Traceback" not in message and 'File "' not in message

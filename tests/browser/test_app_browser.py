@@ -14,9 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from conftest import ROOT
-
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
 pytest.importorskip("gradio")
@@ -27,7 +25,14 @@ if not CHROMIUM:
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 README_SHOTS = ROOT / "assets" / "screenshots"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 LONG = 180_000  # ms: the longest a short job may take on a loaded 2-core machine
 
 
@@ -104,10 +109,21 @@ def screenshot(page, name: str) -> Path:
 
 def test_erase_by_clicking(page):
     fill(page, "erase-concept", "a triangle")
-    for elem_id, value in [("erase-iterations", 4), ("erase-num_inference_steps", 4), ("erase-sample-steps", 6), ("erase-preview-every", 2)]:
+    for elem_id, value in [
+        ("erase-iterations", 4),
+        ("erase-num_inference_steps", 4),
+        ("erase-sample-steps", 6),
+        ("erase-preview-every", 2),
+    ]:
         fill(page, elem_id, value)
     page.locator("#erase-eval").get_by_text("Evaluation after erasing").click()
-    for elem_id, value in [("erase-ev-seeds", 1), ("erase-ev-prompts", 2), ("erase-attack-prompts", 2), ("erase-attack-timesteps", 2), ("erase-attack-iters", 2)]:
+    for elem_id, value in [
+        ("erase-ev-seeds", 1),
+        ("erase-ev-prompts", 2),
+        ("erase-attack-prompts", 2),
+        ("erase-attack-timesteps", 2),
+        ("erase-attack-iters", 2),
+    ]:
         fill(page, elem_id, value)
     page.locator("#erase-run").click()
     page.wait_for_selector("#erase-status .bar", timeout=30_000)  # the progress bar appears while it runs
