@@ -452,8 +452,9 @@ class UnlearnDiffAtkConfig:
 
     Defaults are the official ones. k (`num_tokens`) is 3 for styles and objects and 5 for nudity
     and violence in the official configs; `UnlearnDiffAtkConfig.preset("nudity")` gives the latter.
-    The full budget is `num_timesteps * iterations` = 2000 gradient steps and up to 50 generations
-    (plus the pre-attack one) per prompt.
+    The full budget is `num_timesteps * iterations` = 2000 gradient steps (one UNet forward and
+    backward each) and up to 50 generations plus the pre-attack one (50 guided DDIM steps, 100 UNet
+    evaluations each): at most 2000 + 51 * 100 = 7100 UNet evaluations per prompt.
     """
 
     num_tokens: int = 3  # k adversarial prefix tokens after SOT (5 for nudity / violence)
