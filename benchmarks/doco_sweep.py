@@ -1,18 +1,25 @@
-"""The sweep that chose DoCo's toy preset (`erasers.doco.TOY_PRESETS["doco"]`).
+"""Choose DoCo's toy preset (`erasers.doco.TOY_PRESETS["doco"]`): a small sweep on the toy model.
 
-Criterion: the largest erasure (the mean erasure success over direct, synonym and alias prompts) among the
-settings whose retained accuracy on the other concepts of the same kind stays >= 90% of the original model's;
-ties go to the cheaper run (fewer UNet evaluations).
+SD's defaults (2000 steps of which 1000 discriminator-only, lr 6e-6 x batch 8, 1000 anchor images) are for an
+860M-parameter UNet on a GPU. For each setting and concept (a shape, triangle -> square, and a style,
+striped -> solid; `erasers.doco.toy_concept`), one run trains to the largest budget and is measured at every
+budget on the way (DoCo has no schedule that depends on the total, so step k of a longer run is a run of k steps):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py --stage 1     # learning rate x budget
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py --stage 2     # around the best of stage 1
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py --table       # rewrite the markdown only
+  * erasure: share of images that the judge does NOT read as the concept, on its direct, synonym and alias
+    prompts (8 prompts each x 2 seeds, 25 DDIM steps, CFG 7.5); "mean" is over the three forms;
+  * retained: share of images of the other concepts' prompts (same kind, 4 prompts each x 2 seeds) judged
+    correct on every attribute the prompt asks for, relative to the original model's (the ratio).
 
-Every run is checkpointed under runs/doco_sweep/ and appended to benchmarks/results/doco_sweep.jsonl, so a
-killed sweep continues where it stopped. The anchor images are generated once per anchor setting and copied
-into each run's checkpoint folder (DoCo reads them back from there instead of generating them again).
-The evaluation here is the robustness report without the attack (erasure per prompt form and retained
-accuracy), at 25 sampler steps and 2 seeds per prompt; the results table (doco_table.py) runs the full one.
+The preset is the setting and budget that maximise the mean erasure over the two concepts while both keep
+retained >= 90% of the original's; ties go to the smaller budget.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py --stage 1    # learning rate x budget
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py --stage 2    # surgery, lambda, D lr, D depth, warm-up
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/doco_sweep.py              # rewrite the tables only
+
+Runs are checkpointed under runs/doco_sweep/ and every measured point is appended to
+benchmarks/results/doco_sweep.jsonl, so a killed sweep continues where it stopped. The anchor images are
+generated once per concept and copied into each run's checkpoint folder, where DoCo finds them.
 """
 
 import argparse
@@ -33,8 +40,10 @@ RUNS = ROOT / "runs" / "doco_sweep"
 JSONL = RESULTS / "doco_sweep.jsonl"
 MD = RESULTS / "doco_sweep.md"
 
-BASE = {"iterations": 300, "warmup_steps": 100, "num_anchor_images": 256, "anchor_batch_size": 64}
-STAGE1 = [{**BASE, "lr": lr, "iterations": it, "warmup_steps": wu} for lr in (6e-6, 3e-5, 1.25e-4) for it, wu in ((300, 100), (600, 200))]
+CONCEPTS = ("triangle", "striped")
+BASE = {"warmup_steps": 100, "num_anchor_images": 256, "anchor_batch_size": 64, "checkpoint_every": 100}
+BUDGETS = (100, 200, 400)  # UNet steps after the warm-up, measured in one run each
+STAGE1 = [{**BASE, "lr": lr} for lr in (6e-6, 3e-5, 1.25e-4)]  # x batch 8: 4.8e-5, 2.4e-4, 1e-3
 
 
 def stage2(best: dict) -> list:
@@ -44,157 +53,181 @@ def stage2(best: dict) -> list:
         {**best, "surgery_lambda": 0.5},
         {**best, "d_lr": 5e-4},
         {**best, "d_blocks": 2},
-        {**best, "batch_size": 4},
+        {**best, "warmup_steps": 0},
     ]
 
 
-def eval_config():
-    from erasers.evaluate import EvalConfig
+def judged(pipe, name: str, judge, seeds=2, steps=25, n=8) -> dict:
+    from erasers.evaluate import EvalConfig, _all_match, _generate, toy_spec
 
-    return EvalConfig(seeds=2, prompts_per_form=10, retain_prompts_per_concept=4, attack="none", num_inference_steps=25)
-
-
-def judged(pipe, spec, judge, ecfg) -> dict:
-    """Erasure success per form and retained accuracy (the evaluation's definitions), for one pipe."""
-    from erasers.evaluate import _all_match, _generate
-
-    out = {}
-    for form, prompts in spec.forms.items():
-        out[form] = float(1 - judge.shows(_generate(pipe, prompts, ecfg), spec.concept).mean())
-    prompts = [p for p, _ in spec.retain]
+    ecfg = EvalConfig(seeds=seeds, prompts_per_form=n, retain_prompts_per_concept=4, num_inference_steps=steps)
+    spec = toy_spec(name, ecfg)
+    out = {form: float(1 - judge.shows(_generate(pipe, prompts, ecfg), spec.concept).mean()) for form, prompts in spec.forms.items()}
     asked = [a for _, a in spec.retain for _ in range(ecfg.seeds)]
-    preds = judge.predict(_generate(pipe, prompts, ecfg))
+    preds = judge.predict(_generate(pipe, [p for p, _ in spec.retain], ecfg))
     out["retained"] = float(np.mean([_all_match(p, a) for p, a in zip(preds, asked)]))
     return out
 
 
-def run_id(concept: str, anchor: str, config: dict) -> str:
-    return hashlib.sha1(json.dumps([concept, anchor, config], sort_keys=True).encode()).hexdigest()[:10]
+def key(concept: str, overrides: dict) -> str:
+    return hashlib.sha1(json.dumps([concept, overrides], sort_keys=True).encode()).hexdigest()[:10]
 
 
-def done_runs() -> dict:
-    if not JSONL.is_file():
-        return {}
-    return {r["id"]: r for r in map(json.loads, JSONL.read_text().splitlines())}
+def records() -> list:
+    return [json.loads(line) for line in JSONL.read_text().splitlines()] if JSONL.is_file() else []
 
 
-def run(concept: str, anchor: str | None, overrides: dict, judge, original: dict) -> dict:
-    from erasers import erase, get_config
-    from erasers.doco import ANCHOR_CACHE, anchor_latents, toy_concept, training_pairs
-    from erasers.evaluate import toy_spec
-    from studio.loading import load_pipeline
-
-    rid = run_id(concept, anchor, overrides)
-    if rid in done_runs():
-        return done_runs()[rid]
-    toy = toy_concept(concept, anchor)
-    config = get_config("doco", "official", overrides)
-    folder = RUNS / rid
-    folder.mkdir(parents=True, exist_ok=True)
-    # one shared set of anchor images per anchor setting
-    key = hashlib.sha1(json.dumps([toy.anchors, config.num_anchor_images, config.anchor_steps, config.anchor_guidance, config.seed]).encode()).hexdigest()[:10]
-    shared = RUNS / f"anchors-{key}.safetensors"
-    if not shared.is_file():
-        anchor_latents(load_pipeline("toy", device="cpu"), [a for a, _ in training_pairs(toy)], config, cache=shared)
-    if not (folder / ANCHOR_CACHE).is_file():
-        shutil.copy(shared, folder / ANCHOR_CACHE)
-    pipe = load_pipeline("toy", device="cpu")
-    t0 = time.time()
-    result = erase(pipe, toy, "doco", config=config, checkpoint_dir=folder, progress=True)
-    train_s = time.time() - t0
-    ecfg = eval_config()
-    scores = judged(pipe, toy_spec(toy.name, ecfg), judge, ecfg)
-    record = {
-        "id": rid,
-        "concept": toy.name,
-        "anchor": toy.anchors[0],
-        "overrides": overrides,
-        "erasure": {f: scores[f] for f in ("direct", "synonym", "alias")},
-        "erasure_mean": float(np.mean([scores[f] for f in ("direct", "synonym", "alias")])),
-        "retained": scores["retained"],
-        "retained_original": original["retained"],
-        "retained_ratio": scores["retained"] / max(original["retained"], 1e-9),
-        "unet_evals": result.stats["unet_evals"],
-        "train_seconds": round(train_s, 1),
-        "final_d_loss": result.stats["final_loss"],
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with JSONL.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-    return record
-
-
-def original_scores(concept: str, judge) -> dict:
-    from erasers.evaluate import toy_spec
+def original(concept: str, judge) -> dict:
     from studio.loading import load_pipeline
 
     path = RUNS / f"original-{concept}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    ecfg = eval_config()
-    scores = judged(load_pipeline("toy", device="cpu"), toy_spec(concept, ecfg), judge, ecfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(scores))
-    return scores
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(judged(load_pipeline("toy", device="cpu"), concept, judge)))
+    return json.loads(path.read_text())
 
 
-def best(records: list) -> dict | None:
-    ok = [r for r in records if r["retained_ratio"] >= 0.9]
-    return max(ok, key=lambda r: (round(r["erasure_mean"], 4), -r["unet_evals"])) if ok else None
+def shared_anchors(toy, config) -> Path:
+    """Generate the concept's anchor images once (DoCo's own cache format) for every run of the sweep."""
+    from erasers.doco import anchor_latents, training_pairs
+    from studio.loading import load_pipeline
+
+    tag = hashlib.sha1(json.dumps([toy.anchors, config.num_anchor_images, config.anchor_steps, config.anchor_guidance, config.seed]).encode()).hexdigest()[:10]
+    path = RUNS / f"anchors-{tag}.safetensors"
+    if not path.is_file():
+        anchor_latents(load_pipeline("toy", device="cpu"), [a for a, _ in training_pairs(toy)], config, cache=path)
+    return path
+
+
+def run(concept: str, overrides: dict, judge) -> list:
+    """One run to warm-up + max(BUDGETS) steps, measured after warm-up + each budget."""
+    from erasers import erase, get_config
+    from erasers.doco import ANCHOR_CACHE, toy_concept
+    from studio.loading import load_pipeline
+
+    rid = key(concept, overrides)
+    done = {r["budget"] for r in records() if r["id"] == rid}
+    if done >= set(BUDGETS):
+        return [r for r in records() if r["id"] == rid]
+    toy = toy_concept(concept)
+    warmup = overrides["warmup_steps"]
+    config = get_config("doco", "official", {**overrides, "iterations": warmup + max(BUDGETS)})
+    folder = RUNS / rid
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / ANCHOR_CACHE).is_file():
+        shutil.copy(shared_anchors(toy, config), folder / ANCHOR_CACHE)
+    orig = original(concept, judge)
+    pipe = load_pipeline("toy", device="cpu")
+    clock = {"eval": 0.0, "t0": time.time()}
+
+    def measure(info):
+        budget = info.get("step", 0) - warmup
+        if "stage" in info or budget not in BUDGETS or budget in done:
+            return
+        t = time.time()
+        scores = judged(pipe, concept, judge)
+        clock["eval"] += time.time() - t
+        forms = {f: scores[f] for f in ("direct", "synonym", "alias")}
+        record = {
+            "id": rid,
+            "concept": concept,
+            "overrides": overrides,
+            "budget": budget,
+            "steps": info["step"],
+            "erasure": forms,
+            "erasure_mean": float(np.mean(list(forms.values()))),
+            "original_erasure": {f: orig[f] for f in forms},
+            "retained": scores["retained"],
+            "retained_original": orig["retained"],
+            "retained_ratio": scores["retained"] / max(orig["retained"], 1e-9),
+            "d_loss": info["loss"],
+            "seconds_this_session": round(time.time() - clock["t0"] - clock["eval"], 1),
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with JSONL.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps({k: record[k] for k in ("concept", "overrides", "budget", "erasure", "retained_ratio")}), flush=True)
+
+    result = erase(pipe, toy, "doco", config=config, checkpoint_dir=folder, callback=measure, progress=False)
+    with JSONL.open("a") as f:  # the run's cost, once
+        f.write(json.dumps({"id": rid, "concept": concept, "overrides": overrides, "budget": None, "stats": result.stats}) + "\n")
+    return [r for r in records() if r["id"] == rid]
+
+
+def points() -> list:
+    return [r for r in records() if r.get("budget") is not None]
+
+
+def choose(rows: list):
+    """(overrides, budget, per-concept rows) of the best setting by the criterion, or None."""
+    by = {}
+    for r in rows:
+        by.setdefault((json.dumps(r["overrides"], sort_keys=True), r["budget"]), {})[r["concept"]] = r
+    ok = [(k, v) for k, v in by.items() if set(v) == set(CONCEPTS) and all(r["retained_ratio"] >= 0.9 for r in v.values())]
+    if not ok:
+        return None
+    (ov, budget), per = max(ok, key=lambda kv: (round(np.mean([r["erasure_mean"] for r in kv[1].values()]), 4), -kv[0][1]))
+    return json.loads(ov), budget, per
 
 
 def write_table() -> None:
-    records = list(done_runs().values())
+    rows = points()
     lines = [
         "# DoCo toy-world sweep",
         "",
-        "Generated by `benchmarks/doco_sweep.py` (toy model, CPU). Erasure success = share of images of the concept's prompts",
-        "that the judge does NOT read as the concept (10 prompts per form x 2 seeds, 25 DDIM steps, CFG 7.5); retained = share",
-        "of the other concepts' images whose asked attributes all match. Overrides are on top of the official defaults",
-        "(`DoCoConfig()`); lr is before `scale_lr` (x batch size). Criterion: max mean erasure with retained ratio >= 0.90.",
+        "Generated by `benchmarks/doco_sweep.py` on the toy model (CPU). Each setting is one run to warm-up + 400 UNet steps,",
+        "measured after 100, 200 and 400 UNet steps. Erasure: share of images NOT judged as the concept (8 prompts per form",
+        "x 2 seeds, 25 DDIM steps; the original model's erasure on the same prompts in the first rows). Retained: other",
+        "concepts of the same kind judged fully correct, ratio to the original. Overrides are on top of `DoCoConfig()`;",
+        "`lr` is before `scale_lr` (x batch 8). Criterion: max mean erasure over both concepts with both ratios >= 0.90.",
         "",
-        "| concept | overrides | direct | synonyms | aliases | mean | retained (orig.) | ratio | UNet evals | train s | D loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| concept | overrides | UNet steps | direct | synonyms | aliases | mean | retained (ratio) | D loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
+    firsts = {}
+    for r in rows:
+        firsts.setdefault(r["concept"], r)
+    for c, r in firsts.items():
+        o = r["original_erasure"]
+        lines.append(f"| {c} | original model | 0 | {o['direct']:.0%} | {o['synonym']:.0%} | {o['alias']:.0%} | "
+                     f"{np.mean(list(o.values())):.0%} | {r['retained_original']:.0%} (1.00) | - |")
+    skip = ("num_anchor_images", "anchor_batch_size", "checkpoint_every")
+    for r in sorted(rows, key=lambda r: (r["concept"], json.dumps(r["overrides"], sort_keys=True), r["budget"])):
         e = r["erasure"]
-        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k not in ("anchor_batch_size",))
-        lines.append(
-            f"| {r['concept']} | {ov} | {e['direct']:.0%} | {e['synonym']:.0%} | {e['alias']:.0%} | {r['erasure_mean']:.0%} | "
-            f"{r['retained']:.0%} ({r['retained_original']:.0%}) | {r['retained_ratio']:.2f} | {r['unet_evals']} | {r['train_seconds']:.0f} | "
-            f"{r['final_d_loss']:.3f} |"
-        )
-    for concept in sorted({r["concept"] for r in records}):
-        b = best([r for r in records if r["concept"] == concept])
-        if b:
-            lines += ["", f"Best for {concept}: `{json.dumps(b['overrides'])}` (mean erasure {b['erasure_mean']:.0%}, ratio {b['retained_ratio']:.2f})."]
+        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k not in skip)
+        lines.append(f"| {r['concept']} | {ov} | {r['budget']} | {e['direct']:.0%} | {e['synonym']:.0%} | {e['alias']:.0%} | "
+                     f"{r['erasure_mean']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) | {r['d_loss']:.2f} |")
+    chosen = choose(rows)
+    if chosen:
+        ov, budget, per = chosen
+        preset = {k: v for k, v in ov.items() if k not in ("anchor_batch_size", "checkpoint_every")}
+        preset["iterations"] = ov["warmup_steps"] + budget
+        lines += ["", f"Chosen: `{json.dumps(preset)}` (mean erasure "
+                  + ", ".join(f"{c} {r['erasure_mean']:.0%} at ratio {r['retained_ratio']:.2f}" for c, r in per.items()) + ")."]
     MD.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-3:]))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", type=int, choices=[1, 2, 3])
-    p.add_argument("--concept", default="triangle")
-    p.add_argument("--anchor", default=None)
-    p.add_argument("--table", action="store_true")
+    p.add_argument("--stage", type=int, choices=[1, 2])
+    p.add_argument("--concepts", nargs="*", default=list(CONCEPTS))
     args = p.parse_args()
     if args.stage:
         from studio.judges import get_judge
 
         judge = get_judge("toy")
-        original = original_scores(args.concept, judge)
         if args.stage == 1:
             grid = STAGE1
         else:
-            stage1 = [r for r in done_runs().values() if r["concept"] == args.concept and r["overrides"] in STAGE1]
-            b = best(stage1)
-            if b is None:
-                raise SystemExit("no stage-1 run keeps retained accuracy >= 90%; widen stage 1 first")
-            grid = stage2(b["overrides"])
+            chosen = choose([r for r in points() if r["overrides"] in STAGE1])
+            if chosen is None:
+                raise SystemExit("no stage-1 setting keeps retained >= 90% on both concepts; widen stage 1 first")
+            grid = stage2(chosen[0])
         for overrides in grid:
-            r = run(args.concept, args.anchor, overrides, judge, original)
-            print(json.dumps({k: r[k] for k in ("overrides", "erasure", "retained_ratio", "train_seconds")}), flush=True)
-            write_table()
+            for concept in args.concepts:
+                run(concept, overrides, judge)
+                write_table()
     write_table()
 
 
