@@ -506,6 +506,8 @@ class Studio:
             def work(emit, cancel):
                 def callback(info):
                     emit({k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))})
+                    if "stage" in info:  # a preparation stage (DoCo's anchor images), not a training step
+                        return
                     step = info.get("step", 0)
                     if preview_every and (step % preview_every == 0 or step == info.get("total")):
                         image = _sample_one(pipe, preview_prompt, 0, sample_steps, guidance, cancel)
@@ -515,17 +517,28 @@ class Studio:
 
             job = Job(work, cancel, name=f"studio-{kind}")
             steps, losses = [], []
-            last_preview, preview_note = None, ""
+            last_preview, preview_note, stage = None, "", None
             try:
                 for events in job.stream():
                     upd = {}
                     for ev in events:
                         if "preview" in ev:
                             last_preview = ev
+                        elif "stage" in ev:
+                            stage = ev
                         elif "loss" in ev:
                             steps.append(ev["step"])
                             losses.append(ev["loss"])
+                            stage = None
                     done = steps[-1] if steps else 0
+                    if stage is not None:  # e.g. DoCo drawing its anchor images before the first step
+                        upd[o["status"]] = status(
+                            stage["step"],
+                            stage["total"],
+                            f"{method}: {stage['stage']} {stage['step']} / {stage['total']} · {job.seconds:.0f} s",
+                        )
+                        yield upd
+                        continue
                     if last_preview is not None:
                         upd[o["preview"]] = gr.update(
                             value=show(last_preview["preview"]), label=f"Preview after step {last_preview['step']}"
@@ -1273,7 +1286,7 @@ class Studio:
                                 buttons=["download", "fullscreen"],
                                 elem_id="attack-gallery",
                             )
-                            a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evaluations"], label="Adversarial prompts",
+                            a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evals"], label="Adversarial prompts",
                                                    interactive=False, wrap=True, column_widths=["26%", "38%", "11%", "11%", "14%"], elem_id="attack-table")  # fmt: skip
                             a_plot = gr.LinePlot(
                                 x="step",
@@ -1604,7 +1617,7 @@ def _attack_table(results):
     import pandas as pd
 
     rows = [[r.prompt, r.adversarial_prompt, "yes" if r.pre_success else "no", "yes" if r.success else "no", r.unet_evals] for r in results]
-    return pd.DataFrame(rows, columns=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evaluations"])
+    return pd.DataFrame(rows, columns=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evals"])
 
 
 def _asr_text(results, attack, label) -> str:
