@@ -197,8 +197,8 @@ def concept_preserving_gradient(unlearn: list, preserve: list, strength: float =
 
 def conflicts(unlearn: list, preserve: list) -> float:
     """Share of tensors whose unlearning and preserving gradients conflict (negative dot product)."""
-    pairs = [(u, p) for u, p in zip(unlearn, preserve) if u is not None and p is not None]
-    return float(np.mean([torch.dot(u.flatten().float(), p.flatten().float()).item() < 0 for u, p in pairs])) if pairs else 0.0
+    dots = [torch.dot(u.flatten().float(), p.flatten().float()) for u, p in zip(unlearn, preserve) if u is not None and p is not None]
+    return float((torch.stack(dots) < 0).float().mean()) if dots else 0.0
 
 
 def clip_grad_norm(grads: list, max_norm: float) -> float:
