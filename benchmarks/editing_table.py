@@ -14,7 +14,7 @@ generated them) and come with their labels and object masks. For each image:
   as asked, the other three kept, and the object's mask kept in place (IoU of the edit's object
   mask, estimated from the distance to the background colour, with the render's true mask).
 * Speed: wall time and UNet evaluations (forward passes counted per batch row; backward passes)
-  of each inversion, and of null-text inversion as a straightforward loop that follows the
+  of each inversion (and of our null-text with early-stop thresholds x0.3, to show that knob), and of null-text inversion as a straightforward loop that follows the
   official notebook, run side by side on the same images in the same process (alternating), both
   as the notebook leaves the UNet (weights trainable, so every backward pass also computes weight
   gradients) and with the UNet frozen.
@@ -45,6 +45,7 @@ from studio.toyworld.render import render  # noqa: E402
 
 
 TEMPLATE = "a {style} {colour} {shape} on a {background} background"
+STRICT = "null-text, early stop x0.3"  # our null-text with the official early-stop thresholds times 0.3: the quality/speed knob
 ATTRS = ("colour", "shape", "style", "background")
 
 
@@ -143,6 +144,8 @@ def official_null_text(pipe, image, prompt, *, steps=50, guidance=7.5, inner=10,
             with torch.no_grad():
                 eps_u, eps_c = unet(torch.cat([latent_cur] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
                 latent_cur = _prev_step(scheduler, eps_u + guidance * (eps_c - eps_u), t, latent_cur)
+        with torch.no_grad():
+            image_rec = decode_latents(pipe, z0)  # the notebook's invert() also returns the VAE reconstruction  # noqa: F841
         seconds = time.perf_counter() - start
     finally:
         for p, flag in zip(unet.parameters(), flags):
@@ -221,7 +224,7 @@ def run(args) -> dict:
         record["mask_estimator_iou"] = iou(object_mask(item["image"]), item["mask"])
 
         # official loops first on even images, ours first on odd ones: drift of the machine's load cancels out
-        order = ["official", "official-frozen", *METHODS] if n % 2 == 0 else [*METHODS, "official", "official-frozen"]
+        order = ["official", "official-frozen", *METHODS, STRICT] if n % 2 == 0 else [STRICT, *METHODS, "official", "official-frozen"]
         if args.skip_official:
             order = [m for m in order if not m.startswith("official")]
         inversions = {}
@@ -230,6 +233,8 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             if name.startswith("official"):
                 inv = official_null_text(pipe, image, item["prompt"], steps=args.steps, frozen=name == "official-frozen")
+            elif name == STRICT:
+                inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6))
             else:
                 inv = invert(pipe, image, item["prompt"], name, method_config(name, args.steps))
             seconds = time.perf_counter() - t0
@@ -298,7 +303,7 @@ def summarise(records: list) -> dict:
     ratios = {}
     for ref in ("official", "official-frozen"):
         if ref in records[0]["speed"]:
-            ratios[ref] = {m: mean([r["speed"][ref]["seconds"] / r["speed"][m]["seconds"] for r in records]) for m in METHODS}
+            ratios[ref] = {m: mean([r["speed"][ref]["seconds"] / r["speed"][m]["seconds"] for r in records]) for m in (*METHODS, STRICT)}
     edits = {}
     for method in METHODS:
         edits[method] = {}

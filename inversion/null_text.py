@@ -32,7 +32,9 @@ Deliberate differences from the official code (all of them make it faster; the b
 * Gradients are taken only for the embedding (`torch.autograd.grad`), never for the UNet weights,
   which the official loop leaves trainable, so each backward pass also computes (and accumulates)
   weight gradients; the shared pipeline's `requires_grad` flags are not touched.
-* The first evaluation of each timestep batches eps_c with the embedding's eps_u in one UNet call.
+* The first evaluation of each timestep runs without a graph (most timesteps stop there) and
+  batches eps_c with the embedding's eps_u in one UNet call, or makes just one call while the
+  embedding still is the source prompt's (then eps_u = eps_c).
 """
 
 from dataclasses import dataclass
@@ -102,27 +104,38 @@ def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, 
         threshold = cfg.early_stop_epsilon + i * cfg.early_stop_slope
         null = null.detach().requires_grad_(cfg.num_inner_steps > 0)
         optimizer = torch.optim.Adam([null], lr=cfg.learning_rate * (1.0 - i / cfg.lr_decay_steps))
-        eps_c = None
-        for j in range(cfg.num_inner_steps + 1):
+
+        def guided_step(eps_u):
+            prev = scheduler.step(eps_u + w * (eps_c - eps_u), t, latent).prev_sample
+            return prev, F.mse_loss(prev, target)
+
+        with torch.no_grad():  # the first check needs no graph: most timesteps stop here
+            if torch.equal(null, cond):  # null = cond: eps_u = eps_c, one evaluation
+                eps_c = unet_eps(unet, latent, t, cond)
+                counter["unet_forward"] += 1
+                prev, loss = guided_step(eps_c)
+            else:  # eps_c and eps_u in one call; eps_c is then reused for the whole timestep
+                eps_c, eps_u = unet_eps(unet, torch.cat([latent, latent]), t, torch.cat([cond, null])).chunk(2)
+                counter["unet_forward"] += 2
+                prev, loss = guided_step(eps_u)
+        has_graph = False
+        j = 0
+        while loss.item() >= threshold and j < cfg.num_inner_steps:
             if is_cancelled(cancel):
                 raise Cancelled(f"null-text inversion cancelled at step {i} of {n}")
-            with torch.set_grad_enabled(j < cfg.num_inner_steps):
-                if eps_c is None:  # first pass: eps_c and eps_u in one call; eps_c is then reused
-                    eps_c, eps_u = unet_eps(unet, torch.cat([latent, latent]), t, torch.cat([cond, null])).chunk(2)
-                    eps_c = eps_c.detach()
-                    counter["unet_forward"] += 2
-                else:
-                    eps_u = unet_eps(unet, latent, t, null)
-                    counter["unet_forward"] += 1
-                prev = scheduler.step(eps_u + w * (eps_c - eps_u), t, latent).prev_sample
-                loss = F.mse_loss(prev, target)
-            loss_value = loss.item()
-            if j == cfg.num_inner_steps or loss_value < threshold:
-                break
+            if not has_graph:  # the same evaluation again, recorded for the gradient
+                prev, loss = guided_step(unet_eps(unet, latent, t, null))
+                counter["unet_forward"] += 1
             (grad,) = torch.autograd.grad(loss, null)
             counter["unet_backward"] += 1
             null.grad = grad
             optimizer.step()
+            j += 1
+            has_graph = j < cfg.num_inner_steps  # the last evaluation is only checked, never differentiated
+            with torch.set_grad_enabled(has_graph):
+                prev, loss = guided_step(unet_eps(unet, latent, t, null))
+                counter["unet_forward"] += 1
+        loss_value = loss.item()
         nulls.append(null.detach()[0].clone())
         losses.append(loss_value)
         inner.append(j)
