@@ -59,7 +59,7 @@ class EditResult:
     reconstruction: object  # PIL image: the source row, what the inversion reproduces
     edits: list  # PIL images, one per target prompt
     inversion: InversionResult
-    image: object  # PIL image: the input as the model saw it (cropped or padded, resized)
+    image: object  # PIL image: the input as the model saw it (cropped or padded, resized); the VAE decoding of the inversion when no image was given
     latents: torch.Tensor  # (1 + T, 4, h, w) final latents, source first
     blend_mask: np.ndarray | None = None  # (T, H, W) bool at image resolution: where the targets were allowed to change
     stats: dict = field(default_factory=dict)
