@@ -492,7 +492,7 @@ class Studio:
         preview_every = as_int(preview_every or 0, "preview every", 0)
         concept = Concept(prompts, anchors=lines(anchor_text), retain=lines(retain_text))
 
-        yield {o["status"]: status(0, 1, f"Loading {model} ..."), o["preview"]: None, o["grid"]: None, o["table"]: "", o["report"]: None,
+        yield {o["status"]: status(0, 1, f"Loading {model} ..."), o["preview"]: None, o["grid"]: gr.update(value=None, visible=False), o["table"]: "", o["report"]: gr.update(value=None, visible=False),
                o["plot"]: None, o["info"]: "", o["save"]: gr.update(interactive=False), o["export"]: gr.update(interactive=False), o["download"]: None}  # fmt: skip
         pipe = self.store.copy(model, text_encoder or None)
         for p in concept.prompts + concept.anchors + concept.retain:
@@ -584,7 +584,7 @@ class Studio:
             except Cancelled:
                 yield {o["status"]: status(1, 1, f"{summary} Cancelled; the erased model is kept in this session.", "cancelled")}
                 return
-            yield {o["grid"]: grid}
+            yield {o["grid"]: gr.update(value=grid, visible=True)}
 
             if not evaluate_on:
                 yield {o["status"]: status(1, 1, summary, "done"), o["table"]: "*Evaluation was switched off.*"}
@@ -639,7 +639,7 @@ class Studio:
             return
         table = format_table(report)
         yield {o["status"]: status(1, 1, f"{summary} Evaluated in {report['seconds']:.0f} s.", "done"), o["table"]: table,
-               o["report"]: report_grid(report, judge)}  # fmt: skip
+               o["report"]: gr.update(value=report_grid(report, judge), visible=True)}  # fmt: skip
 
     def _before_after(self, original, erased, prompts, seeds, steps, guidance, judge_name, concept_name, cancel):
         """Rows: each prompt on the original and on the erased model; columns: the fixed seeds."""
@@ -748,7 +748,13 @@ class Studio:
         steps, guidance, seed = as_int(steps, "sampling steps", 1), as_float(guidance, "guidance"), as_int(seed, "seed")
         cfg = attack_overrides(attack, iters, timesteps, steps, guidance, num_tokens=num_tokens, draws=draws)
         attacks.make_config(attack, cfg)  # bad settings fail before any work
-        yield {o["status"]: status(0, 1, "Loading the models ..."), o["gallery"]: None, o["table"]: None, o["asr"]: "", o["plot"]: None}
+        yield {
+            o["status"]: status(0, 1, "Loading the models ..."),
+            o["gallery"]: gr.update(value=None, visible=False),
+            o["table"]: None,
+            o["asr"]: "",
+            o["plot"]: None,
+        }
         original, original_label = self.resolve(ORIGINAL, model, text_encoder, state)
         pipe, label = self.resolve(victim, model, text_encoder, state)
         for p in prompts:
@@ -825,7 +831,7 @@ class Studio:
                 text += f" · {eta(done, total, job.seconds)}"
                 upd = {o["status"]: status(done, total, text)}
                 if changed:
-                    upd[o["gallery"]] = gallery
+                    upd[o["gallery"]] = gr.update(value=gallery, visible=gallery is not None)
                     upd[o["table"]] = _attack_table(done_results)
                 if losses and events:
                     upd[o["plot"]] = loss_frame(loss_steps, losses)
@@ -838,7 +844,7 @@ class Studio:
         finally:
             self.cancels.finish(session, kind, cancel)
         yield {o["status"]: status(1, 1, f"{attack} on {label}: {len(results)} prompt(s) in {job.seconds:.0f} s.", "done"),
-               o["gallery"]: _attack_grid(results, targets, {}, concept), o["table"]: _attack_table(results), o["asr"]: _asr_text(results, attack, label)}  # fmt: skip
+               o["gallery"]: gr.update(value=_attack_grid(results, targets, {}, concept), visible=True), o["table"]: _attack_table(results), o["asr"]: _asr_text(results, attack, label)}  # fmt: skip
 
     def toy_prompts(self, concept, n=10):
         from studio.toyworld.captions import prompts_for
@@ -1213,6 +1219,7 @@ class Studio:
                                 show_label=False,
                                 format="png",
                                 interactive=False,
+                                visible=False,
                                 elem_id="erase-grid",
                             )
                             table = gr.Markdown("", label="Evaluation", elem_classes=["verdict-table"], elem_id="erase-table")
@@ -1221,6 +1228,7 @@ class Studio:
                                 show_label=False,
                                 format="png",
                                 interactive=False,
+                                visible=False,
                                 elem_id="erase-report",
                             )
                             with gr.Row():
@@ -1284,6 +1292,7 @@ class Studio:
                                 format="png",
                                 interactive=False,
                                 buttons=["download", "fullscreen"],
+                                visible=False,
                                 elem_id="attack-gallery",
                             )
                             a_table = gr.Dataframe(headers=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evals"], label="Adversarial prompts",
