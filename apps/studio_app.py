@@ -492,7 +492,7 @@ class Studio:
         preview_every = as_int(preview_every or 0, "preview every", 0)
         concept = Concept(prompts, anchors=lines(anchor_text), retain=lines(retain_text))
 
-        yield {o["status"]: status(0, 1, f"Loading {model} ..."), o["preview"]: None, o["grid"]: gr.update(value=None, visible=False), o["table"]: "", o["report"]: gr.update(value=None, visible=False),
+        yield {o["status"]: status(0, 1, f"Loading {model} ..."), o["preview"]: None, o["preview_cap"]: "**Preview** of the model being erased", o["grid"]: gr.update(value=None, visible=False), o["table"]: "", o["report"]: gr.update(value=None, visible=False),
                o["plot"]: None, o["info"]: "", o["save"]: gr.update(interactive=False), o["export"]: gr.update(interactive=False), o["download"]: None}  # fmt: skip
         pipe = self.store.copy(model, text_encoder or None)
         for p in concept.prompts + concept.anchors + concept.retain:
@@ -544,6 +544,7 @@ class Studio:
                             value=show(last_preview["preview"]), label=f"Preview after step {last_preview['step']}"
                         )
                         preview_note = f" · preview: '{preview_prompt}', seed 0, after step {last_preview['step']}"
+                        upd[o["preview_cap"]] = f"**Preview**: {html.escape(preview_prompt)}, seed 0, after step {last_preview['step']}"
                         last_preview = None
                     text = (
                         f"{method}: step {done} / {total}"
@@ -1161,7 +1162,11 @@ class Studio:
                                     )
                                 with gr.Row():
                                     attack = gr.Dropdown(
-                                        ATTACK_CHOICES, value=ev.attack, label="Attack", min_width=100, elem_id="erase-attack"
+                                        [("UnlearnDiffAtk", "unlearndiffatk"), ("random tokens", "random"), ("none", "none")],
+                                        value=ev.attack,
+                                        label="Attack",
+                                        min_width=100,
+                                        elem_id="erase-attack",
                                     )
                                     attack_timesteps = gr.Number(
                                         ua.num_timesteps,
@@ -1204,16 +1209,17 @@ class Studio:
                                     x_axis_format="d",
                                     elem_id="erase-plot",
                                 )
-                                preview = gr.Image(
-                                    label="Preview",
-                                    show_label=False,
-                                    format="png",
-                                    height=220,
-                                    interactive=False,
-                                    scale=2,
-                                    buttons=["download"],
-                                    elem_id="erase-preview",
-                                )
+                                with gr.Column(scale=2, min_width=160):
+                                    preview = gr.Image(
+                                        label="Preview",
+                                        show_label=False,
+                                        format="png",
+                                        height=200,
+                                        interactive=False,
+                                        buttons=["download"],
+                                        elem_id="erase-preview",
+                                    )
+                                    preview_cap = gr.Markdown("**Preview** of the model being erased", elem_classes=["caption"])
                             grid = gr.Image(
                                 label="Before / after on fixed seeds",
                                 show_label=False,
@@ -1433,7 +1439,7 @@ class Studio:
                         g_right = gr.Image(label="Compared model", show_label=False, format="png", interactive=False, buttons=["download", "fullscreen"],
                                            visible=False, elem_id="gen-right")  # fmt: skip
 
-            self.erase_outputs = {"status": erase_status, "plot": plot, "preview": preview, "grid": grid, "table": table, "report": report, "state": state,
+            self.erase_outputs = {"status": erase_status, "plot": plot, "preview": preview, "preview_cap": preview_cap, "grid": grid, "table": table, "report": report, "state": state,
                                   "save": save, "export": export, "info": erase_info, "download": download, "attack_model": attack_model, "edit_model": edit_model,
                                   "gen_model": gen_model, "model": model, "encoder": encoder, "attack_concept": attack_concept,
                                   "attack_prompts": attack_prompts_text}  # fmt: skip
