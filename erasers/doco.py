@@ -45,11 +45,15 @@ and `scripts/*.sh` (2024-10/11) used 1000 steps / 200 warm-up, lr 2e-6, lambda 0
 (1 for styles) and prior loss weight 0: `DoCoConfig.earlier()`.
 
 Discriminator depth. The official PatchGAN has four stride-2 blocks (4->64->128->256->512 channels, BatchNorm
-after the first) for SD's 64x64 latents, then a 4x4 conv to one logit per patch: a 3x3 map. Here the number of
-stride-2 blocks is floor(log2(latent_size / 4)), at least 1, so that the last block always sees a 4x4 map and
-D's output is the same 3x3 patch map: 4 blocks for SD v1 (64x64), 3 for 256 px models (32x32), 4 for SD v2 at
-768 px (96x96 -> 6x6 -> a 5x5 map), 1 for the toy model's 8x8 latents (a 64-channel conv, then the 3x3 head;
-no BatchNorm, as the official first block has none). `d_blocks` overrides it.
+after the first) for SD's 64x64 latents, then a 4x4 conv to one logit per patch: a 3x3 map (each logit's
+receptive field, 94 latent pixels, covers the whole latent). Here the number of stride-2 blocks is
+floor(log2(latent_size / 4)), so that the last block sees a 4x4 map and D's output is the same 3x3 patch map,
+but at least 2, so that one block with BatchNorm is always there, and at most log2(latent_size) - 1: 4 blocks
+for SD v1 (64x64) and SD v2 at 768 px (96x96 -> a 5x5 map), 3 for 256 px models (32x32), 2 for the toy
+model's 8x8 latents (8 -> 4 -> 2, then the head: one logit that sees the whole latent). On the toy model a
+single block (3x3 map, no BatchNorm) barely learned: trained offline on target- vs anchor-prompt x0 predictions
+of the original model, its loss went 1.39 -> 1.37 in 300 steps at lr 1e-4, where two blocks reached 1.03.
+`d_blocks` overrides the rule.
 
 Deliberate differences from the official code:
   * The discriminator learns from L_D alone. In the official code the generator loss's backward also leaves
@@ -117,7 +121,7 @@ class DoCoConfig:
     concept_type: str = "object"  # object | nudity | style: picks the discriminator's learning rate
     d_lr: float | None = None  # discriminator Adam lr; None: 1e-4 for object and nudity, 5e-4 for style
     d_betas: tuple = (0.5, 0.999)  # discriminator Adam betas
-    d_blocks: int | None = None  # stride-2 blocks of the PatchGAN; None: floor(log2(latent size / 4)), >= 1
+    d_blocks: int | None = None  # stride-2 blocks of the PatchGAN; None: the rule of `discriminator_blocks`
     surgery: str = "official"  # official | pcgrad | none (the ablation without gradient surgery)
     surgery_lambda: float = 1.0  # lambda, the strength of the official correction (earlier: 0.5 objects and nudity)
     prior_loss_weight: float = 1.0  # w in L_adv + 0.1 w L_p; used by surgery="none" only (earlier: 0)
@@ -216,8 +220,10 @@ def clip_grad_norm(grads: list, max_norm: float) -> float:
 
 
 def discriminator_blocks(latent_size: int) -> int:
-    """Stride-2 blocks so that the last sees a 4x4 map: 4 for SD's 64x64 latents (as the official D), 1 for 8x8."""
-    return max(1, int(math.floor(math.log2(max(latent_size, 4) / 4))))
+    """Stride-2 blocks so that the last sees a 4x4 map (4 for SD's 64x64 latents, as the official D), at least
+    2 (one with BatchNorm) and at most log2(latent_size) - 1: 2 for the toy model's 8x8 latents."""
+    size = max(int(latent_size), 4)
+    return max(1, min(max(2, int(math.floor(math.log2(size / 4)))), int(math.floor(math.log2(size))) - 1))
 
 
 class PatchDiscriminator(nn.Module):

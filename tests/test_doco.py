@@ -70,12 +70,14 @@ def test_agreeing_tensors_are_untouched_and_surgery_is_per_tensor():
 
 
 def test_discriminator_depth_follows_the_latent_size():
-    assert discriminator_blocks(64) == 4 and discriminator_blocks(32) == 3 and discriminator_blocks(8) == 1
+    assert [discriminator_blocks(s) for s in (64, 96, 32, 16, 8, 4)] == [4, 4, 3, 2, 2, 1]
     sd = PatchDiscriminator(4, discriminator_blocks(64))
     convs = [m for m in sd.model if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]  # the official PatchGAN
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in sd.model) == 3
     assert sd(torch.randn(2, 4, 64, 64)).shape == (2, 1, 3, 3)
-    assert PatchDiscriminator(4, discriminator_blocks(8))(torch.randn(2, 4, 8, 8)).shape == (2, 1, 3, 3)
+    for size in (96, 32, 16, 8, 4):
+        assert PatchDiscriminator(4, discriminator_blocks(size))(torch.randn(2, 4, size, size)).shape[-1] >= 1
 
 
 def test_parameter_groups(tiny_pipe):
