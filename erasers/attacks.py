@@ -319,6 +319,25 @@ def _exact(tokenizer, text, prefix_ids, prompt) -> bool:
     return ids == want[:1] + list(prefix_ids) + want[1:]
 
 
+def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel, **entry) -> AttackResult:
+    """Judge the original prompt's own image: the start of every attack (pre-ASR)."""
+    ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
+    if callback is not None:
+        callback({"stage": "eval", "i": -1, **entry, "prompt": prompt, "success": ok, "image": image})
+    return AttackResult(
+        attack=attack,
+        prompt=prompt,
+        adversarial_prompt=prompt,
+        pre_success=ok,
+        success=ok,
+        image=image,
+        seed=seed,
+        unet_evals=evals,
+        generations=1,
+        history=[{**entry, "prompt": prompt, "success": ok}],
+    )
+
+
 # ----------------------------------------------------------------------------- baselines
 
 
@@ -334,24 +353,10 @@ def no_attack(
     pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True
 ) -> AttackResult:
     """Judge the prompt's own image; `target_latents` is unused."""
-    config = config or NoAttackConfig()
     start = time.perf_counter()
-    ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
-    if callback is not None:
-        callback({"stage": "eval", "i": 0, "prompt": prompt, "success": ok, "image": image})
-    return AttackResult(
-        "none",
-        prompt,
-        prompt,
-        ok,
-        ok,
-        image,
-        seed,
-        unet_evals=evals,
-        generations=1,
-        wall_time=time.perf_counter() - start,
-        history=[{"prompt": prompt, "success": ok}],
-    )
+    result = _pre_attack("none", pipe, prompt, is_success, seed, config or NoAttackConfig(), callback, cancel)
+    result.wall_time = time.perf_counter() - start
+    return result
 
 
 @dataclass
@@ -375,19 +380,8 @@ def random_tokens(
     start = time.perf_counter()
     tok = pipe.tokenizer
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
-    ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
-    result = AttackResult(
-        "random",
-        prompt,
-        prompt,
-        ok,
-        ok,
-        image,
-        seed,
-        unet_evals=evals,
-        generations=1,
-        history=[{"draw": -1, "prompt": prompt, "success": ok}],
-    )
+    result = _pre_attack("random", pipe, prompt, is_success, seed, config, callback, cancel, draw=-1)
+    ok = result.pre_success
     vocab = vocabulary(tok, config.vocabulary)
     gen = torch.Generator().manual_seed(seed)
     for d in tqdm(range(config.draws if not ok else 0), desc="random tokens", disable=not progress, leave=False):
@@ -504,22 +498,8 @@ def unlearndiffatk(
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
     steps, guidance = config.num_inference_steps, config.guidance_scale
 
-    ok, image, evals = _judge(pipe, prompt, is_success, seed, steps, guidance, cancel)
-    result = AttackResult(
-        "unlearndiffatk",
-        prompt,
-        prompt,
-        ok,
-        ok,
-        image,
-        seed,
-        unet_evals=evals,
-        generations=1,
-        history=[{"t": None, "prompt": prompt, "success": ok}],
-    )
-    if callback is not None:
-        callback({"stage": "eval", "i": -1, "t": None, "prompt": prompt, "success": ok, "image": image})
-    if ok:
+    result = _pre_attack("unlearndiffatk", pipe, prompt, is_success, seed, config, callback, cancel, t=None)
+    if result.pre_success:
         result.wall_time = time.perf_counter() - start
         return result
 
@@ -568,14 +548,12 @@ def unlearndiffatk(
             ids = vocab[probs.detach().argmax(-1).cpu()].tolist()
             text = adversarial_text(tok, ids, prompt)
             entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(result.losses[-config.iterations :]))}
-            try:
-                ok, image, evals = _judge(pipe, text, is_success, seed, steps, guidance, cancel)
-            except ValueError as e:  # decoding and re-tokenising made the text longer than 77 tokens
-                if "tokens" not in str(e):
-                    raise
-                entry["skipped"] = str(e)
+            n = len(tok(text, truncation=False).input_ids)
+            if n > MAX_TOKENS:  # decoding and re-tokenising can lengthen odd byte tokens; judge nothing truncated
+                entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
                 result.history.append(entry)
                 continue
+            ok, image, evals = _judge(pipe, text, is_success, seed, steps, guidance, cancel)
             entry["success"] = ok
             result.history.append(entry)
             result.adversarial_prompt, result.image, result.adversarial_tokens = text, image, ids
