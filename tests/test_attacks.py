@@ -440,3 +440,13 @@ def test_attack_on_unerased_toy_model_succeeds_trivially(toy_pipe, judge):
     assert r.pre_success and r.success
     assert r.gradient_steps == 0 and r.generations == 1
     assert asr([r])["asr"] == 1.0
+
+
+def test_unlearndiffatk_skips_a_decoded_prompt_over_77_tokens(pipe, monkeypatch):
+    """Decoding and re-tokenising can change the token count; a prompt over 77 is never judged truncated."""
+    monkeypatch.setattr(attacks, "adversarial_text", lambda tok, ids, prompt: " ".join(["nudity"] * 40) + " " + prompt)
+    config = UnlearnDiffAtkConfig(timesteps=(10, 990), iterations=1, **TINY)
+    r = unlearndiffatk(pipe, "a red triangle", torch.zeros(1, 4, 8, 8), NEVER, config, progress=False)
+    assert r.generations == 1 and not r.success and r.adversarial_prompt == "a red triangle"
+    assert [("skipped" in h) for h in r.history] == [False, True, True]
+    assert "over 77" in r.history[1]["skipped"]
