@@ -8,13 +8,15 @@ generated them) and come with their labels and object masks. For each image:
 
 * Reconstruction: PSNR / SSIM against the rendered image of each method's reconstruction at
   guidance 7.5, beside the VAE ceiling (encode then decode) and the w = 1 DDIM round trip.
-* Editing: four edits that each change one attribute (colour, shape, style, background) by
+* Editing (with each method's inversion, and with the official loop's null-text embeddings): four
+  edits that each change one attribute (colour, shape, style, background) by
   swapping one word of the prompt (attention replace; local blend on the object's shape word(s) for
   object edits, none for background edits), judged by the toy judge: the target attribute changed
   as asked, the other three kept, and the object's mask kept in place (IoU of the edit's object
   mask, estimated from the distance to the background colour, with the render's true mask).
 * Speed: wall time and UNet evaluations (forward passes counted per batch row; backward passes)
-  of each inversion (and of our null-text with early-stop thresholds x0.3, to show that knob), and of null-text inversion as a straightforward loop that follows the
+  of each inversion (and of our null-text with early-stop thresholds x0.3, and from the empty
+  prompt's embedding, the official start, to separate what the start and what the loop bring), and of null-text inversion as a straightforward loop that follows the
   official notebook, run side by side on the same images in the same process (alternating), both
   as the notebook leaves the UNet (weights trainable, so every backward pass also computes weight
   gradients) and with the UNet frozen.
@@ -46,6 +48,7 @@ from studio.toyworld.render import render  # noqa: E402
 
 TEMPLATE = "a {style} {colour} {shape} on a {background} background"
 STRICT = "null-text, early stop x0.3"  # our null-text with the official early-stop thresholds times 0.3: the quality/speed knob
+EMPTY = "null-text, empty init"  # our null-text loop from the official start (the empty prompt's embedding)
 ATTRS = ("colour", "shape", "style", "background")
 
 
@@ -224,7 +227,7 @@ def run(args) -> dict:
         record["mask_estimator_iou"] = iou(object_mask(item["image"]), item["mask"])
 
         # official loops first on even images, ours first on odd ones: drift of the machine's load cancels out
-        order = ["official", "official-frozen", *METHODS, STRICT] if n % 2 == 0 else [STRICT, *METHODS, "official", "official-frozen"]
+        order = ["official", "official-frozen", *METHODS, STRICT, EMPTY] if n % 2 == 0 else [EMPTY, STRICT, *METHODS, "official", "official-frozen"]
         if args.skip_official:
             order = [m for m in order if not m.startswith("official")]
         inversions = {}
@@ -235,6 +238,8 @@ def run(args) -> dict:
                 inv = official_null_text(pipe, image, item["prompt"], steps=args.steps, frozen=name == "official-frozen")
             elif name == STRICT:
                 inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6))
+            elif name == EMPTY:
+                inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, null_init="empty"))
             else:
                 inv = invert(pipe, image, item["prompt"], name, method_config(name, args.steps))
             seconds = time.perf_counter() - t0
@@ -253,7 +258,7 @@ def run(args) -> dict:
         rec, _ = reconstruct(pipe, w1)
         record["reconstruction"]["ddim (w = 1 round trip)"] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
 
-        for method in METHODS:
+        for method in [*METHODS, EMPTY, "official"] if "official" in inversions else [*METHODS, EMPTY]:
             inv = inversions[method]
             record["edits"][method] = {}
             for k, attribute in enumerate(ATTRS):
@@ -265,7 +270,7 @@ def run(args) -> dict:
                     blend = (item["labels"]["shape"], target_labels["shape"])
                 t0 = time.perf_counter()
                 counter.reset()
-                out = edit(pipe, None, item["prompt"], target, method, inversion=inv, config=edit_cfg, blend_words=blend)
+                out = edit(pipe, None, item["prompt"], target, inv.method, inversion=inv, config=edit_cfg, blend_words=blend)
                 edit_seconds = time.perf_counter() - t0
                 verdict = judge.predict([out.edit])[0]
                 kept = all(verdict[a] == item["labels"][a] for a in ATTRS if a != attribute)
@@ -303,9 +308,9 @@ def summarise(records: list) -> dict:
     ratios = {}
     for ref in ("official", "official-frozen"):
         if ref in records[0]["speed"]:
-            ratios[ref] = {m: mean([r["speed"][ref]["seconds"] / r["speed"][m]["seconds"] for r in records]) for m in (*METHODS, STRICT)}
+            ratios[ref] = {m: mean([r["speed"][ref]["seconds"] / r["speed"][m]["seconds"] for r in records]) for m in (*METHODS, STRICT, EMPTY)}
     edits = {}
-    for method in METHODS:
+    for method in records[0]["edits"]:
         edits[method] = {}
         for attribute in (*ATTRS, "all"):
             rows = [r["edits"][method][a] for r in records for a in (ATTRS if attribute == "all" else (attribute,))]
@@ -359,7 +364,7 @@ def markdown(results: dict) -> str:
         "",
     ]
     for method, table in s["edits"].items():
-        lines += [f"### {method}", "", "| edit | changed | kept | changed and kept | mask IoU | seconds |", "|---|---|---|---|---|---|"]
+        lines += [f"### {'null-text (official loop)' if method == 'official' else method}", "", "| edit | changed | kept | changed and kept | mask IoU | seconds |", "|---|---|---|---|---|---|"]
         for attribute, v in table.items():
             lines.append(f"| {attribute} | {v['changed']:.2f} | {v['kept']:.2f} | {v['changed_and_kept']:.2f} | {v['iou']:.2f} | {v['seconds']:.2f} |")
         lines.append("")

@@ -32,9 +32,9 @@ Deliberate differences from the official code (all of them make it faster; the b
 * Gradients are taken only for the embedding (`torch.autograd.grad`), never for the UNet weights,
   which the official loop leaves trainable, so each backward pass also computes (and accumulates)
   weight gradients; the shared pipeline's `requires_grad` flags are not touched.
-* The first evaluation of each timestep runs without a graph (most timesteps stop there) and
-  batches eps_c with the embedding's eps_u in one UNet call, or makes just one call while the
-  embedding still is the source prompt's (then eps_u = eps_c).
+* When the previous timestep needed no update, the first evaluation of a timestep runs without a
+  graph (most timesteps then stop there) and batches eps_c with the embedding's eps_u in one UNet
+  call, or makes just one call while the embedding still is the source prompt's (then eps_u = eps_c).
 """
 
 from dataclasses import dataclass
@@ -96,6 +96,7 @@ def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, 
     latent = pivot[-1]  # (1, 4, h, w)
     null = null.detach().clone()
     nulls, losses, inner = [], [], []
+    optimised_last = True  # whether the previous timestep took an Adam step
     steps = list(scheduler.timesteps)
     for i, t in enumerate(progress_bar(steps, progress, "null-text inversion")):
         if is_cancelled(cancel):
@@ -109,16 +110,25 @@ def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, 
             prev = scheduler.step(eps_u + w * (eps_c - eps_u), t, latent).prev_sample
             return prev, F.mse_loss(prev, target)
 
-        with torch.no_grad():  # the first check needs no graph: most timesteps stop here
+        # eps_c once per timestep. The first check runs without a graph when the previous timestep
+        # needed no update (the usual case from the source start), with one otherwise.
+        has_graph = optimised_last and cfg.num_inner_steps > 0
+        with torch.no_grad():
             if torch.equal(null, cond):  # null = cond: eps_u = eps_c, one evaluation
+                eps_c = eps_u = unet_eps(unet, latent, t, cond)
+                counter["unet_forward"] += 1
+                has_graph = False
+            elif has_graph:
                 eps_c = unet_eps(unet, latent, t, cond)
                 counter["unet_forward"] += 1
-                prev, loss = guided_step(eps_c)
-            else:  # eps_c and eps_u in one call; eps_c is then reused for the whole timestep
+            else:  # eps_c and eps_u in one call
                 eps_c, eps_u = unet_eps(unet, torch.cat([latent, latent]), t, torch.cat([cond, null])).chunk(2)
                 counter["unet_forward"] += 2
-                prev, loss = guided_step(eps_u)
-        has_graph = False
+        if has_graph:
+            eps_u = unet_eps(unet, latent, t, null)
+            counter["unet_forward"] += 1
+        with torch.set_grad_enabled(has_graph):
+            prev, loss = guided_step(eps_u)
         j = 0
         while loss.item() >= threshold and j < cfg.num_inner_steps:
             if is_cancelled(cancel):
@@ -139,6 +149,7 @@ def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, 
         nulls.append(null.detach()[0].clone())
         losses.append(loss_value)
         inner.append(j)
+        optimised_last = j > 0
         latent = prev.detach()
         if callback is not None:
             callback({"stage": "null-text", "i": i, "t": int(t), "x": latent, "loss": loss_value, "inner_steps": j})
