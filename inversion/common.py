@@ -45,6 +45,8 @@ def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
 
     `fit="crop"` centre-crops to a square, `fit="pad"` pads to a square with the border's mean colour;
     then the square is resized (Lanczos) to the model's resolution. Bad files raise `studio.images.ImageError`.
+    (The notebook's `load_512` clamps the top offset with the left one and keeps `[:, :, :3]` without
+    converting to RGB, so grayscale inputs fail; `studio.images.load_image` converts every mode.)
     """
     if fit not in FIT_MODES:
         raise ValueError(f"unknown fit {fit!r}; use 'crop' (centre crop) or 'pad' (pad to a square)")

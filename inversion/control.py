@@ -24,8 +24,14 @@ and 48, and the toy model (8x8 latents) gets its 8x8 maps for both, the finest i
 maps cover 8 pixels a cell, too coarse for a mask). The blend maps come from the cross layers
 whose side is nearest to that target.
 
-The official code counts layer calls to know the step; here the edit loop sets `step`, and
-`calls` counts the hooked layers so that the loop can raise when nothing got hooked.
+Deliberate differences from the official code (google/prompt-to-prompt `ptp_utils.py` and the
+NTI notebook): no globals: the controller belongs to one edit call, LocalBlend blends the latents
+it is handed and the words it was built with (the notebook's `get_mask` reads a global `x_t` and
+`make_controller` a global `blend_word`, fixed in its PR #88); the edit loop sets `step` instead
+of the controller counting layer calls, and `calls` counts the hooked layers so that the loop can
+raise when nothing got hooked (the official hook silently matches nothing on newer diffusers,
+issue #57); self-attention replacement runs through SDPA (no 4096x4096 maps at 512 px); only the
+blend words' maps at the blend resolution are kept (summed), not every map of every layer.
 """
 
 from dataclasses import dataclass
