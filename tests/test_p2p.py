@@ -176,6 +176,36 @@ def test_cross_replace_refine_reweight_match_official_formulas(tok):
     assert not c.explicit_layers
 
 
+def test_local_blend_mask_covers_the_object(tok):
+    from inversion.control import make_controller
+
+    # attention that does point at the object: the blend words' tokens take a large share of the
+    # attention of the cells of a 3x3 square (rows 2-4, columns 1-3) of an 8x8 map, little elsewhere
+    c = make_controller(tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(8, 8), cross_replace_steps=0.0, blend_words=("circle", "circle"))
+    obj = torch.zeros(8, 8, dtype=torch.bool)
+    obj[2:5, 1:4] = True
+    probs = torch.full((2, 2, 64, 77), 1.0 / 77)  # cond rows (source, target), heads, queries, tokens
+    probs[:, :, obj.flatten(), 3] = 0.5  # token 3 is "circle"
+    for step in range(3):
+        c.begin_step(step)
+        c.blend.accumulate(probs, (8, 8))
+        c.end_step(torch.zeros(2, 4, 8, 8), step)
+    assert c.blend.side == 8
+    mask = c.blend.mask()[1, 0]  # target's mask (union with the source's), latent resolution
+    assert torch.equal(mask, obj)  # no max-pool on 8x8 maps: exactly the object's cells
+    c.blend.start_step = 0
+    x = torch.stack([torch.zeros(4, 8, 8), torch.ones(4, 8, 8)])
+    out = c.end_step(x, 3)
+    assert torch.equal(out[1, 0].bool(), obj) and torch.equal(out[0], x[0])  # the target changes only inside the mask
+    # on SD's 16x16 maps the official 3x3 max-pool widens the mask by one cell
+    c16 = make_controller(tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(64, 64), cross_replace_steps=0.0, blend_words="circle")
+    probs16 = torch.full((2, 2, 256, 77), 1.0 / 77)
+    probs16[:, :, 16 * 8 + 8, 3] = 0.9
+    c16.blend.accumulate(probs16, (16, 16))
+    c16.blend.end_of_step()
+    assert c16.blend.side == 16 and c16.blend.mask()[0, 0].sum() == 9 * 16
+
+
 # ---------------------------------------------------------------- processors and whole edits on the tiny model
 
 
