@@ -754,7 +754,7 @@ class Studio:
             o["gallery"]: gr.update(value=None, visible=False),
             o["table"]: None,
             o["asr"]: "",
-            o["plot"]: None,
+            o["plot"]: gr.update(value=None, visible=False),
         }
         original, original_label = self.resolve(ORIGINAL, model, text_encoder, state)
         pipe, label = self.resolve(victim, model, text_encoder, state)
@@ -835,7 +835,7 @@ class Studio:
                     upd[o["gallery"]] = gr.update(value=gallery, visible=gallery is not None)
                     upd[o["table"]] = _attack_table(done_results)
                 if losses and events:
-                    upd[o["plot"]] = loss_frame(loss_steps, losses)
+                    upd[o["plot"]] = gr.update(value=loss_frame(loss_steps, losses), visible=True)
                 yield upd
             results = job.result
         except Cancelled:
@@ -1107,7 +1107,7 @@ class Studio:
                                     scale=2,
                                     elem_id="erase-preset",
                                 )
-                            method_info = gr.Markdown(METHOD_INFO.get(self.methods[0], ""))
+                            method_info = gr.Markdown(METHOD_INFO.get(self.methods[0], ""), elem_id="erase-method-info")
                             main = []
                             with gr.Group():
                                 with gr.Row():
@@ -1165,7 +1165,8 @@ class Studio:
                                         [("UnlearnDiffAtk", "unlearndiffatk"), ("random tokens", "random"), ("none", "none")],
                                         value=ev.attack,
                                         label="Attack",
-                                        min_width=100,
+                                        min_width=150,
+                                        scale=2,
                                         elem_id="erase-attack",
                                     )
                                     attack_timesteps = gr.Number(
@@ -1311,6 +1312,7 @@ class Studio:
                                 label="Attack loss",
                                 show_label=False,
                                 x_axis_format="d",
+                                visible=False,
                                 elem_id="attack-plot",
                             )
 
@@ -1622,7 +1624,10 @@ def _attack_grid(results, targets, current, concept):
     images, labels, captions = [], [], []
     for prompt, target, image, ok, adv in rows:
         images += [target, image]
-        labels.append(f"{prompt}  |  attack: {adv}" if adv and adv != prompt else prompt)
+        if adv and adv != prompt:
+            labels.append(f"{prompt}  |  attack: {adv}")
+        else:
+            labels.append(f"{prompt}  |  shown without an attack" if ok else prompt)
         captions += ["", "" if image is None else f"{concept}: {'yes' if ok else 'no'}"]
     cell = 128 if max(rows[0][1].size) <= 64 else 192
     return make_grid(images, len(rows), 2, row_labels=labels, col_labels=["target (original)", "attacked"], captions=captions, cell=cell)

@@ -183,7 +183,9 @@ def test_attack_the_erased_model_over_a_prompt_set(erased):
     out = s.run("/attack", victim=erased.key, concept="triangle", prompts_text="a red triangle\na striped blue triangle", **ATTACK)
     table = out["Adversarial prompts"]
     assert [row[0] for row in table["data"]] == ["a red triangle", "a striped blue triangle"]
-    assert all(row[1].endswith(" " + row[0]) and "</w>" not in row[1] for row in table["data"])  # decoded prefix tokens + the prompt
+    for prompt, adversarial, before, *_ in table["data"]:
+        # decoded prefix tokens + the prompt; the prompt itself when its own image already showed the concept
+        assert adversarial == prompt if before == "yes" else adversarial.endswith(" " + prompt) and "</w>" not in adversarial
     assert "Attack success rate" in out["Attack success rate"] and "over 2 prompt(s)" in out["Attack success rate"]
     assert Path(out["Target (original model) and attacked images"]).is_file()
     assert "erased: a triangle · esd-x" in out["Attack status"]

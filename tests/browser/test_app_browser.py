@@ -33,7 +33,19 @@ FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-LONG = 180_000  # ms: the longest a short job may take on a loaded 2-core machine
+LONG = 600_000  # ms: the longest a job may take on a loaded 2-core machine
+# Tiny budgets for the test; with STUDIO_UPDATE_SCREENSHOTS=1, enough to show a real erasure, attack and edit
+# in the README's screenshots (a few minutes on a CPU).
+SHOTS = bool(os.environ.get("STUDIO_UPDATE_SCREENSHOTS"))
+ERASE = (
+    dict(method="esd-u", iterations=40, lr=0.001, trajectory=20, sample=20, preview=10)
+    if SHOTS
+    else dict(method="esd-x", iterations=4, lr=None, trajectory=4, sample=6, preview=2)
+)
+EVAL = dict(seeds=2, prompts=3, attacks=2, timesteps=5, iters=10) if SHOTS else dict(seeds=1, prompts=2, attacks=2, timesteps=2, iters=2)
+ATTACK = dict(timesteps=5, iters=10, steps=20) if SHOTS else dict(timesteps=2, iters=3, steps=6)
+EDIT = dict(steps=20, inner=5) if SHOTS else dict(steps=8, inner=3)
+GENERATE = dict(steps=20) if SHOTS else dict(steps=10)
 
 
 def toy_model():
@@ -107,28 +119,33 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def test_erase_by_clicking(page):
     fill(page, "erase-concept", "a triangle")
-    for elem_id, value in [
-        ("erase-iterations", 4),
-        ("erase-num_inference_steps", 4),
-        ("erase-sample-steps", 6),
-        ("erase-preview-every", 2),
-    ]:
+    if ERASE["method"] != "esd-x":
+        from apps.studio_app import METHOD_INFO
+
+        choose(page, "erase-method", ERASE["method"])
+        name = METHOD_INFO[ERASE["method"]].split(":")[0]  # the method's settings arrive with its description; type after them
+        page.wait_for_function(f"document.querySelector('#erase-method-info')?.innerText.startsWith('{name}:')", timeout=30_000)
+    fields = [("erase-iterations", ERASE["iterations"]), ("erase-num_inference_steps", ERASE["trajectory"]),
+              ("erase-sample-steps", ERASE["sample"]), ("erase-preview-every", ERASE["preview"])]  # fmt: skip
+    if ERASE["lr"]:
+        fields.append(("erase-lr", ERASE["lr"]))
+    for elem_id, value in fields:
         fill(page, elem_id, value)
     page.locator("#erase-eval").get_by_text("Evaluation after erasing").click()
-    for elem_id, value in [
-        ("erase-ev-seeds", 1),
-        ("erase-ev-prompts", 2),
-        ("erase-attack-prompts", 2),
-        ("erase-attack-timesteps", 2),
-        ("erase-attack-iters", 2),
-    ]:
+    for elem_id, value in [("erase-ev-seeds", EVAL["seeds"]), ("erase-ev-prompts", EVAL["prompts"]), ("erase-attack-prompts", EVAL["attacks"]),
+                           ("erase-attack-timesteps", EVAL["timesteps"]), ("erase-attack-iters", EVAL["iters"])]:  # fmt: skip
         fill(page, elem_id, value)
     page.locator("#erase-run").click()
     page.wait_for_selector("#erase-status .bar", timeout=30_000)  # the progress bar appears while it runs
     text = wait_done(page, "erase-status")
-    assert "esd-x: 4 steps" in text and "Evaluated" in text
+    assert f"{ERASE['method']}: {ERASE['iterations']} steps" in text and "Evaluated" in text
     assert page.locator("#erase-grid img").count() == 1
     assert page.locator("#erase-report img").count() == 1
     assert "erasure success" in page.locator("#erase-table").inner_text()
@@ -145,7 +162,7 @@ def test_attack_by_clicking(page):
     assert "erased: a triangle" in page.locator("#attack-model input").input_value()
     assert page.locator("#attack-concept textarea, #attack-concept input").first.input_value() == "triangle"
     fill(page, "attack-prompts", "a red triangle\na striped blue triangle")
-    for elem_id, value in [("attack-timesteps", 2), ("attack-iters", 3), ("attack-steps", 6)]:
+    for elem_id, value in [("attack-timesteps", ATTACK["timesteps"]), ("attack-iters", ATTACK["iters"]), ("attack-steps", ATTACK["steps"])]:
         fill(page, elem_id, value)
     page.locator("#attack-run").click()
     text = wait_done(page, "attack-status")
@@ -162,8 +179,8 @@ def test_edit_by_clicking(page):
     page.locator("#edit-samples").get_by_text("a red triangle", exact=True).click()  # a sample fills image and prompts
     page.wait_for_selector("#edit-image img", timeout=30_000)
     assert page.locator("#edit-target textarea, #edit-target input").first.input_value() == "a blue triangle"
-    fill(page, "edit-steps", 8)
-    fill(page, "edit-inner", 3)
+    fill(page, "edit-steps", EDIT["steps"])
+    fill(page, "edit-inner", EDIT["inner"])
     page.locator("#edit-run").click()
     text = wait_done(page, "edit-status")
     assert "Reconstruction PSNR" in text
@@ -178,7 +195,7 @@ def test_generate_side_by_side_by_clicking(page):
     assert "erased: a triangle" in page.locator("#gen-model input").input_value()
     fill(page, "gen-prompts", "a red triangle\na blue circle")
     fill(page, "gen-seeds", "0-3")
-    fill(page, "gen-steps", 10)
+    fill(page, "gen-steps", GENERATE["steps"])
     page.locator("#gen-run").click()
     wait_done(page, "gen-status")
     assert page.locator("#gen-left img").count() == 1 and page.locator("#gen-right img").count() == 1
