@@ -4,10 +4,10 @@ toy world (skipped until assets/toy-model exists). Rendered images are real imag
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from studio.loading import TOY_MODEL
 
 
-pytestmark = pytest.mark.skipif(not (ROOT / "assets" / "toy-model" / "model_index.json").is_file(), reason="the toy model is not trained yet (assets/toy-model)")
+pytestmark = pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason=f"the toy model is not trained yet ({TOY_MODEL})")
 
 PROMPT = "a solid red circle on a light background"
 LABELS = {"shape": "circle", "colour": "red", "style": "solid", "background": "light"}
