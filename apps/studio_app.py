@@ -89,6 +89,8 @@ INVERSION_CHOICES = [
     ("DDIM inversion (baseline)", "ddim"),
 ]
 
+MASK_CAPTION = "**Where it may change** (with local blend words; the rest is kept)"
+
 CSS = """
 .job {font-size: 0.95em; padding: 4px 0;}
 .job .bar {height: 8px; border-radius: 4px; background: var(--neutral-200); overflow: hidden; margin-bottom: 4px;}
@@ -899,7 +901,7 @@ class Studio:
         if blend_words:
             options["blend_words"] = blend_words
         yield {o["status"]: status(0, 1, "Loading the model ..."), o["input"]: None, o["recon"]: None, o["edit"]: None, o["mask"]: None, o["info"]: "",
-               o["recon_cap"]: "**Reconstruction**", o["edit_cap"]: "**Edit**"}  # fmt: skip
+               o["recon_cap"]: "**Reconstruction**", o["edit_cap"]: "**Edit**", o["mask_cap"]: MASK_CAPTION}  # fmt: skip
         pipe, label = self.resolve(choice, model, text_encoder, state)
         total = steps * (3 if method == "null-text" else 2)
         preview_every = max(1, steps // 10)
@@ -964,6 +966,9 @@ class Studio:
             o["edit"]: show(result.edit),
             o["edit_cap"]: f"**Edit**: {html.escape(target)}",
             o["mask"]: show(mask),
+            o["mask_cap"]: MASK_CAPTION
+            if mask is None
+            else f"**Where it may change**: {result.blend_mask[0].mean():.0%} of the image (local blend)",
             o["info"]: info,
         }
 
@@ -1411,7 +1416,7 @@ class Studio:
                                     e_edit_cap = gr.Markdown("**Edit**", elem_classes=["caption"], elem_id="edit-edit-caption")
                                 with gr.Column(min_width=150):
                                     e_mask = gr.Image(label="Local blend", **shown, elem_id="edit-mask")
-                                    gr.Markdown("**Where it may change** (local blend; the rest is kept)", elem_classes=["caption"])
+                                    e_mask_cap = gr.Markdown(MASK_CAPTION, elem_classes=["caption"], elem_id="edit-mask-caption")
                             e_info = gr.Markdown("", label="Edit details", elem_id="edit-info")
 
                 # ---------------------------------------------------------- Generate
@@ -1447,7 +1452,7 @@ class Studio:
                                   "attack_prompts": attack_prompts_text}  # fmt: skip
             self.attack_outputs = {"status": a_status, "gallery": a_gallery, "table": a_table, "asr": a_asr, "plot": a_plot}
             self.edit_outputs = {"status": e_status, "input": e_input, "recon": e_recon, "edit": e_edit, "mask": e_mask, "info": e_info,
-                                 "recon_cap": e_recon_cap, "edit_cap": e_edit_cap}  # fmt: skip
+                                 "recon_cap": e_recon_cap, "edit_cap": e_edit_cap, "mask_cap": e_mask_cap}  # fmt: skip
             self.gen_outputs = {"status": g_status, "left": g_left, "right": g_right}
 
             compute = {"concurrency_id": "compute", "concurrency_limit": self.concurrency, "show_progress": "hidden"}
@@ -1483,6 +1488,7 @@ class Studio:
                 friendly_stream(self.run_edit), edit_inputs, list(self.edit_outputs.values()), api_name="edit", preprocess=False, **compute
             )
             e_stop.click(self.canceller("edit"), None, None, api_name="cancel_edit", **light)
+            e_method.change(lambda m: gr.update(visible=m == "null-text"), [e_method], [e_inner], api_visibility="private", **light)
 
             gen_inputs = [state, model, encoder, gen_model, g_prompts, g_negative, g_seeds, g_steps, g_guidance]
             g_run.click(friendly_stream(self.run_generate), gen_inputs, list(self.gen_outputs.values()), api_name="generate", **compute)

@@ -26,12 +26,13 @@ EDIT = dict(steps=3, inner_steps=2)
 
 
 def toy_model():
-    """The shipped toy model and judge (or, while they are being trained, the folders the environment names)."""
-    model = os.environ.get("STUDIO_APP_TEST_MODEL") or str(ROOT / "assets" / "toy-model")
-    judge = os.environ.get("STUDIO_APP_TEST_JUDGE") or str(ROOT / "assets" / "toy-judge")
-    if not (Path(model) / "model_index.json").is_file() or not Path(judge).is_dir():
-        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there yet")
-    return model, judge
+    """'toy' (the shipped model and judge), or the folders the environment names (STUDIO_APP_TEST_MODEL / _JUDGE)."""
+    model, judge = os.environ.get("STUDIO_APP_TEST_MODEL"), os.environ.get("STUDIO_APP_TEST_JUDGE")
+    if model:
+        return model, judge
+    if not (ROOT / "assets" / "toy-model" / "model_index.json").is_file() or not (ROOT / "assets" / "toy-judge").is_dir():
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
+    return "toy", None
 
 
 @pytest.fixture(scope="module")

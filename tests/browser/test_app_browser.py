@@ -38,22 +38,25 @@ LONG = 600_000  # ms: the longest a job may take on a loaded 2-core machine
 # in the README's screenshots (a few minutes on a CPU).
 SHOTS = bool(os.environ.get("STUDIO_UPDATE_SCREENSHOTS"))
 ERASE = (
-    dict(method="esd-u", iterations=40, lr=0.001, trajectory=20, sample=20, preview=10)
+    dict(method="esd-x", iterations=60, lr=0.001, trajectory=20, sample=20, preview=10)
     if SHOTS
-    else dict(method="esd-x", iterations=4, lr=None, trajectory=4, sample=6, preview=2)
+    else dict(method="esd-u", iterations=4, lr=None, trajectory=4, sample=6, preview=2)
 )
 EVAL = dict(seeds=2, prompts=3, attacks=2, timesteps=5, iters=10) if SHOTS else dict(seeds=1, prompts=2, attacks=2, timesteps=2, iters=2)
 ATTACK = dict(timesteps=5, iters=10, steps=20) if SHOTS else dict(timesteps=2, iters=3, steps=6)
-EDIT = dict(steps=20, inner=5) if SHOTS else dict(steps=8, inner=3)
+# direct inversion for the screenshot: on the toy model, null-text and negative-prompt edits lose the object at 20+ steps
+EDIT = dict(steps=20, inner=5, method="direct inversion") if SHOTS else dict(steps=8, inner=3, method=None)
 GENERATE = dict(steps=20) if SHOTS else dict(steps=10)
 
 
 def toy_model():
-    model = os.environ.get("STUDIO_APP_TEST_MODEL") or str(ROOT / "assets" / "toy-model")
-    judge = os.environ.get("STUDIO_APP_TEST_JUDGE") or str(ROOT / "assets" / "toy-judge")
-    if not (Path(model) / "model_index.json").is_file() or not Path(judge).is_dir():
-        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there yet")
-    return model, judge
+    """'toy' (the shipped model and judge), or the folders the environment names (STUDIO_APP_TEST_MODEL / _JUDGE)."""
+    model, judge = os.environ.get("STUDIO_APP_TEST_MODEL"), os.environ.get("STUDIO_APP_TEST_JUDGE")
+    if model:
+        return model, judge
+    if not (ROOT / "assets" / "toy-model" / "model_index.json").is_file() or not (ROOT / "assets" / "toy-judge").is_dir():
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
+    return "toy", None
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +107,25 @@ def wait_done(page, status_id: str) -> str:
     return text
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, readme: bool = True) -> Path:
+    """Save a full-page screenshot once every visible image has loaded (a broken image fails the test)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.wait_for_timeout(400)  # let images and plots finish drawing
+    page.wait_for_function(
+        "Array.from(document.images).filter(i => i.offsetParent !== null).every(i => i.complete && i.naturalWidth > 0)", timeout=15_000
+    )
+    page.wait_for_timeout(300)  # let plots finish drawing
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("STUDIO_UPDATE_SCREENSHOTS"):
+    if SHOTS and readme:
         from PIL import Image
 
         README_SHOTS.mkdir(parents=True, exist_ok=True)
         im = Image.open(path).convert("RGB")
         im = im.resize((1000, round(im.height * 1000 / im.width)), Image.LANCZOS)
-        im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(README_SHOTS / f"{name}.png", optimize=True)
+        im = im.quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, kmeans=3, dither=Image.Dither.NONE
+        )  # small; keeps the toy world's colours
+        im.save(README_SHOTS / f"{name}.png", optimize=True)
     return path
 
 
@@ -126,7 +136,7 @@ def choose(page, elem_id: str, option: str) -> None:
 
 def test_erase_by_clicking(page):
     fill(page, "erase-concept", "a triangle")
-    if ERASE["method"] != "esd-x":
+    if ERASE["method"] != "esd-x":  # esd-x is preselected
         from apps.studio_app import METHOD_INFO
 
         choose(page, "erase-method", ERASE["method"])
@@ -179,8 +189,12 @@ def test_edit_by_clicking(page):
     page.locator("#edit-samples").get_by_text("a red triangle", exact=True).click()  # a sample fills image and prompts
     page.wait_for_selector("#edit-image img", timeout=30_000)
     assert page.locator("#edit-target textarea, #edit-target input").first.input_value() == "a blue triangle"
+    if EDIT["method"]:
+        choose(page, "edit-method", EDIT["method"])
+        page.locator("#edit-inner").wait_for(state="hidden")  # null-text's own setting goes away
+    else:
+        fill(page, "edit-inner", EDIT["inner"])
     fill(page, "edit-steps", EDIT["steps"])
-    fill(page, "edit-inner", EDIT["inner"])
     page.locator("#edit-run").click()
     text = wait_done(page, "edit-status")
     assert "Reconstruction PSNR" in text
@@ -211,7 +225,7 @@ def test_bad_input_shows_a_readable_error(page):
     assert "type a prompt first" in toast.inner_text()
     content = page.content()
     assert "Traceback" not in content and 'File "' not in content
-    screenshot(page, "error")
+    screenshot(page, "error", readme=False)
     page.locator(".toast-body .toast-close, .toast-close").first.click()
 
 
