@@ -111,6 +111,19 @@ def test_server_is_local_and_serves_no_repo_files(app):
     assert "googleapis" not in httpx.get(app.url + "theme.css").text  # no web fonts from the network
 
 
+def test_a_server_side_path_is_not_read_as_an_upload(app):
+    """A raw API call naming a file on the server (not uploaded) is refused before the handler runs."""
+    import httpx
+
+    s = Session(app.url)
+    params = s.api["/edit"]["parameters"]
+    data = [p.get("parameter_default") for p in params]
+    data[[p["parameter_name"] for p in params].index("image")] = {"path": str(SAMPLE), "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(app.url + "gradio_api/call/edit", json={"data": data}).json()["event_id"]
+    reply = httpx.get(f"{app.url}gradio_api/call/edit/{event}", timeout=60).text
+    assert "event: error" in reply and "not uploaded by a user" in reply and "event: complete" not in reply
+
+
 def test_server_makes_no_outside_connections(tmp_path, monkeypatch):
     """Build, launch and use a second app while every socket connection and name lookup is recorded."""
     import socket
