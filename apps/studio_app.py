@@ -758,7 +758,7 @@ class Studio:
             o["asr"]: "",
             o["plot"]: gr.update(value=None, visible=False),
         }
-        original, original_label = self.resolve(ORIGINAL, model, text_encoder, state)
+        original, _ = self.resolve(ORIGINAL, model, text_encoder, state)
         pipe, label = self.resolve(victim, model, text_encoder, state)
         for p in prompts:
             check_prompt(pipe.tokenizer, p)
@@ -1043,7 +1043,7 @@ class Studio:
                     upd[o["status"]] = status(done, total, f"Sampling {len(jobs)} image(s) per model · {eta(done, total, job.seconds)}")
                     yield upd
                     upd = {}
-                job.result
+                job.result  # noqa: B018 (re-raises the worker's error, e.g. Cancelled)
             except Cancelled:
                 yield {o["status"]: status(done, total, "Cancelled.", "cancelled")}
                 return
