@@ -149,7 +149,7 @@ def official_null_text(pipe, image, prompt, *, steps=50, guidance=7.5, inner=10,
                 eps_u, eps_c = unet(torch.cat([latent_cur] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
                 latent_cur = _prev_step(scheduler, eps_u + guidance * (eps_c - eps_u), t, latent_cur)
         with torch.no_grad():
-            image_rec = decode_latents(pipe, z0)  # the notebook's invert() also returns the VAE reconstruction  # noqa: F841
+            decode_latents(pipe, z0)  # the notebook's invert() also decodes z0 (its "VAE reconstruction")
         seconds = time.perf_counter() - start
     finally:
         for p, flag in zip(unet.parameters(), flags):

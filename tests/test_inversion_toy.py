@@ -1,7 +1,6 @@
 """Inversion and editing on the trained toy model: the assertions that need a model that knows the
 toy world (skipped until assets/toy-model exists). Rendered images are real images for the model."""
 
-import numpy as np
 import pytest
 
 from studio.loading import TOY_MODEL
@@ -11,6 +10,14 @@ pytestmark = pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), 
 
 PROMPT = "a solid red circle on a light background"
 LABELS = {"shape": "circle", "colour": "red", "style": "solid", "background": "light"}
+
+
+@pytest.fixture(autouse=True)
+def restore_processors(toy_pipe):
+    """Edits leave prompt-to-prompt's processors on the UNet (inert without a controller); other tests share this pipeline."""
+    before = dict(toy_pipe.unet.attn_processors)
+    yield
+    toy_pipe.unet.set_attn_processor(before)
 
 
 @pytest.fixture(scope="module")
