@@ -149,7 +149,7 @@ def cmd_edit(args) -> int:
             Image.fromarray(result.blend_mask[k].astype("uint8") * 255).save(out_dir / f"blend-mask-{k}.png")
     cells = [result.image, result.reconstruction, *result.edits]
     labels = ["input", f"reconstruction ({result.inversion.method})", *args.target]
-    make_grid(cells, 1, len(cells), col_labels=labels, title=f"source: {args.source}").save(out_dir / "grid.png")
+    make_grid(cells, 1, len(cells), col_labels=labels, title=f"source: {args.source}", cell=224).save(out_dir / "grid.png")
     if args.save_inversion:
         path = result.inversion.save(args.save_inversion)
         print(f"inversion saved to {path} ({path.stat().st_size / 1e6:.2f} MB)")
