@@ -84,6 +84,8 @@ def test_parameter_groups(tiny_pipe):
     kv = trainable_parameter_names(tiny_pipe.unet, "cross-attn")
     assert kv and all(n.split(".")[-2] in ("to_k", "to_v") and ".attn2." in n for n in kv)
     assert len(trainable_parameter_names(tiny_pipe.unet, "full-weight")) == len(list(tiny_pipe.unet.parameters()))
+    result = erase(tiny_pipe, SQUARES, "doco", config={**TINY, "parameter_group": "full-weight", "iterations": 3, "warmup_steps": 1}, progress=False)
+    assert len(result.weights) == len(list(tiny_pipe.unet.parameters())) and "conv_in.weight" in result.weights
 
 
 def test_training_pairs_swap_the_anchor_word_for_the_target_word():
@@ -196,7 +198,7 @@ def test_checkpoint_of_other_prompts_is_refused(tmp_path):
 # ---------------------------------------------------------------- erasure on the toy model
 
 
-TEST_BUDGET = {"iterations": 60, "warmup_steps": 20, "num_anchor_images": 64}  # on top of the toy preset
+TEST_BUDGET = {"iterations": 150, "warmup_steps": 50, "num_anchor_images": 64, "anchor_steps": 10, "anchor_batch_size": 64}  # on top of the toy preset
 
 
 @pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
