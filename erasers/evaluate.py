@@ -61,10 +61,14 @@ def toy_spec(name: str, config: EvalConfig | None = None) -> EvalSpec:
     config = config or EvalConfig()
     c = concept(name)
     forms = {f: [p for p, _ in prompts_for(c.name, f, config.prompts_per_form)] for f in FORMS}
+    # utility is judged on the erased concept's kind and on shape/colour (the other attributes a
+    # prompt names, style and background, are left free so that the score reflects what erasure broke)
+    judged = {c.attribute, "colour" if c.attribute == "shape" else "shape"}
     retain = []
     for other in concepts_of(c.attribute):
         if other.name != c.name:
-            retain += prompts_for(other.name, "direct", config.retain_prompts_per_concept)
+            for prompt, asked in prompts_for(other.name, "direct", config.retain_prompts_per_concept):
+                retain.append((prompt, {k: v for k, v in asked.items() if k in judged}))
     return EvalSpec(c.name, forms, retain)
 
 
@@ -193,7 +197,8 @@ def format_table(report: dict) -> str:
     for key, label in (("original_rate", "concept shown, original"), ("erased_rate", "concept shown, erased"), ("erasure_success", "erasure success")):
         rows.append(f"| {label} | " + " | ".join(f"{e[f][key]:.0%}" if f in e else "-" for f in ("direct", "synonym", "alias")) + " |")
     out = "\n".join(rows)
-    out += f"\n\nAttack ({a['name']}): ASR {a['asr']:.0%} (pre-attack {a['pre_asr']:.0%}) over {a['n']} prompts." if a.get("n") else ""
+    if a.get("n"):
+        out += f"\n\nAttack ({a['name']}): ASR {a['asr']:.0%} (pre-attack {a['pre_asr']:.0%}) over {a['n']} prompt{'s' if a['n'] != 1 else ''}."
     if u:
         parts = []
         if "retained_acc_erased" in u:

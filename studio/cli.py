@@ -97,7 +97,7 @@ def cmd_toyworld_train(args) -> int:
 
     cfg = TrainConfig(seed=args.seed)
     if args.quick:
-        cfg = TrainConfig(seed=args.seed, pool_size=2000, vae_steps=60, diffusion_steps=60, judge_steps=60, checkpoint_every=20)
+        cfg = TrainConfig(seed=args.seed, pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20)
     stages = tuple(args.stages.split(","))
     timings = train(cfg, Path(args.work), Path(args.out), stages=stages)
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})

@@ -12,7 +12,8 @@ Recipe:
     (`captions.py`: base words, synonyms, aliases); 3% empty backgrounds.
   * VAE: MSE + L1 reconstruction, KL weight 1e-6 (as SD); latents scaled by 1/std of the pool's latents.
   * diffusion: epsilon prediction with SD's DDPM schedule, caption dropout 10% for classifier-free
-    guidance, AdamW, linear warm-up then cosine decay, EMA of the weights (the EMA is shipped).
+    guidance, AdamW, linear warm-up then cosine decay, EMA of the weights (the EMA is shipped); then
+    a short fine-tune with offset noise so that the model can draw dark backgrounds.
   * judge: cross-entropy on the four heads over fresh renders, half of them passed through the VAE
     (so that it reads decoded images as well as clean ones), plus empty and noise images ("none").
 """
@@ -59,6 +60,12 @@ class TrainConfig:
     warmup_steps: int = 300
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    # then a fine-tune with offset noise (Guttenberg, 2023): SD's schedule leaves the latents' mean
+    # almost untouched at t = T, so a model trained on plain noise cannot choose a global brightness
+    # and ignores "dark background"; noise + offset * N(0, 1) per image and channel fixes that
+    finetune_steps: int = 2000
+    finetune_lr: float = 1e-4
+    offset_noise: float = 0.1
     # judge
     judge_steps: int = 1500
     judge_batch: int = 128
@@ -190,7 +197,8 @@ def train_diffusion(cfg: TrainConfig, work: Path, pool: Pool, vae, tokenizer):
     alphas = scheduler.alphas_cumprod
 
     ema_pairs = list(zip(list(ema_te.parameters()) + list(ema_unet.parameters()), params))
-    bar = tqdm(range(step, cfg.diffusion_steps), initial=step, total=cfg.diffusion_steps, desc="diffusion")
+    total = cfg.diffusion_steps + cfg.finetune_steps
+    bar = tqdm(range(step, total), initial=step, total=total, desc="diffusion")
     for step in bar:
         rng = _rng(cfg.seed, 2, step)
         g = _gen(cfg.seed, 2, step)
@@ -199,11 +207,14 @@ def train_diffusion(cfg: TrainConfig, work: Path, pool: Pool, vae, tokenizer):
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale
         noise = torch.randn(z0.shape, generator=g)
+        finetune = step >= cfg.diffusion_steps
+        if finetune and cfg.offset_noise:
+            noise = noise + cfg.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=g)
         t = torch.randint(0, 1000, (len(idx),), generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
-            group["lr"] = cfg.diffusion_lr * _cosine(step, cfg.diffusion_steps, cfg.warmup_steps)
+            group["lr"] = cfg.finetune_lr if finetune else cfg.diffusion_lr * _cosine(step, cfg.diffusion_steps, cfg.warmup_steps)
         context = text_encoder(ids)[0]  # (B, 77, D)
         pred = unet(zt, t, context).sample
         loss = F.mse_loss(pred, noise)
@@ -217,7 +228,7 @@ def train_diffusion(cfg: TrainConfig, work: Path, pool: Pool, vae, tokenizer):
                 e.lerp_(p, 1 - decay)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.diffusion_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.diffusion_steps, total):
             save_checkpoint(ckpt, modules, {"opt": opt}, meta={"step": step + 1})
     return ema_te.eval(), ema_unet.eval()
 
