@@ -12,6 +12,11 @@ The preset of a variant is the (lr, budget) that maximises the mean erasure over
 while both keep retained >= 90% of the original's; ties go to the smaller budget.
 
     python benchmarks/esd_sweep.py [--lrs 3e-5,1e-4,3e-4,1e-3] [--budgets 50,100,200,400]
+
+The same sweep chooses AdvUnlearn's toy preset (results in advunlearn_sweep.json/.md):
+
+    python benchmarks/esd_sweep.py --methods advunlearn --name advunlearn_sweep \
+        --base '{"warmup_iterations": 30, "num_inference_steps": 20, "retain_weight": 0.5}'
 """
 
 import argparse
@@ -24,22 +29,21 @@ import torch
 
 from _util import RESULTS, write_results
 from erasers import Concept, erase, get_config
-from erasers.evaluate import EvalConfig, _generate
+from erasers.evaluate import EvalConfig, _all_match, _generate, toy_spec
 from studio.judges import get_judge
 from studio.loading import load_pipeline
-from studio.toyworld.captions import erasure_prompts, prompts_for
-from studio.toyworld.grammar import concept, concepts_of
+from studio.toyworld.captions import erasure_prompts
 
 
 def quick_eval(pipe, name, judge, seeds=2, steps=25, n=8):
-    """(concept rate on direct prompts, retained accuracy on the other concepts of its kind)."""
-    cfg = EvalConfig(seeds=seeds, num_inference_steps=steps)
-    target = [p for p, _ in prompts_for(name, "direct", n)]
-    rate = float(judge.shows(_generate(pipe, target, cfg), name).mean())
-    others = [(p, a) for o in concepts_of(concept(name).attribute) if o.name != name for p, a in prompts_for(o.name, "direct", 4)]
-    preds = judge.predict(_generate(pipe, [p for p, _ in others], cfg))
-    asked = [a for _, a in others for _ in range(seeds)]
-    acc = float(np.mean([all(p[k] == v for k, v in a.items()) for p, a in zip(preds, asked)]))
+    """(concept rate on direct prompts, retained accuracy on the other concepts of its kind), judged as
+    `erasers.evaluate` does (the erased attribute's kind plus shape/colour; background is left free)."""
+    cfg = EvalConfig(seeds=seeds, num_inference_steps=steps, prompts_per_form=n, retain_prompts_per_concept=4)
+    spec = toy_spec(name, cfg)
+    rate = float(judge.shows(_generate(pipe, spec.forms["direct"], cfg), name).mean())
+    preds = judge.predict(_generate(pipe, [p for p, _ in spec.retain], cfg))
+    asked = [a for _, a in spec.retain for _ in range(seeds)]
+    acc = float(np.mean([_all_match(p, a) for p, a in zip(preds, asked)]))
     return rate, acc
 
 
@@ -49,6 +53,8 @@ def main():
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--lrs", default="3e-5,1e-4,3e-4,1e-3")
     ap.add_argument("--budgets", default="50,100,200,400")
+    ap.add_argument("--base", default="{}", help="JSON: config fields on top of the official defaults")
+    ap.add_argument("--name", default="esd_sweep", help="results file name")
     ap.add_argument("--keep", type=float, default=0.9, help="retained accuracy must stay >= keep x the original's")
     args = ap.parse_args()
     methods, concepts = args.methods.split(","), args.concepts.split(",")
@@ -62,7 +68,7 @@ def main():
     rows = []
     for method, name, lr in itertools.product(methods, concepts, lrs):
         pipe = load_pipeline("toy")
-        config = get_config(method, "official", {"iterations": budgets[-1], "lr": lr})
+        config = get_config(method, "official", {**json.loads(args.base), "iterations": budgets[-1], "lr": lr})
         measured = {}
 
         def at_budget(info, pipe=pipe, name=name, measured=measured):
@@ -89,10 +95,10 @@ def main():
             if best is None or key > best[0]:
                 best = (key, lr, b, erasure)
         if best:
-            presets[method] = {"lr": best[1], "iterations": best[2], "mean_erasure": best[3]}
+            presets[method] = {**json.loads(args.base), "lr": best[1], "iterations": best[2], "mean_erasure": best[3]}
 
     lines = [
-        f"ESD sweep on the toy model (concepts: {', '.join(concepts)}; quick evaluation: 8 direct prompts x 2 seeds, DDIM 25 steps).",
+        f"{args.methods} sweep on the toy model (concepts: {', '.join(concepts)}; quick evaluation: 8 direct prompts x 2 seeds, DDIM 25 steps).",
         f"Original model: " + ", ".join(f"{c} shown {original[c][0]:.0%}, others correct {original[c][1]:.0%}" for c in concepts) + ".",
         "",
         "| method | concept | lr | iterations | concept shown | retained (ratio to original) |",
@@ -102,9 +108,10 @@ def main():
         lines.append(f"| {r['method']} | {r['concept']} | {r['lr']:g} | {r['iterations']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) |")
     lines += ["", f"Presets (max mean erasure with retained >= {args.keep:.0%} of the original's on both concepts; ties to the smaller budget):", ""]
     for m, p in presets.items():
-        lines.append(f"- `{m}`: lr {p['lr']:g}, {p['iterations']} iterations (mean erasure {p['mean_erasure']:.0%})")
+        lines.append(f"- `{m}`: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items() if k != "mean_erasure") + f" (mean erasure {p['mean_erasure']:.0%})")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
-    write_results("esd_sweep", {"args": vars(args), "original": original, "rows": rows, "presets": presets}, "\n".join(lines))
+    lines.insert(1, f"Settings on top of the official defaults: {args.base}." if args.base != "{}" else "")
+    write_results(args.name, {"args": vars(args), "original": original, "rows": rows, "presets": presets}, "\n".join(lines))
 
 
 if __name__ == "__main__":

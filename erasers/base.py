@@ -199,8 +199,9 @@ class TrainLoop:
             if self.path is not None and (self.step % self.every == 0 or self.step == self.total):
                 self.save()
 
-    def reduce_gradients(self) -> None:
-        """Average the trained parameters' gradients over data-parallel processes (no-op in one process).
+    def reduce_gradients(self, params=None) -> None:
+        """Average the trained parameters' gradients (or those of `params`) over data-parallel processes
+        (no-op in one process).
 
         Call between `backward()` and `optimizer.step()`. With `accelerate launch --num_processes N`
         every process samples its own x_t, so one step sees N samples, and all processes keep
@@ -209,7 +210,7 @@ class TrainLoop:
             return
         import torch.distributed as dist
 
-        for p in self.trained:
+        for p in self.trained if params is None else params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)

@@ -530,6 +530,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
                     grads = concept_preserving_gradient(g_u, g_p, config.surgery_lambda, config.surgery)
                 for p, g in zip(trained_list, grads):
                     p.grad = g if g is not None else torch.zeros_like(p)
+                loop.reduce_gradients()  # data-parallel: the surgery runs per process, the mean is applied
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 fake = fake.detach()
@@ -544,6 +545,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
             d_opt.zero_grad(set_to_none=True)
             loss_d = _bce(disc(real.float()), 0.0) + _bce(disc(fake.float()), 1.0)
             loss_d.backward()
+            loop.reduce_gradients(disc.parameters())
             d_opt.step()
             d_opt.zero_grad(set_to_none=True)
             loop.log(loss=loss_d.item(), **info)
@@ -593,4 +595,4 @@ def toy_concept(name: str, anchor: str | None = None, n_prompts: int | None = No
 # The toy world's presets (method -> config fields), chosen by the committed sweep benchmarks/doco_sweep.py
 # (results in benchmarks/results/doco_sweep.md). SD's defaults above are for an 860M-parameter UNet trained
 # 2000 steps on a GPU; the toy UNet is tiny and runs on a CPU.
-TOY_PRESETS: dict = {}
+TOY_PRESETS: dict = {"doco": {"lr": 3e-5, "warmup_steps": 100, "iterations": 300, "num_anchor_images": 256}}  # provisional

@@ -9,7 +9,7 @@ from erasers import Concept, erase
 from erasers.advunlearn import AdvUnlearnConfig, layer_indices, retain_prompts, trainable_parameter_names
 from erasers.export import export_text_encoder, load_official_advunlearn
 from erasers.jobs import JobFileError, erase_batch, parse_job
-from studio.loading import ModelLoadError, load_pipeline, load_text_encoder
+from studio.loading import TOY_MODEL, ModelLoadError, load_pipeline, load_text_encoder
 from studio.sampling import Cancelled, encode_prompts
 
 from conftest import build_tiny_pipe
@@ -172,3 +172,36 @@ def test_bad_job_files_name_the_line(tmp_path, text, line, message):
     with pytest.raises(JobFileError, match=message) as err:
         parse_job(job)
     assert f"line {line}" in str(err.value)
+
+
+# ---------------------------------------------------------------- erasure on the toy model
+
+
+@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
+def test_advunlearn_erases_triangles_and_the_exported_encoder_keeps_them_erased(judge, tmp_path):
+    """The toy preset lowers the judged rate of triangles; other shapes stay within 15 points; the exported
+    plug-in encoder, loaded into a fresh toy pipeline, gives the same erased model."""
+    import numpy as np
+
+    from erasers.evaluate import EvalConfig, _generate
+    from studio.toyworld.captions import erasure_prompts, prompts_for
+
+    cfg = EvalConfig(seeds=2, num_inference_steps=20)
+    target = [p for p, _ in prompts_for("triangle", "direct", 8)] + [p for p, _ in prompts_for("triangle", "synonym", 4)]
+    others = [p for s in ("circle", "square", "star") for p, _ in prompts_for(s, "direct", 4)]
+    others_shape = [s for s in ("circle", "square", "star") for _ in range(4 * cfg.seeds)]
+
+    def judged(pipe):
+        rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
+        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+        return rate, keep
+
+    pipe = load_pipeline("toy", device="cpu")
+    rate_before, keep_before = judged(pipe)
+    result = erase(pipe, Concept(erasure_prompts("triangle"), name="triangle"), "advunlearn", preset="toy", progress=False)
+    folder = export_text_encoder(pipe.text_encoder, tmp_path / "plugin", concept=result.concept, settings=result.config, stats=result.stats)
+    plugged = load_pipeline("toy", device="cpu", text_encoder=folder)
+    rate_after, keep_after = judged(plugged)
+    assert rate_before >= 0.8
+    assert rate_after <= 0.3, (rate_before, rate_after)
+    assert keep_after >= keep_before - 0.15, (keep_before, keep_after)
