@@ -133,7 +133,15 @@ def cmd_demo(args) -> int:
     original = load_pipeline("toy")
     config = get_config(args.method, "toy")
     print(f"1/2 erasing '{name}' from the toy model with {args.method} (toy preset: {config.iterations} steps, lr {config.lr})")
-    result = erase(pipe, Concept([f"a {name}"], name=name), args.method, config=config, checkpoint_dir=out / "checkpoint")
+    if args.method.startswith("doco"):  # DoCo needs anchors: "a triangle" -> "a square" plus anchor captions
+        from .doco import toy_concept
+
+        concept = toy_concept(name)
+    else:
+        from studio.toyworld.captions import erasure_prompts
+
+        concept = Concept(erasure_prompts(name), name=name)
+    result = erase(pipe, concept, args.method, config=config, checkpoint_dir=out / "checkpoint")
     result.save(out / "model", pipe, base_model="toy")
     print(f"2/2 evaluating: erasure on direct / synonym / alias prompts, UnlearnDiffAtk on {args.attack_prompts} prompts, utility")
     ecfg = EvalConfig(seeds=4, prompts_per_form=8, attack_prompts=args.attack_prompts, attack_overrides=DEMO_ATTACK)
@@ -220,7 +228,7 @@ def register(sub) -> None:
 
     d = sub.add_parser("demo", help="the main job on the toy model: erase, evaluate with a short attack, write the grid and table")
     d.add_argument("--concept", default="triangle")
-    d.add_argument("--method", default="esd-u", choices=list(METHODS))
+    d.add_argument("--method", default="esd-x", choices=list(METHODS))
     d.add_argument("--attack-prompts", type=int, default=6)
     d.add_argument("--judge", default="toy")
     d.add_argument("--out", default="outputs/demo")

@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_pipe):
 def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
     """The toy preset lowers the judged rate of triangles on direct prompts; other shapes stay."""
     from erasers.evaluate import EvalConfig, _generate
-    from studio.toyworld.captions import prompts_for
+    from studio.toyworld.captions import erasure_prompts, prompts_for
 
     pipe = load_pipeline("toy", device="cpu")
     cfg = EvalConfig(seeds=3, num_inference_steps=25)
@@ -117,7 +117,7 @@ def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
     others_shape = [s for s in ("circle", "square", "star") for _ in range(3 * cfg.seeds)]
     before_rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
     before_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
-    erase(pipe, Concept("a triangle"), "esd-u", preset="toy", progress=False)
+    erase(pipe, Concept(erasure_prompts("triangle"), name="triangle"), "esd-x", preset="toy", progress=False)
     after_rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
     after_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
     assert before_rate >= 0.8
