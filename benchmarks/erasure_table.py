@@ -66,17 +66,17 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
 
 def table(rows, original_rates) -> str:
     lines = [
-        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) | retained acc. (ratio) | paired PSNR | erase UNet evals | erase time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, rates in original_rates.items():
-        lines.append(f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | 0 | - | - | - |")
+        lines.append(f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | - | - | - |")
     for r in rows:
         e, a, u = r["erasure"], r["attack"], r["utility"]
         lines.append(
             f"| {r['method']} | {r['concept']} | {e['direct']['erasure_success']:.0%} | {e['synonym']['erasure_success']:.0%} | "
             f"{e['alias']['erasure_success']:.0%} | {a['asr']:.0%} ({a['pre_asr']:.0%}) | {u['retained_acc_erased']:.0%} ({u['retained_ratio']:.2f}) | "
-            f"{u['kid_x1000']:.1f} | {u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
+            f"{u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
         )
     return "\n".join(lines)
 
@@ -112,7 +112,9 @@ def main():
             f"UnlearnDiffAtk over {args.attack_prompts} direct prompts, budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
             f"{ATTACK_BUDGET['iterations']} iterations (official: 50 x 40), ASR = (pre-attack + post-attack successes) / N; "
             "retained accuracy on the other concepts of the same kind (all asked attributes judged correct); "
-            "KID on judge features between original and erased outputs on those prompts; 4 seeds per prompt, DDIM 50 steps, guidance 7.5.",
+            "paired PSNR between original and erased outputs on those prompts (same seeds); 4 seeds per prompt, DDIM 50 steps, guidance 7.5. "
+            "The rows' JSON also holds KID on judge features; the rows of this table were computed partly before the paired, "
+            "scale-free KID estimator (studio.judges.kid), so the column is left out until a --fresh run.",
             "",
             table(rows, original),
         ]

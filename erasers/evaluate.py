@@ -143,7 +143,7 @@ def evaluate(original, erased, spec: EvalSpec, judge, config: EvalConfig | None 
             acc_a = float(np.mean([_all_match(p, a) for p, a in zip(pa, asked)]))
             utility.update(retained_acc_original=acc_b, retained_acc_erased=acc_a, retained_ratio=acc_a / max(acc_b, 1e-9))
         if hasattr(judge, "features"):
-            utility["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after))
+            utility["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
         utility["paired_psnr"] = float(np.mean([min(psnr(a, b), 60.0) for a, b in zip(before, after)]))
     report["utility"] = utility
     tick("utility")

@@ -100,21 +100,34 @@ def get_judge(name: str = "toy", **kwargs):
     return JUDGES[name](**kwargs)
 
 
-def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 10, subset_size: int | None = None, seed: int = 0) -> float:
+def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 10, subset_size: int | None = None, seed: int = 0,
+        paired: bool = False) -> float:
     """Kernel Inception Distance (Binkowski et al., 2018) on given features: unbiased MMD^2 with the
-    cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets."""
+    cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+
+    Our judges' features are not Inception's, so both sets are first divided by their pooled RMS (the
+    kernel then sees unit-scale features and the number does not depend on the judge's activation scale).
+    `paired=True` is for samples that come in pairs (the original and the erased model on the same prompt
+    and seed): pairs are kept together in the subsets and the cross term leaves out each pair's own
+    k(x_i, y_i), Gretton et al.'s U-statistic; the plain estimator is biased negative on such samples,
+    because x_i and y_i are near-duplicates while the within-set terms leave out k(x_i, x_i)."""
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if paired and len(a) != len(b):
+        raise ValueError(f"paired KID needs as many samples on both sides ({len(a)} vs {len(b)})")
+    scale = np.sqrt(np.mean(np.concatenate([a, b]) ** 2)) or 1.0
+    a, b = a / scale, b / scale
     d = a.shape[1]
     m = min(len(a), len(b), subset_size or 1000)
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples per set")
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
+        ia = rng.choice(len(a), m, replace=False)
+        x, y = a[ia], b[ia if paired else rng.choice(len(b), m, replace=False)]
         kxx = (x @ x.T / d + 1) ** 3
         kyy = (y @ y.T / d + 1) ** 3
         kxy = (x @ y.T / d + 1) ** 3
-        vals.append(
-            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
-        )
+        cross = (kxy.sum() - np.trace(kxy)) / (m * (m - 1)) if paired else kxy.mean()
+        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * cross)
     return float(np.mean(vals))
