@@ -29,21 +29,48 @@ VARIANTS = {  # extra rows: name -> (method, config overrides on top of the toy 
 }
 
 
-def run_row(method_name, concept, eval_config, judge, fresh=False):
-    cache = RESULTS / "erasure_rows" / f"{method_name}--{concept}.json"
-    if cache.is_file() and not fresh:
-        return json.loads(cache.read_text())
+def erased(method_name, concept):
+    """(the toy pipeline with `concept` erased by `method_name` at its toy preset, the ErasureResult); deterministic."""
     method, overrides = VARIANTS.get(method_name, (method_name, {}))
     config = get_config(method, "toy", overrides)
-    pipe, original = load_pipeline("toy"), load_pipeline("toy")
-    t0 = time.time()
+    pipe = load_pipeline("toy")
     if method == "doco":  # DoCo needs anchors: "a triangle" -> "a square" plus anchor captions (erasers.doco.toy_concept)
         from erasers.doco import toy_concept
 
         target = toy_concept(concept)
     else:
         target = Concept(erasure_prompts(concept), name=concept)
-    result = erase(pipe, target, method, config=config, progress=True)
+    return pipe, erase(pipe, target, method, config=config, progress=True)
+
+
+def remeasure_kid(row, eval_config, judge):
+    """Recompute a cached row's KID with the current estimator (re-erases: the erasure is deterministic)."""
+    from erasers.evaluate import _generate
+    from studio.judges import kid
+
+    spec = toy_spec(row["concept"], eval_config)
+    prompts = [p for p, _ in spec.retain]
+    before = _generate(load_pipeline("toy"), prompts, eval_config)
+    after = _generate(erased(row["method"], row["concept"])[0], prompts, eval_config)
+    row["utility"]["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
+    row["utility"]["kid_estimator"] = KID_ESTIMATOR
+    return row
+
+
+KID_REMEASURE = False
+KID_ESTIMATOR = "paired U-statistic, pooled-RMS features"
+
+
+def run_row(method_name, concept, eval_config, judge, fresh=False):
+    cache = RESULTS / "erasure_rows" / f"{method_name}--{concept}.json"
+    if cache.is_file() and not fresh:
+        row = json.loads(cache.read_text())
+        if row["utility"].get("kid_estimator") != KID_ESTIMATOR and KID_REMEASURE:
+            cache.write_text(json.dumps(remeasure_kid(row, eval_config, judge), indent=2))
+        return row
+    original = load_pipeline("toy")
+    t0 = time.time()
+    pipe, result = erased(method_name, concept)
     erase_s = time.time() - t0
     report = evaluate(original, pipe, toy_spec(concept, eval_config), judge, eval_config)
     write_report(report, RESULTS / "erasure_rows" / f"{method_name}--{concept}")
@@ -59,6 +86,7 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
         "utility": report["utility"],
         "eval_seconds": report["seconds"],
     }
+    row["utility"]["kid_estimator"] = KID_ESTIMATOR
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row, indent=2))
     return row
@@ -66,17 +94,18 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
 
 def table(rows, original_rates) -> str:
     lines = [
-        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) | retained acc. (ratio) | paired PSNR | erase UNet evals | erase time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, rates in original_rates.items():
-        lines.append(f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | - | - | - |")
+        lines.append(f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | 0 | - | - | - |")
     for r in rows:
         e, a, u = r["erasure"], r["attack"], r["utility"]
+        kid_cell = f"{u['kid_x1000']:.1f}" if u.get("kid_estimator") == KID_ESTIMATOR else "-"
         lines.append(
             f"| {r['method']} | {r['concept']} | {e['direct']['erasure_success']:.0%} | {e['synonym']['erasure_success']:.0%} | "
             f"{e['alias']['erasure_success']:.0%} | {a['asr']:.0%} ({a['pre_asr']:.0%}) | {u['retained_acc_erased']:.0%} ({u['retained_ratio']:.2f}) | "
-            f"{u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
+            f"{kid_cell} | {u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
         )
     return "\n".join(lines)
 
@@ -87,7 +116,10 @@ def main():
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--attack-prompts", type=int, default=10)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--kid", action="store_true", help="recompute KID of cached rows made with an older estimator")
     args = ap.parse_args()
+    global KID_REMEASURE
+    KID_REMEASURE = args.kid
     judge = get_judge("toy")
     eval_config = EvalConfig(seeds=4, prompts_per_form=10, attack_prompts=args.attack_prompts, attack_overrides=ATTACK_BUDGET)
     rows = []
@@ -112,9 +144,9 @@ def main():
             f"UnlearnDiffAtk over {args.attack_prompts} direct prompts, budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
             f"{ATTACK_BUDGET['iterations']} iterations (official: 50 x 40), ASR = (pre-attack + post-attack successes) / N; "
             "retained accuracy on the other concepts of the same kind (all asked attributes judged correct); "
-            "paired PSNR between original and erased outputs on those prompts (same seeds); 4 seeds per prompt, DDIM 50 steps, guidance 7.5. "
-            "The rows' JSON also holds KID on judge features; the rows of this table were computed partly before the paired, "
-            "scale-free KID estimator (studio.judges.kid), so the column is left out until a --fresh run.",
+            "KID x1000 on the toy judge's features (paired U-statistic on pooled-RMS-scaled features, `studio.judges.kid`; "
+            "'-': a row cached before that estimator, `--kid` recomputes it) and paired PSNR between original and erased outputs "
+            "on those prompts (same seeds); 4 seeds per prompt, DDIM 50 steps, guidance 7.5.",
             "",
             table(rows, original),
         ]
