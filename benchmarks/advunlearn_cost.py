@@ -20,11 +20,10 @@ import time
 
 from _util import write_results
 from erasure_table import ATTACK_BUDGET, VARIANTS, run_row
-from erasers import Concept, erase, get_config
+from erasers import erase, get_config, toy_target
 from erasers.evaluate import EvalConfig
 from studio.judges import get_judge
 from studio.loading import load_pipeline
-from studio.toyworld.captions import erasure_prompts
 
 
 SCHEDULES = {"ours (default)": "advunlearn", "official schedule": "advunlearn-official-schedule"}
@@ -37,7 +36,7 @@ def step_cost(method_name: str, concept: str, steps: int) -> dict:
     pipe = load_pipeline("toy")
     stamps = []
     t0 = time.perf_counter()
-    result = erase(pipe, Concept(erasure_prompts(concept), name=concept), method, config=config, progress=False, callback=lambda info: stamps.append(time.perf_counter()))
+    result = erase(pipe, toy_target(method, concept), method, config=config, progress=False, callback=lambda info: stamps.append(time.perf_counter()))
     return {"unet_evals_per_step": result.stats["unet_evals"] / steps, "seconds_per_step": (time.perf_counter() - t0) / steps}
 
 
@@ -83,7 +82,8 @@ def main():
         f"{cost[ours]['unet_evals_per_step'] / cost[official]['unet_evals_per_step']:.2f} per adversarial step, "
         f"{cost[ours]['seconds_per_step'] / cost[official]['seconds_per_step']:.2f} of the time per adversarial step. "
         f"ASR {rows[ours]['attack']['asr']:.0%} vs {rows[official]['attack']['asr']:.0%} "
-        f"(UnlearnDiffAtk, {len(ATTACK_BUDGET['timesteps'])} x {ATTACK_BUDGET['iterations']} budget, 10 prompts).",
+        f"(UnlearnDiffAtk, {len(ATTACK_BUDGET['timesteps'])} x {ATTACK_BUDGET['iterations']} budget, "
+        f"{rows[ours]['attack']['n']} and {rows[official]['attack']['n']} prompts).",
     ]
     write_results("advunlearn_cost", {"per_step": costs, "rows": rows, "ratio_unet_evals": ratio_evals}, "\n".join(lines))
 

@@ -15,11 +15,10 @@ import json
 import time
 
 from _util import RESULTS, write_results
-from erasers import METHODS, Concept, erase, get_config
+from erasers import METHODS, erase, get_config, toy_target
 from erasers.evaluate import EvalConfig, evaluate, toy_spec, write_report
 from studio.judges import get_judge
 from studio.loading import load_pipeline
-from studio.toyworld.captions import erasure_prompts
 
 
 ATTACK_BUDGET = {"timesteps": (90, 190, 290, 390, 490, 590, 690, 790, 890, 990), "iterations": 20}  # 200 steps, 10 judged prompts
@@ -34,13 +33,7 @@ def erased(method_name, concept):
     method, overrides = VARIANTS.get(method_name, (method_name, {}))
     config = get_config(method, "toy", overrides)
     pipe = load_pipeline("toy")
-    if method == "doco":  # DoCo needs anchors: "a triangle" -> "a square" plus anchor captions (erasers.doco.toy_concept)
-        from erasers.doco import toy_concept
-
-        target = toy_concept(concept)
-    else:
-        target = Concept(erasure_prompts(concept), name=concept)
-    return pipe, erase(pipe, target, method, config=config, progress=True)
+    return pipe, erase(pipe, toy_target(method, concept), method, config=config, progress=True)
 
 
 def remeasure_kid(row, eval_config, judge):
@@ -57,6 +50,7 @@ def remeasure_kid(row, eval_config, judge):
     return row
 
 
+MODELS = RESULTS.parents[1] / "runs" / "erasure_models"  # not committed
 KID_REMEASURE = False
 KID_ESTIMATOR = "paired U-statistic, pooled-RMS features"
 
@@ -72,6 +66,7 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
     t0 = time.time()
     pipe, result = erased(method_name, concept)
     erase_s = time.time() - t0
+    result.save(MODELS / f"{method_name}--{concept}", pipe, base_model="toy")  # to re-attack or re-measure later
     report = evaluate(original, pipe, toy_spec(concept, eval_config), judge, eval_config)
     write_report(report, RESULTS / "erasure_rows" / f"{method_name}--{concept}")
     row = {
@@ -94,7 +89,7 @@ def run_row(method_name, concept, eval_config, judge, fresh=False):
 
 def table(rows, original_rates) -> str:
     lines = [
-        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
+        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) / prompts | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, rates in original_rates.items():
@@ -104,7 +99,7 @@ def table(rows, original_rates) -> str:
         kid_cell = f"{u['kid_x1000']:.1f}" if u.get("kid_estimator") == KID_ESTIMATOR else "-"
         lines.append(
             f"| {r['method']} | {r['concept']} | {e['direct']['erasure_success']:.0%} | {e['synonym']['erasure_success']:.0%} | "
-            f"{e['alias']['erasure_success']:.0%} | {a['asr']:.0%} ({a['pre_asr']:.0%}) | {u['retained_acc_erased']:.0%} ({u['retained_ratio']:.2f}) | "
+            f"{e['alias']['erasure_success']:.0%} | {a['asr']:.0%} ({a['pre_asr']:.0%}) / {a['n']} | {u['retained_acc_erased']:.0%} ({u['retained_ratio']:.2f}) | "
             f"{kid_cell} | {u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -141,7 +136,7 @@ def main():
     text = "\n".join(
         [
             "Erasure on the toy model: share of images that do NOT show the concept (judged), by prompt form; "
-            f"UnlearnDiffAtk over {args.attack_prompts} direct prompts, budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
+            f"UnlearnDiffAtk over the first N direct prompts (N per row; {args.attack_prompts} unless the row says more), budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
             f"{ATTACK_BUDGET['iterations']} iterations (official: 50 x 40), ASR = (pre-attack + post-attack successes) / N; "
             "retained accuracy on the other concepts of the same kind (all asked attributes judged correct); "
             "KID x1000 on the toy judge's features (paired U-statistic on pooled-RMS-scaled features, `studio.judges.kid`; "

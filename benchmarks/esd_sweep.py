@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from _util import RESULTS, write_results
+from _util import write_results
 from erasers import Concept, erase, get_config
 from erasers.evaluate import EvalConfig, _all_match, _generate, toy_spec
 from studio.judges import get_judge
@@ -99,7 +99,7 @@ def main():
 
     lines = [
         f"{args.methods} sweep on the toy model (concepts: {', '.join(concepts)}; quick evaluation: 8 direct prompts x 2 seeds, DDIM 25 steps).",
-        f"Original model: " + ", ".join(f"{c} shown {original[c][0]:.0%}, others correct {original[c][1]:.0%}" for c in concepts) + ".",
+        "Original model: " + ", ".join(f"{c} shown {original[c][0]:.0%}, others correct {original[c][1]:.0%}" for c in concepts) + ".",
         "",
         "| method | concept | lr | iterations | concept shown | retained (ratio to original) |",
         "|---|---|---|---|---|---|",

@@ -68,4 +68,16 @@ def erase(pipe, concept: Concept, method: str = "esd-x", *, config=None, preset:
     return module.erase(pipe, concept, config, **kwargs)
 
 
-__all__ = ["Concept", "ErasureResult", "METHODS", "PRESETS", "erase", "get_config"]
+def toy_target(method: str, name: str) -> Concept:
+    """The toy world's erasure target for concept `name`: its erasure prompts (name, synonyms, colour
+    variants); DoCo also needs anchors ("a triangle" -> "a square", with anchor captions)."""
+    if _module(method).__name__.endswith(".doco"):
+        from .doco import toy_concept
+
+        return toy_concept(name)
+    from studio.toyworld.captions import erasure_prompts
+
+    return Concept(erasure_prompts(name), name=name)
+
+
+__all__ = ["Concept", "ErasureResult", "METHODS", "PRESETS", "erase", "get_config", "toy_target"]

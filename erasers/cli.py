@@ -123,7 +123,7 @@ def cmd_demo(args) -> int:
     """The main job on the toy model: erase a concept, evaluate it with a short attack, write grid + table."""
     from studio.loading import load_pipeline
 
-    from . import Concept, erase, get_config
+    from . import erase, get_config, toy_target
     from .evaluate import EvalConfig, evaluate, format_table, toy_spec, write_report
 
     t0 = time.time()
@@ -133,15 +133,7 @@ def cmd_demo(args) -> int:
     original = load_pipeline("toy")
     config = get_config(args.method, "toy")
     print(f"1/2 erasing '{name}' from the toy model with {args.method} (toy preset: {config.iterations} steps, lr {config.lr})")
-    if args.method.startswith("doco"):  # DoCo needs anchors: "a triangle" -> "a square" plus anchor captions
-        from .doco import toy_concept
-
-        concept = toy_concept(name)
-    else:
-        from studio.toyworld.captions import erasure_prompts
-
-        concept = Concept(erasure_prompts(name), name=name)
-    result = erase(pipe, concept, args.method, config=config, checkpoint_dir=out / "checkpoint")
+    result = erase(pipe, toy_target(args.method, name), args.method, config=config, checkpoint_dir=out / "checkpoint")
     result.save(out / "model", pipe, base_model="toy")
     print(f"2/2 evaluating: erasure on direct / synonym / alias prompts, UnlearnDiffAtk on {args.attack_prompts} prompts, utility")
     ecfg = EvalConfig(seeds=4, prompts_per_form=8, attack_prompts=args.attack_prompts, attack_overrides=DEMO_ATTACK)
