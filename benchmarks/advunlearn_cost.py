@@ -12,7 +12,10 @@ Side by side in one run, on the toy model:
 Target (issue 4): our default reaches an ASR no worse than the official schedule's with at most a
 third of its UNet evaluations.
 
-    python benchmarks/advunlearn_cost.py [--concept triangle] [--steps 4]
+    python benchmarks/advunlearn_cost.py [--concept triangle] [--steps 4] [--asr-prompts 30]
+
+The 10-prompt ASR of the table is coarse (one prompt is 10 points), so the erased models that
+erasure_table.py keeps are also attacked on 30 prompts (`--asr-only advunlearn` computes one side).
 """
 
 import argparse
@@ -40,12 +43,40 @@ def step_cost(method_name: str, concept: str, steps: int) -> dict:
     return {"unet_evals_per_step": result.stats["unet_evals"] / steps, "seconds_per_step": (time.perf_counter() - t0) / steps}
 
 
+def wide_asr(method_name: str, concept: str, n: int, judge) -> dict | None:
+    """UnlearnDiffAtk over `n` direct prompts against the erased model that erasure_table.py kept under
+    runs/erasure_models (same attack budget as the table); cached in benchmarks/results/advunlearn_asr/."""
+    import json
+
+    from erasure_table import MODELS
+    from erasers.evaluate import run_asr, toy_spec
+    from _util import RESULTS
+
+    cache = RESULTS / "advunlearn_asr" / f"{method_name}--{concept}--{n}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    folder = MODELS / f"{method_name}--{concept}"
+    if not (folder / "erasure.json").is_file():
+        return None
+    config = EvalConfig(seeds=1, prompts_per_form=n, attack_prompts=n, attack_overrides=ATTACK_BUDGET)
+    out = run_asr(load_pipeline("toy"), load_pipeline(folder), toy_spec(concept, config), judge, config, progress=False)
+    out.pop("_images")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--concept", default="triangle")
     ap.add_argument("--steps", type=int, default=4, help="adversarial outer steps timed per schedule")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the timing")
+    ap.add_argument("--asr-prompts", type=int, default=30, help="UnlearnDiffAtk over this many prompts on the kept erased models")
+    ap.add_argument("--asr-only", choices=list(SCHEDULES.values()), help="only compute (and cache) the wide ASR of one schedule")
     args = ap.parse_args()
+    if args.asr_only:
+        print(wide_asr(args.asr_only, args.concept, args.asr_prompts, get_judge("toy")))
+        return
 
     costs = {k: [] for k in SCHEDULES}
     for _ in range(args.rounds):
@@ -58,6 +89,7 @@ def main():
     rows = {label: run_row(name, args.concept, eval_config, judge) for label, name in SCHEDULES.items()}
 
     ours, official = "ours (default)", "official schedule"
+    wide = {label: wide_asr(name, args.concept, args.asr_prompts, judge) for label, name in SCHEDULES.items()}
     ratio_evals = rows[ours]["erase_unet_evals"] / rows[official]["erase_unet_evals"]
     lines = [
         f"AdvUnlearn on the toy model, concept '{args.concept}' (toy preset budget); per-step costs are means over "
@@ -76,6 +108,9 @@ def main():
             f"{r['attack']['asr']:.0%} ({r['attack']['pre_asr']:.0%}) | {e['direct']['erasure_success']:.0%} / {e['synonym']['erasure_success']:.0%} / "
             f"{e['alias']['erasure_success']:.0%} | {r['utility']['retained_ratio']:.2f} |"
         )
+    if all(wide.values()):
+        lines += ["", f"UnlearnDiffAtk over {args.asr_prompts} direct prompts (same budget) against the same erased models: "
+                  + ", ".join(f"{label} ASR {w['asr']:.0%} (pre {w['pre_asr']:.0%}; {w['unet_evals']:,} attack UNet evals)" for label, w in wide.items()) + "."]
     lines += [
         "",
         f"Ours / official: {ratio_evals:.2f} of the UNet evaluations over the whole run, "
@@ -85,7 +120,7 @@ def main():
         f"(UnlearnDiffAtk, {len(ATTACK_BUDGET['timesteps'])} x {ATTACK_BUDGET['iterations']} budget, "
         f"{rows[ours]['attack']['n']} and {rows[official]['attack']['n']} prompts).",
     ]
-    write_results("advunlearn_cost", {"per_step": costs, "rows": rows, "ratio_unet_evals": ratio_evals}, "\n".join(lines))
+    write_results("advunlearn_cost", {"per_step": costs, "rows": rows, "wide_asr": wide, "ratio_unet_evals": ratio_evals}, "\n".join(lines))
 
 
 if __name__ == "__main__":
