@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--attack-prompts", type=int, default=10)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--cached", action="store_true", help="only the rows already computed (rewrite the table)")
     ap.add_argument("--kid", action="store_true", help="recompute KID of cached rows made with an older estimator")
     args = ap.parse_args()
     global KID_REMEASURE
@@ -127,6 +128,8 @@ def main():
                 get_config(base)
             except ValueError as e:  # a method not in this version yet
                 print(f"skipping {m}: {e}")
+                continue
+            if args.cached and not (RESULTS / "erasure_rows" / f"{m}--{concept}.json").is_file():
                 continue
             rows.append(run_row(m, concept, eval_config, judge, args.fresh))
             print(f"{m} / {concept}: done")
