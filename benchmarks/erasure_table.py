@@ -25,6 +25,7 @@ ATTACK_BUDGET = {"timesteps": (90, 190, 290, 390, 490, 590, 690, 790, 890, 990),
 VARIANTS = {  # extra rows: name -> (method, config overrides on top of the toy preset)
     "advunlearn-official-schedule": ("advunlearn", {"attack_steps": 30, "attack_method": "pgd", "reuse_targets": False}),
     "doco-no-surgery": ("doco", {"surgery": "none"}),
+    "advunlearn-5-attack-steps": ("advunlearn", {"attack_steps": 5}),  # is a longer fast attack more robust?
 }
 
 
