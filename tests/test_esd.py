@@ -123,3 +123,13 @@ def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
     assert before_rate >= 0.8
     assert after_rate <= 0.3, (before_rate, after_rate)
     assert after_keep >= 0.85 * before_keep, (before_keep, after_keep)
+
+
+def test_toy_target_gives_doco_its_anchors_and_the_others_the_erasure_prompts():
+    from erasers import toy_target
+
+    esd, doco = toy_target("esd-x", "triangle"), toy_target("doco", "triangle")
+    assert esd.name == "triangle" and not esd.anchors and any("triangle" in p for p in esd.prompts)
+    assert doco.anchors and all("triangle" not in a for a in doco.anchors)
+    with pytest.raises(ValueError, match="unknown erasure method"):
+        toy_target("esd-q", "triangle")
