@@ -29,7 +29,7 @@ from studio.judges import get_judge
 from studio.loading import load_pipeline
 
 
-SCHEDULES = {"ours (default)": "advunlearn", "official schedule": "advunlearn-official-schedule"}
+SCHEDULES = {"ours (default)": "advunlearn", "ours, 3 attack steps": "advunlearn-3-attack-steps", "official schedule": "advunlearn-official-schedule"}
 
 
 def step_cost(method_name: str, concept: str, steps: int) -> dict:

@@ -79,7 +79,7 @@ class AdvUnlearnConfig:
     train_layers: str = "all"  # "all" (12 layers + final norm), "layers:0,1,2" / "layers:0-2", or an official name
     component: str = "all"  # "all", "attn" (self-attention only) or "mlp"
     attack_tokens: int = 1  # k prefix embeddings (--adv_prompt_num)
-    attack_steps: int = 3  # inner steps (official: 30)
+    attack_steps: int = 5  # inner steps (official: 30); 3 was cheaper but less robust (benchmarks/advunlearn_cost.py)
     attack_lr: float = 1e-3  # inner Adam lr
     attack_method: str = "fast_at"  # "pgd" (Adam on the gradient, official default) or "fast_at" (on its sign)
     attack_init: str = "latest"  # warm start from the previous attack ("latest") or "random" each time
