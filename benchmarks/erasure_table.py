@@ -52,15 +52,14 @@ def remeasure_kid(row, eval_config, judge):
 
 
 MODELS = RESULTS.parents[1] / "runs" / "erasure_models"  # not committed
-KID_REMEASURE = False
 KID_ESTIMATOR = "paired U-statistic, pooled-RMS features"
 
 
-def run_row(method_name, concept, eval_config, judge, fresh=False):
+def run_row(method_name, concept, eval_config, judge, fresh=False, kid=False):
     cache = RESULTS / "erasure_rows" / f"{method_name}--{concept}.json"
     if cache.is_file() and not fresh:
         row = json.loads(cache.read_text())
-        if row["utility"].get("kid_estimator") != KID_ESTIMATOR and KID_REMEASURE:
+        if kid and row["utility"].get("kid_estimator") != KID_ESTIMATOR:
             cache.write_text(json.dumps(remeasure_kid(row, eval_config, judge), indent=2))
         return row
     original = load_pipeline("toy")
@@ -115,8 +114,6 @@ def main():
     ap.add_argument("--cached", action="store_true", help="only the rows already computed (rewrite the table)")
     ap.add_argument("--kid", action="store_true", help="recompute KID of cached rows made with an older estimator")
     args = ap.parse_args()
-    global KID_REMEASURE
-    KID_REMEASURE = args.kid
     judge = get_judge("toy")
     eval_config = EvalConfig(seeds=4, prompts_per_form=10, attack_prompts=args.attack_prompts, attack_overrides=ATTACK_BUDGET)
     rows = []
@@ -132,7 +129,7 @@ def main():
                 continue
             if args.cached and not (RESULTS / "erasure_rows" / f"{m}--{concept}.json").is_file():
                 continue
-            rows.append(run_row(m, concept, eval_config, judge, args.fresh))
+            rows.append(run_row(m, concept, eval_config, judge, args.fresh, args.kid))
             print(f"{m} / {concept}: done")
     original = {}
     for r in rows:

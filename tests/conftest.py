@@ -96,3 +96,13 @@ def build_tiny_pipe(seed: int = 0, prediction_type: str = "epsilon"):
 @pytest.fixture
 def tiny_pipe():
     return build_tiny_pipe()
+
+
+def toy_model():
+    """'toy' (the shipped model and judge), or the folders the environment names (STUDIO_APP_TEST_MODEL / _JUDGE)."""
+    model, judge = os.environ.get("STUDIO_APP_TEST_MODEL"), os.environ.get("STUDIO_APP_TEST_JUDGE")
+    if model:
+        return model, judge
+    if not (ROOT / "assets" / "toy-model" / "model_index.json").is_file() or not (ROOT / "assets" / "toy-judge").is_dir():
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
+    return "toy", None

@@ -1,7 +1,6 @@
 """The app through its API (gradio_client against the launched server): every tab on the toy model with
 tiny budgets, streaming, cancel, private sessions, readable errors, and what the server exposes."""
 
-import os
 import threading
 import time
 import zipfile
@@ -9,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, toy_model
 
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
@@ -23,16 +22,6 @@ ERASE = dict(concept_text="a triangle", method="esd-x", iterations=2, num_infere
              ev_seeds=1, ev_prompts=1, attack="unlearndiffatk", attack_prompts=1, attack_timesteps=1, attack_iters=2)  # fmt: skip
 ATTACK = dict(attack="unlearndiffatk", timesteps=2, iters=2, steps=3)
 EDIT = dict(steps=3, inner_steps=2)
-
-
-def toy_model():
-    """'toy' (the shipped model and judge), or the folders the environment names (STUDIO_APP_TEST_MODEL / _JUDGE)."""
-    model, judge = os.environ.get("STUDIO_APP_TEST_MODEL"), os.environ.get("STUDIO_APP_TEST_JUDGE")
-    if model:
-        return model, judge
-    if not (ROOT / "assets" / "toy-model" / "model_index.json").is_file() or not (ROOT / "assets" / "toy-judge").is_dir():
-        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
-    return "toy", None
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, toy_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
 pytest.importorskip("gradio")
@@ -47,16 +47,6 @@ ATTACK = dict(timesteps=5, iters=10, steps=20) if SHOTS else dict(timesteps=2, i
 # direct inversion for the screenshot: on the toy model, null-text and negative-prompt edits lose the object at 20+ steps
 EDIT = dict(steps=20, inner=5, method="direct inversion") if SHOTS else dict(steps=8, inner=3, method=None)
 GENERATE = dict(steps=20) if SHOTS else dict(steps=10)
-
-
-def toy_model():
-    """'toy' (the shipped model and judge), or the folders the environment names (STUDIO_APP_TEST_MODEL / _JUDGE)."""
-    model, judge = os.environ.get("STUDIO_APP_TEST_MODEL"), os.environ.get("STUDIO_APP_TEST_JUDGE")
-    if model:
-        return model, judge
-    if not (ROOT / "assets" / "toy-model" / "model_index.json").is_file() or not (ROOT / "assets" / "toy-judge").is_dir():
-        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
-    return "toy", None
 
 
 @pytest.fixture(scope="module")
