@@ -93,15 +93,29 @@ def cmd_generate(args) -> int:
 
 
 def cmd_toyworld_train(args) -> int:
-    from .toyworld.train import TrainConfig, train
+    from .loading import ASSETS
+    from .toyworld.train import SHIPPED_RECIPE, TrainConfig, train
 
-    cfg = TrainConfig(seed=args.seed)
+    if args.quick and args.install:
+        raise ValueError("--quick trains a few steps only (the model draws noise); it is never installed into assets/")
+    if args.without and args.stages != "vae,diffusion,judge":
+        raise ValueError("--without trains the diffusion stage only (the VAE and judge are the shipped ones); drop --stages")
+    cfg = TrainConfig(seed=args.seed, without=args.without or "", **SHIPPED_RECIPE)
     if args.quick:
-        cfg = TrainConfig(seed=args.seed, pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20)
+        cfg = TrainConfig(
+            seed=args.seed, without=args.without or "", pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20
+        )
+    work = Path(args.work) if args.work else Path("runs") / (f"toyworld-without-{args.without}" if args.without else "toyworld")
+    out = ASSETS if args.install else Path(args.out) if args.out else work / "export"
     stages = tuple(args.stages.split(","))
-    timings = train(cfg, Path(args.work), Path(args.out), stages=stages)
+    timings = train(cfg, work, out, stages=stages)
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
-    print(f"pipeline: {Path(args.out) / 'toy-model'}   judge: {Path(args.out) / 'toy-judge'}")
+    if args.without:
+        print(f"oracle: {out / f'toy-oracle-{args.without}'}")
+    else:
+        print(f"pipeline: {out / 'toy-model'}   judge: {out / 'toy-judge'}")
+    if not args.install:
+        print("not installed: pass --install to write into assets/ (replaces the shipped files)")
     return 0
 
 
@@ -133,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tw = sub.add_parser("toyworld", help="train or report on the toy world").add_subparsers(dest="toy_command", required=True)
     t = tw.add_parser("train", help="train VAE, text encoder + UNet and judge from scratch (resumable)")
-    t.add_argument("--work", default="runs/toyworld", help="checkpoints and caches (resume from here)")
-    t.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets"), help="where toy-model/ and toy-judge/ are written")
-    t.add_argument("--stages", default="vae,diffusion,judge")
+    t.add_argument("--work", default=None, help="checkpoints and caches, resumed from (default runs/toyworld, or runs/toyworld-without-CONCEPT)")
+    t.add_argument("--out", default=None, help="where toy-model/ and toy-judge/ (or toy-oracle-CONCEPT/) are written (default WORK/export)")
+    t.add_argument("--install", action="store_true", help="write into the shipped assets/ folder instead (replaces the shipped model)")
+    t.add_argument("--without", default=None, metavar="CONCEPT", help="train an oracle: text encoder + UNet from scratch on the data without this concept")
+    t.add_argument("--stages", default="vae,diffusion,judge", help="comma-separated stages to run (default all)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quick", action="store_true", help="a few steps of each stage, to check the machinery")
     t.set_defaults(fn=cmd_toyworld_train)

@@ -25,6 +25,7 @@ TOY_MODEL = ASSETS / "toy-model"
 CONFIGS = ASSETS / "configs"  # local diffusers configs for single-file checkpoints (no download)
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 ERASURE_FILE = "erasure.json"  # marks an erased model folder that holds only the components it changed
+ORACLE_FILE = "oracle.json"  # marks a toy oracle (retrained without one concept): same layout as an erased model
 
 
 class ModelLoadError(ValueError):
@@ -109,8 +110,9 @@ def load_pipeline(
     path = Path(model).expanduser()
 
     if path.is_dir():
-        if (path / ERASURE_FILE).is_file():
-            pipe = _load_erased(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        marker = next((path / m for m in (ERASURE_FILE, ORACLE_FILE) if (path / m).is_file()), None)
+        if marker is not None:
+            pipe = _load_erased(path, marker, device=device, dtype=dtype, allow_pickle=allow_pickle)
         else:
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(
@@ -210,11 +212,11 @@ def _load_single_file(path: Path, *, config, allow_pickle: bool, kw: dict):
         raise ModelLoadError(f"could not load {path.name} with the config in {config}: {e}") from e
 
 
-def _load_erased(folder: Path, *, device, dtype, allow_pickle: bool):
-    """An erased model saved by `erasers`: the base model plus the components the erasure changed."""
+def _load_erased(folder: Path, marker: Path, *, device, dtype, allow_pickle: bool):
+    """An erased model saved by `erasers` (or a toy oracle): the base model plus the components it changed."""
     from diffusers import UNet2DConditionModel
 
-    info = json.loads((folder / ERASURE_FILE).read_text())
+    info = json.loads(marker.read_text())
     base = info.get("base_model", "toy")
     pipe = load_pipeline(base, device="cpu", dtype=dtype, allow_pickle=allow_pickle)
     for component in info.get("components", []):
@@ -225,5 +227,5 @@ def _load_erased(folder: Path, *, device, dtype, allow_pickle: bool):
         elif component == "text_encoder":
             pipe.text_encoder = load_text_encoder(sub, dtype=dtype, allow_pickle=allow_pickle)
         else:
-            raise ModelLoadError(f"{folder / ERASURE_FILE} lists component {component!r}, which this loader cannot swap in")
+            raise ModelLoadError(f"{marker} lists component {component!r}, which this loader cannot swap in")
     return pipe

@@ -16,6 +16,7 @@ evaluation harness all read their vocabularies from here, so a concept is added 
 file alone.
 """
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -108,3 +109,18 @@ def concept(name: str) -> Concept:
 
 def concepts_of(attribute: str) -> tuple:
     return tuple(c for c in CONCEPTS.values() if c.attribute == attribute)
+
+
+def find_concept(prompts) -> str | None:
+    """The toy concept that a prompt (or any of several) asks for, by base word or synonym as whole
+    words ("a wedge" -> "triangle", "a plus sign" -> "cross"); None when it names none. When a prompt
+    names several, the attribute order decides: shape, then colour, style, background ("a red
+    triangle" -> "triangle", "a red shape" -> "red"). This is the one place that answers "which toy
+    concept is this prompt?" for the CLI, the app and the erasers."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    text = " " + " ".join(p.lower() for p in prompts) + " "
+    for c in CONCEPTS.values():  # in attribute order: shapes, colours, styles, backgrounds
+        for word in c.words:
+            if re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
+                return c.name
+    return None

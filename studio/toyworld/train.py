@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..text_encoder import save_text_encoder
 from .captions import caption
-from .grammar import NONE
+from .grammar import NONE, concept
 from .models import HEADS, JudgeNet, build_scheduler, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .render import render
 
@@ -71,6 +71,14 @@ class TrainConfig:
     judge_batch: int = 128
     judge_lr: float = 2e-3
     checkpoint_every: int = 250
+    # an oracle: the text encoder and UNet retrained from scratch on the same pool with every image of
+    # this concept removed (so no caption names it either); the VAE and judge are the shipped ones
+    without: str = ""
+
+
+# The shipped model's recipe: the defaults above less the offset-noise fine-tune, which was not run for
+# it (see the toy-world report); oracles are trained with the same recipe so that they differ only in data.
+SHIPPED_RECIPE = {"finetune_steps": 0}
 
 
 def _cosine(step, total, warmup, floor=0.1):
@@ -115,6 +123,17 @@ class Pool:
         tmp = work / "pool.tmp.npz"
         np.savez(tmp, images=self.images, labels=np.array(json.dumps(labels)))
         tmp.replace(path)
+
+    def exclude(self, name: str) -> int:
+        """Drop every image that shows concept `name` (its captions go with it). Returns how many."""
+        c = concept(name)
+        if c.attribute == "background":
+            raise ValueError(f"{name!r} is a background; an oracle leaves out a shape, colour or style")
+        keep = [i for i, labels in enumerate(self.labels) if labels[c.attribute] != c.name]
+        dropped = len(self.labels) - len(keep)
+        self.images = self.images[keep]
+        self.labels = [self.labels[i] for i in keep]
+        return dropped
 
 
 def _resume(path: Path, modules, optimizers):
@@ -296,11 +315,78 @@ def load_tokenizer():
     return CLIPTokenizer.from_pretrained(str(TOKENIZER))
 
 
-def train(cfg: TrainConfig, work: Path, out: Path = ASSETS, stages=("vae", "diffusion", "judge")) -> dict:
-    """Run (or resume) the stages; write the pipeline and judge under `out`. Returns timings."""
+def _write_pipeline(target: Path, vae, text_encoder, unet, tokenizer) -> None:
+    """A complete diffusers folder, written beside `target` and moved into place."""
     from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(tmp / "text_encoder")
+    save_text_encoder(text_encoder, tmp / "text_encoder")  # SD key layout: loads in transformers 4 and 5
+    shutil.copy(TOKENIZER / "vocab.json", tmp / "tokenizer" / "vocab.json")
+    shutil.copy(TOKENIZER / "merges.txt", tmp / "tokenizer" / "merges.txt")
+    _replace_dir(tmp, target)
+
+
+def _write_oracle(target: Path, text_encoder, unet, cfg: TrainConfig, dropped: int, kept: int) -> None:
+    """Only what differs from the shipped model: text encoder, UNet and `oracle.json` (read by the loader)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_text_encoder(text_encoder, tmp / "text_encoder")
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    info = {
+        "kind": "oracle",
+        "base_model": "toy",
+        "components": ["text_encoder", "unet"],
+        "without": concept(cfg.without).name,
+        "images_dropped": dropped,
+        "images_kept": kept,
+        "diffusion_steps": cfg.diffusion_steps + cfg.finetune_steps,
+        "seed": cfg.seed,
+    }
+    (tmp / "oracle.json").write_text(json.dumps(info, indent=2))
+    _replace_dir(tmp, target)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def shipped_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(str(ASSETS / "toy-model" / "vae"), use_safetensors=True).eval()
+
+
+def train(cfg: TrainConfig, work: Path, out: Path, stages=("vae", "diffusion", "judge")) -> dict:
+    """Run (or resume) the stages; write the pipeline and judge under `out`. Returns timings.
+
+    With `cfg.without` set this trains an oracle instead: the shipped VAE, the diffusion stage on the
+    pool less every image of that concept, and `<out>/toy-oracle-<concept>` holding only the text
+    encoder and UNet (the loader completes it from the shipped model).
+    """
     from safetensors.torch import save_file
 
+    if cfg.without:
+        concept(cfg.without)  # an unknown concept fails here, before any work
+        stages = ("diffusion",)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -308,6 +394,7 @@ def train(cfg: TrainConfig, work: Path, out: Path = ASSETS, stages=("vae", "diff
     tokenizer = load_tokenizer()
     t0 = time.time()
     pool = Pool(cfg, work)
+    dropped = pool.exclude(cfg.without) if cfg.without else 0
     timings["pool_s"] = timings.get("pool_s") or time.time() - t0
 
     def timed(name, fn):
@@ -317,29 +404,13 @@ def train(cfg: TrainConfig, work: Path, out: Path = ASSETS, stages=("vae", "diff
         (work / "timings.json").write_text(json.dumps(timings, indent=2))
         return result
 
-    vae = timed("vae", lambda: train_vae(cfg, work, pool))
+    vae = shipped_vae() if cfg.without else timed("vae", lambda: train_vae(cfg, work, pool))
     if "diffusion" in stages:
         text_encoder, unet = timed("diffusion", lambda: train_diffusion(cfg, work, pool, vae, tokenizer))
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=build_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        target = out / "toy-model"
-        tmp = out / "toy-model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "text_encoder")
-        save_text_encoder(text_encoder, tmp / "text_encoder")  # SD key layout: loads in transformers 4 and 5
-        shutil.copy(TOKENIZER / "vocab.json", tmp / "tokenizer" / "vocab.json")
-        shutil.copy(TOKENIZER / "merges.txt", tmp / "tokenizer" / "merges.txt")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        if cfg.without:
+            _write_oracle(out / f"toy-oracle-{concept(cfg.without).name}", text_encoder, unet, cfg, dropped, len(pool.labels))
+        else:
+            _write_pipeline(out / "toy-model", vae, text_encoder, unet, tokenizer)
     if "judge" in stages:
         net = timed("judge", lambda: train_judge(cfg, work, vae))
         jdir = out / "toy-judge"
