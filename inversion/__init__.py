@@ -15,7 +15,16 @@ Names are imported on first use, so that `studio`'s CLI can import `inversion.cl
 import importlib
 
 
-METHODS = ("null-text", "negative-prompt", "direct", "ddim")  # keep in step with editing.INVERTERS
+# The one registry of inverters: name -> (module, config class). `editing.INVERTERS` resolves it to
+# (invert function, config class); the CLI, the app and `InversionResult` read their choices from it.
+# Adding an inverter is one file with `invert(pipe, image, prompt, config, ...)` and one line here.
+REGISTRY = {
+    "null-text": ("null_text", "NullTextConfig"),
+    "negative-prompt": ("negative_prompt", "NegativePromptConfig"),
+    "direct": ("direct", "DirectInversionConfig"),
+    "ddim": ("ddim", "DDIMInversionConfig"),
+}
+METHODS = tuple(REGISTRY)  # the names, first the default
 
 _LAZY = {
     "DDIMInversionConfig": "ddim",
@@ -31,7 +40,9 @@ _LAZY = {
     "InversionResult": "result",
 }
 
-__all__ = ["METHODS", *_LAZY]
+_LAZY.update({"parse_reweight": "options", "parse_blend": "options"})
+
+__all__ = ["REGISTRY", "METHODS", *_LAZY]
 
 
 def __getattr__(name):

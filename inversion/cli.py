@@ -1,7 +1,7 @@
 """`studio edit`: edit a real image by changing its prompt.
 
     studio edit --image cat.png --source "a cat on a sofa" --target "a tiger on a sofa"
-    studio edit --image shape.png --source "a red circle" --target "a blue circle" --method direct --blend red,blue
+    studio edit --image shape.png --source "a red circle" --target "a blue circle" --method direct --blend 'red | blue'
     studio edit --image shape.png --source "a red circle" --target "a red circle" --reweight red=2 --save-inversion shape.inv.safetensors
     studio edit --inversion shape.inv.safetensors --source "a red circle" --target "a green circle"   # no second inversion
 
@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 
-METHODS = ("null-text", "negative-prompt", "direct", "ddim")  # the same as inversion.METHODS
+from . import METHODS
+from .options import parse_blend, parse_reweight
 
 
 def register(sub) -> None:
-    from studio.cli import _add_model_args
+    from studio.cli import add_model_args
 
     p = sub.add_parser(
         "edit",
@@ -26,7 +27,7 @@ def register(sub) -> None:
         description="Invert an image (null-text, negative-prompt, direct or DDIM inversion) and edit it with prompt-to-prompt.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--image", help="the image to edit (any size: centre-cropped or padded to a square, then resized to the model's resolution)")
     p.add_argument("--source", required=True, help="a prompt that describes the image")
     p.add_argument("--target", action="append", required=True, help="the edited prompt (repeat for several edits of one inversion)")
@@ -37,8 +38,8 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("auto", "replace", "refine"), default="auto", help="replace needs the same number of words; refine aligns tokens")
     p.add_argument("--cross", type=float, default=0.8, help="fraction of steps that copy the source's cross-attention")
     p.add_argument("--self", dest="self_steps", type=float, default=0.5, help="fraction of steps that copy the source's self-attention")
-    p.add_argument("--blend", default=None, help="local blend: WORD (in both prompts) or SOURCE_WORD,TARGET_WORD")
-    p.add_argument("--reweight", action="append", default=[], metavar="WORD=SCALE", help="scale a target word's attention (repeat)")
+    p.add_argument("--blend", default=None, metavar="WORDS", help="local blend: words of both prompts ('circle'), or 'SOURCE WORDS | TARGET WORDS' ('red | blue')")
+    p.add_argument("--reweight", action="append", default=[], metavar="WORD=SCALE", help="scale target words' attention: 'blue=2, striped=0.5' (or repeat the flag)")
     p.add_argument("--null-init", choices=("source", "empty"), default="source", help="null-text: start from the source prompt's embedding or the empty prompt's (official)")
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: at most this many Adam steps per timestep")
     p.add_argument("--offset-target", action="store_true", help="direct: add the source's offsets to the target too")
@@ -46,30 +47,6 @@ def register(sub) -> None:
     p.add_argument("--save-inversion", default=None, help="write the inversion here (.safetensors) for later edits")
     p.add_argument("--out", default="outputs/edit", help="output folder")
     p.set_defaults(fn=cmd_edit)
-
-
-def parse_reweight(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        word, sep, value = item.rpartition("=")
-        try:
-            if not sep or not word.strip():
-                raise ValueError
-            out[word.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--reweight {item!r}: write WORD=SCALE, e.g. --reweight striped=2") from None
-    return out
-
-
-def parse_blend(text: str | None):
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) == 1 and parts[0]:
-        return parts[0]
-    if len(parts) == 2 and all(parts):
-        return (parts[0], parts[1])
-    raise ValueError(f"--blend {text!r}: write WORD or SOURCE_WORD,TARGET_WORD, e.g. --blend red,blue")
 
 
 def inversion_config(args):
@@ -89,7 +66,8 @@ def inversion_config(args):
 def cmd_edit(args) -> int:
     from tqdm.auto import tqdm
 
-    from studio.cli import load_from_args, slug
+    from studio.cli import load_from_args
+    from studio.paths import slug
     from studio.images import make_grid
 
     from .editing import EditConfig, edit

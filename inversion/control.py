@@ -253,13 +253,16 @@ def make_controller(
 
 
 def _split_blend_words(blend_words) -> tuple[list, list]:
-    """"cat" -> (["cat"], ["cat"]); ("cat", "tiger") -> (["cat"], ["tiger"]); (["red", "cat"], ["tiger"]) as given."""
+    """"cat" -> (["cat"], ["cat"]); ["red", "cat"] -> the same words in both prompts;
+    ("cat", "tiger") or (["red", "cat"], ["tiger"]) -> (source words, target words)."""
     if isinstance(blend_words, str):
         return [blend_words], [blend_words]
-    if len(blend_words) != 2:
-        raise ValueError(f"blend_words must be a word, or (source words, target words); got {blend_words!r}")
-    src, tgt = blend_words
     as_list = lambda w: [w] if isinstance(w, str) else list(w)  # noqa: E731
+    if isinstance(blend_words, list) and all(isinstance(w, str) for w in blend_words):
+        return list(blend_words), list(blend_words)
+    if len(blend_words) != 2:
+        raise ValueError(f"blend_words must be a word, a list of words, or (source words, target words); got {blend_words!r}")
+    src, tgt = blend_words
     return as_list(src), as_list(tgt)
 
 

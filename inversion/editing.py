@@ -16,6 +16,7 @@ the reconstruction, so an edit costs one batched sampling pass after the inversi
 """
 
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,19 +25,19 @@ import torch
 
 from studio.sampling import Cancelled, encode_prompts, is_cancelled
 
-from . import ddim, direct, negative_prompt, null_text
+from . import REGISTRY
 from .attention import install
 from .common import decode_latents, embed, fingerprint, fp32_unet, model_resolution, prepare_image, progress_bar, same_model, scheduler_pair, to_pil, unet_eps
 from .control import Controller, make_controller
 from .result import InversionResult
 
 
-INVERTERS = {
-    "null-text": (null_text.invert, null_text.NullTextConfig),
-    "negative-prompt": (negative_prompt.invert, negative_prompt.NegativePromptConfig),
-    "direct": (direct.invert, direct.DirectInversionConfig),
-    "ddim": (ddim.invert, ddim.DDIMInversionConfig),
-}
+def _resolve(module: str, config: str) -> tuple:
+    mod = importlib.import_module(f"{__package__}.{module}")
+    return mod.invert, getattr(mod, config)
+
+
+INVERTERS = {name: _resolve(*entry) for name, entry in REGISTRY.items()}  # name -> (invert, config class)
 
 
 @dataclass

@@ -20,10 +20,11 @@ from safetensors import safe_open
 
 from studio.checkpoint import atomic_save_tensors
 
+from . import METHODS
+
 
 FORMAT = "erasure-studio-inversion"
 VERSION = 1
-METHODS = ("ddim", "null-text", "negative-prompt", "direct")
 
 
 @dataclass

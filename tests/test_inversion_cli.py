@@ -35,7 +35,7 @@ def test_studio_edit_and_reuse_of_the_inversion(model_dir, tmp_path, capsys):
     image = _image(tmp_path / "in.png")
     inv = tmp_path / "in.inv.safetensors"
     args = ["edit", "--model", str(model_dir), "--image", str(image), "--source", "a red circle", "--steps", "4"]
-    rc = main([*args, "--target", "a blue circle", "--target", "a green circle", "--blend", "circle,circle", "--method", "negative-prompt",
+    rc = main([*args, "--target", "a blue circle", "--target", "a green circle", "--blend", "circle | circle", "--method", "negative-prompt",
                "--save-inversion", str(inv), "--out", str(tmp_path / "out")])  # fmt: skip
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -50,8 +50,9 @@ def test_studio_edit_and_reuse_of_the_inversion(model_dir, tmp_path, capsys):
     "extra, message",
     [
         (["--image", "missing.png"], "no image file at missing.png"),
-        (["--image", "IMG", "--reweight", "blue"], "--reweight 'blue': write WORD=SCALE"),
-        (["--image", "IMG", "--blend", "a,b,c"], "--blend 'a,b,c': write WORD or SOURCE_WORD,TARGET_WORD"),
+        (["--image", "IMG", "--reweight", "blue"], "reweight 'blue': write WORD=SCALE"),
+        (["--image", "IMG", "--blend", "red | "], "blend 'red |': write WORDS, or SOURCE WORDS | TARGET WORDS"),
+        (["--image", "IMG", "--blend", "red, square"], "square"),
         (["--image", "IMG", "--mode", "replace", "--target", "a big blue circle"], "same number of words"),
         ([], "give --image"),
     ],
