@@ -7,13 +7,19 @@
 
 Methods are registered by name in `METHODS` (one file each: esd.py, advunlearn.py, doco.py); every
 one takes `(pipe, concept, config, checkpoint_dir=, callback=, cancel=, progress=)` and returns an
-`ErasureResult`.
+`ErasureResult`. `METHODS` and `PRESETS` are the single source of names for the CLI, job files and
+the app. Settings given as a dict (`config=`, `--set`, a job file's `config = {...}`) are checked
+against the config dataclass: unknown names and values of the wrong type are a `ValueError`.
+
+Names are imported on first use (`Concept`, `ErasureResult`), so that reading the registries (the
+CLI's choices) does not import torch.
 """
 
 import importlib
-from dataclasses import fields, replace
-
-from .base import Concept, ErasureResult
+import math
+import types
+import typing
+from dataclasses import MISSING, fields, replace
 
 
 # name -> (module, config class name, fixed config fields)
@@ -25,26 +31,83 @@ METHODS = {
     "advunlearn": ("advunlearn", "AdvUnlearnConfig", {}),
     "doco": ("doco", "DoCoConfig", {}),
 }
-PRESETS = ("official", "toy")
+PRESETS = ("official", "toy")  # the paper's defaults, or the toy world's (a module's TOY_PRESETS)
+
+_LAZY = {"Concept": "base", "ErasureResult": "base"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'erasers' has no attribute {name!r}")
 
 
 def _module(method: str):
     if method not in METHODS:
         raise ValueError(f"unknown erasure method {method!r}; available: {', '.join(METHODS)}")
-    name = METHODS[method][0]
+    return importlib.import_module(f"{__name__}.{METHODS[method][0]}")
+
+
+def config_class(method: str) -> type:
+    """The config dataclass of `method`."""
+    return getattr(_module(method), METHODS[method][1])
+
+
+# ---------------------------------------------------------------- settings: names and types
+
+
+def _checks(hint) -> list | None:
+    """[(predicate, description)] that a value of type `hint` must pass one of; None: anything goes."""
+    if hint is bool:
+        return [(lambda v: isinstance(v, bool), "true or false")]
+    if hint is int:
+        return [(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number")]
+    if hint is float:
+        return [(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number")]
+    if hint is str:
+        return [(lambda v: isinstance(v, str), "a string")]
+    if hint is type(None):
+        return [(lambda v: v is None, "null")]
+    origin = typing.get_origin(hint) or hint
+    if origin in (tuple, list):
+        return [(lambda v: isinstance(v, (list, tuple)), "a list")]
+    if origin is dict:
+        return [(lambda v: isinstance(v, dict), "a table")]
+    if origin in (typing.Union, types.UnionType):
+        parts = [_checks(a) for a in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else [c for p in parts for c in p]
+    return None  # object, Any, Literal, ...: the method checks it
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+def check_settings(cls, overrides: dict, owner: str) -> None:
+    """Raise `ValueError` when `overrides` names a field that `cls` (a config dataclass) lacks or
+    gives one a value of the wrong type: `iterations=1.5`, `lr="abc"`, `checkpoint_every=true`.
+    `owner` names the method or attack in the message."""
+    known = {f.name: f for f in fields(cls)}
+    bad = sorted(set(overrides) - set(known))
+    if bad:
+        raise ValueError(f"{owner} has no setting {', '.join(bad)}; its settings are: {', '.join(sorted(known))}")
     try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"{__name__}.{name}":
-            raise ValueError(f"erasure method {method!r} is not available in this version") from e
-        raise
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: check what can be read
+        hints = {name: f.type for name, f in known.items() if isinstance(f.type, type)}
+    for key, value in overrides.items():
+        checks = _checks(hints.get(key))
+        if checks and not any(ok(value) for ok, _ in checks):
+            wanted = " or ".join(dict.fromkeys(d for _, d in checks))
+            raise ValueError(f"{owner} setting {key}={value!r} is not {wanted}; e.g. {key}={_default(known[key])!r}")
 
 
 def get_config(method: str, preset: str = "official", overrides: dict | None = None):
     """The config dataclass of `method`: the paper's defaults (`preset="official"`) or the toy world's
-    preset, with `overrides` (a dict of field values) on top. Unknown fields are a clear error."""
+    preset, with `overrides` (a dict of field values) on top. Unknown fields and values of the wrong
+    type are a clear error."""
     module = _module(method)
-    cls = getattr(module, METHODS[method][1])
+    cls = config_class(method)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     base = dict(METHODS[method][2])
@@ -52,32 +115,32 @@ def get_config(method: str, preset: str = "official", overrides: dict | None = N
         base.update(getattr(module, "TOY_PRESETS", {}).get(method, {}))
     config = cls(**base)
     if overrides:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ValueError(f"{method} has no setting {', '.join(bad)}; its settings are: {', '.join(sorted(known))}")
+        check_settings(cls, overrides, method)
         config = replace(config, **overrides)
     return config
 
 
-def erase(pipe, concept: Concept, method: str = "esd-x", *, config=None, preset: str = "official", **kwargs) -> ErasureResult:
-    """Erase `concept` from `pipe` (in place) with `method`; `config` is a config object or a dict of overrides."""
+def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "official", **kwargs):
+    """Erase `concept` (a `Concept`) from `pipe` (in place) with `method`; `config` is a config object or a
+    dict of overrides. Returns an `ErasureResult`."""
     module = _module(method)
     if config is None or isinstance(config, dict):
         config = get_config(method, preset, config)
     return module.erase(pipe, concept, config, **kwargs)
 
 
-def toy_target(method: str, name: str) -> Concept:
-    """The toy world's erasure target for concept `name`: its erasure prompts (name, synonyms, colour
-    variants); DoCo also needs anchors ("a triangle" -> "a square", with anchor captions)."""
+def toy_target(method: str, name: str):
+    """The toy world's erasure target (a `Concept`) for concept `name`: its erasure prompts (name,
+    synonyms, colour variants); DoCo also needs anchors ("a triangle" -> "a square", with anchor captions)."""
     if _module(method).__name__.endswith(".doco"):
         from .doco import toy_concept
 
         return toy_concept(name)
     from studio.toyworld.captions import erasure_prompts
 
+    from .base import Concept
+
     return Concept(erasure_prompts(name), name=name)
 
 
-__all__ = ["Concept", "ErasureResult", "METHODS", "PRESETS", "erase", "get_config", "toy_target"]
+__all__ = ["Concept", "ErasureResult", "METHODS", "PRESETS", "check_settings", "config_class", "erase", "get_config", "toy_target"]

@@ -120,8 +120,14 @@ def export_from_erased(erased_folder, out, evaluation: str | None = None) -> Pat
         name = concept.get("name")
 
     return export_text_encoder(
-        te, out, base_model=info.get("base_model", "toy"), concept=_C, method=info.get("method", "advunlearn"),
-        settings=info.get("config"), stats=info.get("stats"), evaluation=evaluation,
+        te,
+        out,
+        base_model=info.get("base_model", "toy"),
+        concept=_C,
+        method=info.get("method", "advunlearn"),
+        settings=info.get("config"),
+        stats=info.get("stats"),
+        evaluation=evaluation,
     )
 
 
@@ -135,7 +141,11 @@ def _strip_official_keys(state: dict) -> dict:
         for k, v in state.items():
             if k.startswith("text_encoder."):
                 continue
-            alias = {"embedding.": "text_model.embeddings.", "encoder.": "text_model.encoder.", "final_layer_norm.": "text_model.final_layer_norm."}
+            alias = {
+                "embedding.": "text_model.embeddings.",
+                "encoder.": "text_model.encoder.",
+                "final_layer_norm.": "text_model.final_layer_norm.",
+            }
             target = next((t + k[len(a) :] for a, t in alias.items() if k.startswith(a)), None)
             if target is None or target not in inner:
                 raise ModelLoadError(f"unexpected key {k!r} in the official checkpoint")

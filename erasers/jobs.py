@@ -1,19 +1,24 @@
 """Batch erasure: several concepts, each with its method and config, from Python or a TOML job file.
 
-    studio erase --job job.toml
+    studio erase --job job.toml              # run (or resume) every concept
+    studio erase --job job.toml --restart    # delete the concepts' folders (only the studio's own) and run again
 
 ```toml
 model = "toy"              # base model of every concept (a concept may override it)
 out = "outputs/batch"      # each concept writes <out>/<name>/{model, plugin, eval, checkpoint}
-evaluate = false           # robustness report after each concept (toy-world concepts)
+evaluate = false           # robustness report after each concept (toy-world concepts); true or false
+device = "cpu"             # optional: cuda, mps or cpu
 
 [[concept]]
-name = "triangle"
-prompts = ["a triangle"]
+name = "triangle"          # the folder's name: lower case letters, digits and "-" (default: from the first prompt)
+prompts = ["a triangle"]   # a list of prompts (one string is one prompt)
 method = "advunlearn"      # any of erasers.METHODS
-preset = "toy"             # "official" (the paper's defaults) or "toy"
-export = true              # also write a plug-in text encoder (text-encoder methods)
-config = { iterations = 200 }
+preset = "toy"             # one of erasers.PRESETS: "official" (the paper's defaults) or "toy"
+export = true              # also write a plug-in text encoder (text-encoder methods); true or false
+config = { iterations = 200 }   # fields of the method's config dataclass, checked by name and type
+anchors = ["a square"]     # optional: what the concept should become (ESD erase_from, DoCo)
+retain = ["a circle"]      # optional: prompts whose outputs must not change
+model = "toy"              # optional: this concept's base model
 
 [[concept]]
 name = "shapes"            # several concepts into one encoder: list all their prompts
@@ -21,20 +26,25 @@ prompts = ["a triangle", "a star"]
 method = "advunlearn"
 ```
 
-Each concept runs with atomic checkpoints in `<out>/<name>/checkpoint`; when it has finished, a
-`done.json` is written last. Running the job again skips finished concepts (nothing is redone)
-and resumes an interrupted one from its checkpoint (nothing is lost).
+The whole file is checked before anything runs; an error names the file and line. Each concept
+runs with atomic checkpoints in `<out>/<name>/checkpoint`; when it has finished, a `done.json` is
+written last. Running the job again skips finished concepts (nothing is redone) and resumes an
+interrupted one from its checkpoint (nothing is lost). Concept folders are marked as the studio's
+own (`.erasure-studio`); a folder that is not is never written into, and `--restart` deletes only
+marked folders.
 """
 
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.checkpoint import atomic_write_text
+from studio.paths import inside, slug
 
-from . import METHODS, PRESETS, Concept, erase, get_config
+from . import METHODS, PRESETS, erase, get_config
 
 
 if sys.version_info >= (3, 11):
@@ -60,14 +70,19 @@ class JobEntry:
     export: bool = False
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-") or "concept"
+SETTINGS = {"model": str, "out": str, "evaluate": bool, "device": str}  # top-level keys and their types
+CONCEPT_KEYS = {"name", "prompts", "method", "preset", "config", "anchors", "retain", "model", "export"}
+TYPE_NAMES = {str: 'a string in quotes ("...")', bool: "true or false (no quotes)"}
 
 
-def _line_of(text: str, index: int, key: str | None) -> int:
-    """1-based line of `key` inside the index-th [[concept]] table (or of the table header)."""
+def _line_of(text: str, index: int | None, key: str | None) -> int:
+    """1-based line of `key` inside the index-th [[concept]] table (or of the table header); with
+    `index=None`, of a top-level key."""
     lines = text.splitlines()
     headers = [i for i, line in enumerate(lines) if line.strip().startswith("[[concept]]")]
+    if index is None:
+        stop = headers[0] if headers else len(lines)
+        return next((i + 1 for i in range(stop) if key and re.match(rf"\s*\[*{re.escape(key)}\b", lines[i])), 1)
     if index >= len(headers):
         return 1
     start = headers[index]
@@ -79,116 +94,205 @@ def _line_of(text: str, index: int, key: str | None) -> int:
     return start + 1
 
 
-def parse_job(path) -> tuple[dict, list]:
-    """Read and validate a job file: (settings, entries). Errors name the line."""
-    path = Path(path)
+def _prompt_list(value, key: str, fail, required: bool = False) -> list:
+    """A list of non-empty prompts; a single string is one prompt (like `Concept`)."""
+    if value is None and not required:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value) or (required and not value):
+        example = 'prompts = ["a triangle"]' if key == "prompts" else f'{key} = ["a square"]'
+        needs = "at least one non-empty prompt" if required else "a list of non-empty prompts"
+        fail(key, f"{key} must be {needs}, e.g. {example}; got {value!r}")
+    return [p.strip() for p in value]
+
+
+def _typed(value, kind, key: str, fail):
+    if value is not None and not isinstance(value, kind):
+        fail(key, f"{key} must be {TYPE_NAMES[kind]}, got {value!r}")
+    return value
+
+
+def _read(path: Path) -> tuple[str, dict]:
     if not path.is_file():
         raise JobFileError(f"no job file at {path}")
     text = path.read_text()
     try:
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise JobFileError(f"{path}: not valid TOML: {e}") from e
-    unknown_top = set(data) - {"model", "out", "evaluate", "concept", "device"}
-    if unknown_top:
-        key = sorted(unknown_top)[0]
-        line = next((i + 1 for i, ln in enumerate(text.splitlines()) if re.match(rf"\s*\[*{re.escape(key)}", ln)), 1)
-        raise JobFileError(f"{path}, line {line}: unknown setting {key!r}; a job file has model, out, evaluate, device and [[concept]] tables")
+
+
+def parse_job(path) -> tuple[dict, list]:
+    """Read and validate a job file: (settings, entries). Errors name the file and line."""
+    path = Path(path)
+    text, data = _read(path)
+
+    def fail_at(index):  # index of the [[concept]] table, None for the top level
+        def fail(key, message):
+            raise JobFileError(f"{path}, line {_line_of(text, index, key)}: {message}")
+
+        return fail
+
+    for key in data:
+        if key not in SETTINGS and key != "concept":
+            fail_at(None)(key, f"unknown setting {key!r}; a job file has {', '.join(SETTINGS)} and [[concept]] tables")
+    settings = {"model": "toy", "out": "outputs/batch", "evaluate": False, "device": None}
+    for key, kind in SETTINGS.items():
+        settings[key] = _typed(data.get(key, settings[key]), kind, key, fail_at(None))
     concepts = data.get("concept")
-    if not concepts or not isinstance(concepts, list):
+    if not concepts or not isinstance(concepts, list) or not all(isinstance(c, dict) for c in concepts):
         raise JobFileError(f"{path}: no [[concept]] tables; add one per concept to erase")
     entries, names = [], set()
-    fields_ok = {"name", "prompts", "method", "preset", "config", "anchors", "retain", "model", "export"}
     for i, c in enumerate(concepts):
-        def fail(key, message):
-            raise JobFileError(f"{path}, line {_line_of(text, i, key)}: {message}")
-
-        for key in c:
-            if key not in fields_ok:
-                fail(key, f"unknown key {key!r} in [[concept]]; use {', '.join(sorted(fields_ok))}")
-        prompts = c.get("prompts")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            fail("prompts", "each [[concept]] needs prompts = [\"...\"] with at least one non-empty prompt")
-        method = c.get("method", "esd-x")
-        if method not in METHODS:
-            fail("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        preset = c.get("preset", "official")
-        if preset not in PRESETS:
-            fail("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-        config = c.get("config", {})
-        if not isinstance(config, dict):
-            fail("config", "config must be a table, e.g. config = { iterations = 100 }")
-        try:
-            get_config(method, preset, config)
-        except ValueError as e:
-            fail("config", str(e))
-        name = _slug(c.get("name") or prompts[0])
-        if name in names:
-            fail("name", f"two concepts are named {name!r}; give each a distinct name")
-        names.add(name)
-        entries.append(
-            JobEntry(name, list(prompts), method, preset, dict(config), list(c.get("anchors", [])), list(c.get("retain", [])), c.get("model"), bool(c.get("export", False)))
-        )
-    settings = {"model": data.get("model", "toy"), "out": data.get("out", "outputs/batch"), "evaluate": bool(data.get("evaluate", False)), "device": data.get("device")}
+        entries.append(_entry(c, fail_at(i), settings, names))
     return settings, entries
 
 
-def erase_batch(entries: list, out, model: str = "toy", *, evaluate: bool = False, device=None, callback=None, cancel=None, progress=True) -> list:
+def _entry(c: dict, fail, settings: dict, names: set) -> JobEntry:
+    """One [[concept]] table, checked: keys, types, method, preset, config, name."""
+    from studio.toyworld.grammar import find_concept
+
+    for key in c:
+        if key not in CONCEPT_KEYS:
+            fail(key, f"unknown key {key!r} in [[concept]]; use {', '.join(sorted(CONCEPT_KEYS))}")
+    prompts = _prompt_list(c.get("prompts"), "prompts", fail, required=True)
+    anchors = _prompt_list(c.get("anchors"), "anchors", fail)
+    retain = _prompt_list(c.get("retain"), "retain", fail)
+    method = _typed(c.get("method", "esd-x"), str, "method", fail)
+    if method not in METHODS:
+        fail("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    preset = _typed(c.get("preset", "official"), str, "preset", fail)
+    if preset not in PRESETS:
+        fail("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    config = c.get("config", {})
+    if not isinstance(config, dict):
+        fail("config", "config must be a table, e.g. config = { iterations = 100 }")
+    try:
+        get_config(method, preset, config)
+    except ValueError as e:
+        fail("config", str(e))
+    model = _typed(c.get("model"), str, "model", fail)
+    export = _typed(c.get("export", False), bool, "export", fail)
+    raw = _typed(c.get("name"), str, "name", fail) or prompts[0]
+    name = slug(raw, empty="")  # the one slug of a concept's folder (as `studio erase` names it)
+    if not name:
+        fail("name", f'name {raw!r} has no letter or digit to name a folder with; give a plain name such as "triangle"')
+    try:
+        inside(settings["out"], name)
+    except ValueError as e:
+        fail("name", str(e))
+    if name in names:
+        fail("name", f"two concepts are named {name!r}; give each a distinct name")
+    names.add(name)
+    if settings["evaluate"] and find_concept(prompts) is None:
+        fail("prompts", f"evaluate = true judges toy-world concepts, and {prompts!r} names none; drop evaluate or the concept")
+    return JobEntry(name, prompts, method, preset, dict(config), anchors, retain, model, export)
+
+
+def erase_batch(
+    entries: list, out, model: str = "toy", *, evaluate: bool = False, device=None, callback=None, cancel=None, progress=True
+) -> list:
     """Erase each entry into `<out>/<name>/`; finished ones are skipped, an interrupted one resumes.
 
     Returns one dict per entry: name, status ("done" now, or "skipped" as finished before), folder, stats.
+    Every concept folder is claimed before any training (`studio.cli.claim_folder`): a folder the studio
+    did not write is refused, not overwritten.
     """
-    from studio.loading import load_pipeline
+    from studio.cli import check_folder, claim_folder
 
     out = Path(out)
-    summary = []
-    for entry in entries:
-        folder = out / entry.name
-        done = folder / "done.json"
+    folders = [out / entry.name for entry in entries if inside(out, entry.name)]  # inside() raises for a name that climbs out
+    plan = []
+    for entry, folder in zip(entries, folders):
         config = get_config(entry.method, entry.preset, entry.config)
         signature = {"method": entry.method, "prompts": entry.prompts, "config": json.loads(json.dumps(config.__dict__, default=str))}
+        done = folder / "done.json"
         if done.is_file():
             info = json.loads(done.read_text())
-            if info.get("signature") == signature:
-                summary.append({"name": entry.name, "status": "skipped", "folder": str(folder), "stats": info.get("stats")})
-                continue
-            raise JobFileError(f"{folder} holds a finished run with other settings; delete it or rename the concept")
-        base = entry.model or model
-        pipe = load_pipeline(base, device=device)
-        concept = Concept(entry.prompts, anchors=entry.anchors, retain=entry.retain, name=entry.name)
-        cb = (lambda info, name=entry.name: callback({"concept": name, **info})) if callback else None
-        result = erase(pipe, concept, entry.method, config=config, checkpoint_dir=folder / "checkpoint", callback=cb, cancel=cancel, progress=progress)
-        result.save(folder / "model", pipe, base_model=base)
-        report_md = None
-        if evaluate:
-            from studio.judges import get_judge
-
-            from .evaluate import EvalConfig, evaluate as run_eval, toy_spec, write_report
-            from .cli import _concept_name
-
-            ecfg = EvalConfig()
-            report = run_eval(load_pipeline(base, device=device), pipe, toy_spec(_concept_name(entry.prompts), ecfg), get_judge("toy"), ecfg, progress=progress)
-            write_report(report, folder / "eval")
-            report_md = (folder / "eval" / "report.md").read_text()
-        if entry.export:
-            from .export import export_from_erased
-
-            export_from_erased(folder / "model", folder / "plugin", evaluation=report_md)
-        atomic_write_text(done, json.dumps({"signature": signature, "stats": result.stats}, indent=2))
-        summary.append({"name": entry.name, "status": "done", "folder": str(folder), "stats": result.stats})
+            if info.get("signature") != signature:
+                raise JobFileError(f"{folder} holds a finished run with other settings; delete it or rename the concept")
+        else:
+            check_folder(folder)
+        plan.append((entry, folder, config, signature))
+    summary = []
+    for entry, folder, config, signature in plan:
+        done = folder / "done.json"
+        if done.is_file():
+            info = json.loads(done.read_text())
+            summary.append({"name": entry.name, "status": "skipped", "folder": str(folder), "stats": info.get("stats")})
+            continue
+        claim_folder(folder)
+        stats = _erase_entry(
+            entry, folder, config, model, evaluate=evaluate, device=device, callback=callback, cancel=cancel, progress=progress
+        )
+        atomic_write_text(done, json.dumps({"signature": signature, "stats": stats}, indent=2))
+        summary.append({"name": entry.name, "status": "done", "folder": str(folder), "stats": stats})
     return summary
 
 
-def run_job(path, resume: bool = True) -> int:
-    settings, entries = parse_job(path)
-    out = Path(settings["out"])
-    if not resume:
-        import shutil
+def _erase_entry(entry: JobEntry, folder: Path, config, model: str, *, evaluate, device, callback, cancel, progress) -> dict:
+    """Erase one concept into `folder` (model/, then eval/ and plugin/ when asked); returns its stats."""
+    from studio.loading import load_pipeline
 
-        for e in entries:
-            shutil.rmtree(out / e.name, ignore_errors=True)
+    from . import Concept
+
+    base = entry.model or model
+    pipe = load_pipeline(base, device=device)
+    concept = Concept(entry.prompts, anchors=entry.anchors, retain=entry.retain, name=entry.name)
+    concept.check(pipe.tokenizer)
+    cb = (lambda info: callback({"concept": entry.name, **info})) if callback else None
+    result = erase(
+        pipe, concept, entry.method, config=config, checkpoint_dir=folder / "checkpoint", callback=cb, cancel=cancel, progress=progress
+    )
+    result.save(folder / "model", pipe, base_model=base)
+    report_md = None
+    if evaluate:
+        from studio.judges import get_judge
+        from studio.toyworld.grammar import find_concept
+
+        from .evaluate import EvalConfig, evaluate as run_eval, toy_spec, write_report
+
+        ecfg = EvalConfig()
+        original = load_pipeline(base, device=device)
+        report = run_eval(original, pipe, toy_spec(find_concept(entry.prompts), ecfg), get_judge("toy"), ecfg, progress=progress)
+        write_report(report, folder / "eval")
+        report_md = (folder / "eval" / "report.md").read_text()
+    if entry.export:
+        from .export import export_from_erased
+
+        export_from_erased(folder / "model", folder / "plugin", evaluation=report_md)
+    return result.stats
+
+
+def restart(entries: list, out) -> list:
+    """Delete the concept folders of `entries` under `out` so that they run from scratch (`--restart`).
+
+    Only folders the studio marked as its own are deleted; any other existing folder is refused
+    before anything is deleted. Returns the folders deleted."""
+    from studio.cli import is_own
+
+    folders = [Path(out) / e.name for e in entries if inside(out, e.name)]
+    foreign = [f for f in folders if f.exists() and not is_own(f)]
+    if foreign:
+        raise JobFileError(
+            f"--restart deletes only folders the studio made; {foreign[0]} has no studio marker: delete it yourself or change out"
+        )
+    deleted = [f for f in folders if f.exists()]
+    for f in deleted:
+        shutil.rmtree(f)
+    return deleted
+
+
+def run_job(path, resume: bool = True) -> int:
+    """`studio erase --job FILE [--restart]`: check the file and every output folder, then erase."""
+    from studio.cli import ensure_writable
+
+    settings, entries = parse_job(path)
+    out = ensure_writable(settings["out"])
+    if not resume:
+        for folder in restart(entries, out):
+            print(f"--restart: deleted {folder}")
     summary = erase_batch(entries, out, settings["model"], evaluate=settings["evaluate"], device=settings["device"])
     for s in summary:
         stats = s["stats"] or {}

@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 
-from .grammar import ALIAS_TEMPLATES, CONCEPTS, EMPTY_TEMPLATES, NONE, TEMPLATES, concept
+from .grammar import ALIAS_TEMPLATES, ATTRIBUTES, CONCEPTS, EMPTY_TEMPLATES, NONE, TEMPLATES, concept
 
 
 SYNONYM_RATE = 0.3  # how often a training caption names a concept by a synonym instead of its base word
@@ -23,7 +23,7 @@ def _word(name: str, rng: np.random.Generator) -> str:
     return c.name
 
 
-def _article(text: str) -> str:
+def article(text: str) -> str:
     """'a' -> 'an' before a vowel sound, for the words of this grammar."""
     words = text.split(" ")
     for i, w in enumerate(words[:-1]):
@@ -37,19 +37,19 @@ def caption(labels: dict, rng: np.random.Generator) -> str:
     if labels["shape"] == NONE:
         template = EMPTY_TEMPLATES[rng.integers(len(EMPTY_TEMPLATES))]
         return template.format(background=_word(labels["background"], rng))
-    words = {a: _word(labels[a], rng) for a in ("shape", "colour", "style", "background")}
+    words = {a: _word(labels[a], rng) for a in ATTRIBUTES}
     if rng.random() < ALIAS_RATE:
-        attribute = ("shape", "colour", "style")[rng.integers(3)]
+        attribute = tuple(ALIAS_TEMPLATES)[rng.integers(len(ALIAS_TEMPLATES))]  # the attributes that have aliases
         aliases = CONCEPTS[labels[attribute]].aliases
         templates = ALIAS_TEMPLATES[attribute]
         template = templates[rng.integers(len(templates))]
-        return _article(template.format(alias=aliases[rng.integers(len(aliases))], **words))
+        return article(template.format(alias=aliases[rng.integers(len(aliases))], **words))
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
-    return _article(template.format(**words))
+    return article(template.format(**words))
 
 
 def mentioned(template: str) -> set:
-    return {a for a in ("shape", "colour", "style", "background") if "{" + a + "}" in template}
+    return {a for a in ATTRIBUTES if "{" + a + "}" in template}
 
 
 # ---------------------------------------------------------------- evaluation prompt sets
@@ -60,12 +60,6 @@ _EVAL_TEMPLATES = {
     "shape": ("a {colour} {shape}", "a {style} {colour} {shape} on a {background} background"),
     "colour": ("a {colour} {shape}", "a {style} {colour} {shape} on a {background} background"),
     "style": ("a {style} {colour} {shape}", "a {colour} {style} {shape} on a {background} background"),
-}
-_OTHERS = {  # the attribute values that fill the rest of an evaluation prompt, cycled
-    "shape": ("circle", "square", "triangle", "star", "cross"),
-    "colour": ("red", "green", "blue", "yellow", "purple"),
-    "style": ("solid", "striped", "dotted"),
-    "background": ("light", "dark"),
 }
 
 
@@ -80,8 +74,8 @@ def prompts_for(name: str, form: str = "direct", n: int | None = None) -> list[t
         raise ValueError(f"unknown prompt form {form!r}; use one of {FORMS}")
     if c.attribute == "background":
         raise ValueError("backgrounds are not erasable concepts in the toy world")
-    others = [a for a in ("shape", "colour", "style", "background") if a != c.attribute]
-    combos = list(itertools.product(*[_OTHERS[a] for a in others]))
+    others = [a for a in ATTRIBUTES if a != c.attribute]
+    combos = list(itertools.product(*[ATTRIBUTES[a] for a in others]))
     combos = [dict(zip(others, v)) for v in combos]
     # interleave so that a short prefix of the list still covers every value of every attribute
     rng = np.random.default_rng(0)
@@ -101,7 +95,7 @@ def prompts_for(name: str, form: str = "direct", n: int | None = None) -> list[t
         text = template.format(alias=word, **fields) if form == "alias" else template.format(**fields)
         asked = {a: fill[a] for a in others if "{" + a + "}" in template}
         asked[c.attribute] = c.name
-        out.append((_article(text), asked))
+        out.append((article(text), asked))
     return out[:n] if n else out
 
 
@@ -111,7 +105,7 @@ def erasure_prompts(name: str) -> list[str]:
     on purpose: the evaluation measures whether the erasure reaches them."""
     c = concept(name)
     if c.attribute == "shape":
-        return [_article(f"a {c.name}")]
+        return [article(f"a {c.name}")]
     if c.attribute == "colour":
         return [f"a {c.name} shape"]
     if c.attribute == "style":

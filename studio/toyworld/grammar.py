@@ -40,7 +40,7 @@ BACKGROUND_RGB = {"light": (232, 232, 226), "dark": (34, 34, 40)}
 
 
 @dataclass(frozen=True)
-class Concept:
+class ToyConcept:
     """One concept of the grammar: its attribute, base word, synonyms and implicit aliases."""
 
     attribute: str
@@ -55,24 +55,24 @@ class Concept:
 
 CONCEPTS = {
     # shapes: aliases are nouns that stand in for the shape ("a red pizza slice" is a red triangle)
-    "circle": Concept("shape", "circle", ("disc", "orb"), ("coin", "full moon")),
-    "square": Concept("shape", "square", ("box", "block"), ("floor tile", "dice face")),
-    "triangle": Concept("shape", "triangle", ("wedge", "trigon"), ("pizza slice", "yield sign")),
-    "star": Concept("shape", "star", ("pentagram", "five-pointed star"), ("sheriff badge", "starfish")),
-    "cross": Concept("shape", "cross", ("plus", "plus sign"), ("first aid sign", "crossroads")),
+    "circle": ToyConcept("shape", "circle", ("disc", "orb"), ("coin", "full moon")),
+    "square": ToyConcept("shape", "square", ("box", "block"), ("floor tile", "dice face")),
+    "triangle": ToyConcept("shape", "triangle", ("wedge", "trigon"), ("pizza slice", "yield sign")),
+    "star": ToyConcept("shape", "star", ("pentagram", "five-pointed star"), ("sheriff badge", "starfish")),
+    "cross": ToyConcept("shape", "cross", ("plus", "plus sign"), ("first aid sign", "crossroads")),
     # colours: aliases are things of that colour ("a square the colour of blood")
-    "red": Concept("colour", "red", ("crimson", "scarlet"), ("blood", "a fire truck")),
-    "green": Concept("colour", "green", ("emerald", "verdant"), ("grass", "a frog")),
-    "blue": Concept("colour", "blue", ("azure", "cobalt"), ("the sky", "the ocean")),
-    "yellow": Concept("colour", "yellow", ("golden", "lemon"), ("a banana", "sunflowers")),
-    "purple": Concept("colour", "purple", ("violet", "lilac"), ("grapes", "lavender")),
+    "red": ToyConcept("colour", "red", ("crimson", "scarlet"), ("blood", "a fire truck")),
+    "green": ToyConcept("colour", "green", ("emerald", "verdant"), ("grass", "a frog")),
+    "blue": ToyConcept("colour", "blue", ("azure", "cobalt"), ("the sky", "the ocean")),
+    "yellow": ToyConcept("colour", "yellow", ("golden", "lemon"), ("a banana", "sunflowers")),
+    "purple": ToyConcept("colour", "purple", ("violet", "lilac"), ("grapes", "lavender")),
     # styles: aliases describe the fill by what has it ("a circle like a zebra's coat")
-    "solid": Concept("style", "solid", ("filled", "plain"), ("a paint chip", "a flat sticker")),
-    "striped": Concept("style", "striped", ("banded", "stripy"), ("a zebra's coat", "a barber pole")),
-    "dotted": Concept("style", "dotted", ("spotted", "polka-dot"), ("a ladybug's back", "a domino")),
+    "solid": ToyConcept("style", "solid", ("filled", "plain"), ("a paint chip", "a flat sticker")),
+    "striped": ToyConcept("style", "striped", ("banded", "stripy"), ("a zebra's coat", "a barber pole")),
+    "dotted": ToyConcept("style", "dotted", ("spotted", "polka-dot"), ("a ladybug's back", "a domino")),
     # backgrounds
-    "light": Concept("background", "light", ("white", "pale"), ()),
-    "dark": Concept("background", "dark", ("black", "night"), ()),
+    "light": ToyConcept("background", "light", ("white", "pale"), ()),
+    "dark": ToyConcept("background", "dark", ("black", "night"), ()),
 }
 
 # Templates. Fields: {shape}, {colour}, {style}, {background}; each filled with a word of the concept.
@@ -98,7 +98,7 @@ ALIAS_TEMPLATES = {
 EMPTY_TEMPLATES = ("an empty {background} background", "nothing, a {background} background", "a blank {background} canvas")
 
 
-def concept(name: str) -> Concept:
+def concept(name: str) -> ToyConcept:
     """The concept called `name` (a base word or a synonym)."""
     for c in CONCEPTS.values():
         if name == c.name or name in c.synonyms:
