@@ -16,28 +16,21 @@ goes from `z*_{N-i}` towards `z*_{N-i-1}`.
 import copy
 import json
 import time
+import warnings
 from dataclasses import asdict
 
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from PIL import Image
 
-from studio.images import fit_image, load_image, to_tensor
+from studio.images import fit_image, load_image
+from studio.latents import decode, encode, resolution, to_pil  # noqa: F401 (to_pil: re-exported)
 from studio.sampling import check_prompt, ddim_scheduler, encode_prompts
 
 from .result import InversionResult
 
 
 FIT_MODES = ("crop", "pad")
-
-
-def model_resolution(pipe) -> int:
-    """The image side the model was trained at: UNet sample size times the VAE's downsampling (SD v1: 512, toy: 32)."""
-    return int(pipe.unet.config.sample_size) * vae_scale(pipe)
-
-
-def vae_scale(pipe) -> int:
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
 
 def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
@@ -51,9 +44,12 @@ def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
     if fit not in FIT_MODES:
         raise ValueError(f"unknown fit {fit!r}; use 'crop' (centre crop) or 'pad' (pad to a square)")
     img = load_image(image)
-    size = model_resolution(pipe)
+    size = resolution(pipe)
     w, h = img.size
     out = fit_image(img, size, mode=fit)
+    side = min(w, h) if fit == "crop" else max(w, h)
+    if 2 * side < size:
+        warnings.warn(f"the image is {w}x{h}: its {side}x{side} square is upscaled to {size}x{size}, so the model sees a blurred image", stacklevel=2)
     if w == h:
         how = f"{w}x{h}"
     else:
@@ -63,28 +59,8 @@ def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
     return out, note
 
 
-@torch.no_grad()
-def encode_image(pipe, image: Image.Image) -> torch.Tensor:
-    """PIL image -> latent `(1, 4, h, w)` in fp32: the VAE posterior mean times the scaling factor (as the NTI notebook)."""
-    vae = pipe.vae
-    x = to_tensor(image).to(vae.device, vae.dtype)  # (1, 3, H, W) in [-1, 1]
-    z = vae.encode(x).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((z - shift) * vae.config.scaling_factor).float()
-
-
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents `(B, 4, h, w)` -> images `(B, 3, H, W)` in [0, 1] (fp32)."""
-    vae = pipe.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    x = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
-    return (x.float() / 2 + 0.5).clamp(0, 1)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = (images.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().clip(0, 255).astype("uint8")
-    return [Image.fromarray(a) for a in arr]
+# the latent space is studio.latents' (one implementation); these names stay for the app while it moves
+encode_image, decode_latents, model_resolution = encode, decode, resolution
 
 
 @torch.no_grad()
@@ -157,6 +133,18 @@ def unet_eps(unet, latents, t, context, **kwargs) -> torch.Tensor:
     return unet(latents, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
 
 
+def restage(callback, stage: str, offset: int = 0, total: int | None = None, **extras):
+    """A callback that files a sub-job's events under `stage` (the inverter's name), its steps counted
+    from `offset` out of `total`: null-text's pivot is steps 1..N of 2N, its optimisation N+1..2N."""
+    if callback is None:
+        return None
+
+    def inner(info):
+        callback({**info, **extras, "stage": stage, "step": offset + info["step"], "total": total if total is not None else info["total"]})
+
+    return inner
+
+
 def progress_bar(iterable, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return iterable
@@ -183,7 +171,7 @@ def make_result(pipe, method: str, prompt: str, cfg, z0, latent_T, *, fit: str, 
         image_latent=z0.float().clone(),
         scheduler_config=scheduler_config(pipe),
         config=asdict(cfg),
-        resolution=model_resolution(pipe),
+        resolution=resolution(pipe),
         fit=fit,
         fingerprint=fingerprint(pipe),
         stats=stats,

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from studio.latents import encode
+from studio.progress import event
 from studio.sampling import Cancelled, is_cancelled
 
-from .common import embed, encode_image, make_result, new_counter, prepare_image, progress_bar, schedulers, unet_eps
+from .common import embed, make_result, new_counter, prepare_image, progress_bar, schedulers, unet_eps
 from .result import InversionResult
 
 
@@ -62,7 +64,7 @@ def ddim_pivot(
         z = inverse.step(eps, t, z).prev_sample
         trajectory.append(z.float())
         if callback is not None:
-            callback({"stage": "ddim-inversion", "i": i, "t": int(t), "x": z})
+            callback(event("ddim", i + 1, len(steps), i=i, t=int(t), x=z))
     return torch.stack(trajectory)
 
 
@@ -72,7 +74,7 @@ def invert(pipe, image, prompt: str, config: DDIMInversionConfig | None = None, 
     counter = new_counter()
     image, note = prepare_image(pipe, image, fit)
     _, inverse = schedulers(pipe, cfg.num_inference_steps)
-    z0 = encode_image(pipe, image)
+    z0 = encode(pipe.vae, image)
     uncond = embed(pipe, "") if cfg.inversion_guidance > 1.0 else None
     pivot = ddim_pivot(
         pipe.unet, inverse, z0, embed(pipe, prompt), uncond=uncond, guidance=cfg.inversion_guidance,

@@ -17,7 +17,9 @@ guidance scale, and the inversion costs only the pivot's N evaluations.
 
 from dataclasses import dataclass
 
-from .common import embed, encode_image, make_result, new_counter, prepare_image, schedulers
+from studio.latents import encode
+
+from .common import embed, restage, make_result, new_counter, prepare_image, schedulers
 from .ddim import ddim_pivot
 from .result import InversionResult
 
@@ -37,6 +39,6 @@ def invert(pipe, image, prompt: str, config: DirectInversionConfig | None = None
     counter = new_counter()
     image, note = prepare_image(pipe, image, fit)
     _, inverse = schedulers(pipe, cfg.num_inference_steps)
-    z0 = encode_image(pipe, image)
-    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=callback, cancel=cancel, progress=progress, counter=counter)
+    z0 = encode(pipe.vae, image)
+    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=restage(callback, "direct"), cancel=cancel, progress=progress, counter=counter)
     return make_result(pipe, "direct", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter, pivot=pivot)

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from studio.latents import decode, resolution, to_pil
+from studio.progress import event
 from studio.sampling import Cancelled, encode_prompts, is_cancelled
 
 from . import REGISTRY
 from .attention import install
-from .common import decode_latents, embed, fingerprint, fp32_unet, model_resolution, prepare_image, progress_bar, same_model, scheduler_pair, to_pil, unet_eps
+from .common import embed, fingerprint, fp32_unet, prepare_image, progress_bar, same_model, scheduler_pair, unet_eps
 from .control import Controller, make_controller
 from .result import InversionResult
 
@@ -100,7 +102,8 @@ def edit(
 
     `method`: "null-text" (default), "negative-prompt", "direct" or "ddim". Keyword `overrides` set
     fields of `EditConfig` (e.g. `blend_words=("red", "blue")`, `cross_replace_steps=0.4`).
-    `callback(info)` gets k-diffusion-style dicts with a "stage" key; `cancel` (threading.Event)
+    `callback(info)` gets `studio.progress` events: the inverter's (stage = its name), then stage
+    "edit" once per sampling step (with "i", "t", "x", "denoised"); `cancel` (threading.Event)
     raises `studio.sampling.Cancelled`.
     """
     cfg = config or EditConfig()
@@ -112,6 +115,8 @@ def edit(
         cfg = dataclasses.replace(cfg, **overrides)
     if method is not None and method not in INVERTERS:
         raise ValueError(f"unknown inversion method {method!r}; use one of {', '.join(INVERTERS)}")
+    if not isinstance(source_prompt, str) or not source_prompt.strip():
+        raise ValueError(f"the source prompt is empty ({source_prompt!r}); describe the image as it is, e.g. 'a red circle'")
     targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
     if not targets:
         raise ValueError("give at least one target prompt")
@@ -137,13 +142,13 @@ def edit(
         inversion = invert(pipe, prepared, source_prompt, method or "null-text", inv_cfg, fit=fit, callback=callback, cancel=cancel, progress=progress)
         inversion.stats["image"] = note
     else:
-        prepared = to_pil(decode_latents(pipe, inversion.image_latent))[0] if image is None else prepare_image(pipe, image, inversion.fit)[0]
+        prepared = to_pil(decode(pipe.vae, inversion.image_latent))[0] if image is None else prepare_image(pipe, image, inversion.fit)[0]
     inverted = time.perf_counter()
     latents, evals = sample_from_inversion(pipe, inversion, [source_prompt, *targets], controller, callback=callback, cancel=cancel, progress=progress)
-    images = to_pil(decode_latents(pipe, latents))
+    images = to_pil(decode(pipe.vae, latents))
     mask = None
     if controller.blend is not None and controller.blend.last_mask is not None:
-        size = model_resolution(pipe)
+        size = resolution(pipe)
         m = torch.nn.functional.interpolate(controller.blend.last_mask[1:].float(), size=(size, size), mode="nearest")
         mask = m[:, 0].bool().cpu().numpy()
     stats = {"inversion_seconds": inverted - start, "edit_seconds": time.perf_counter() - inverted, "edit_unet_forward": evals, "mode": controller.plan.mode}
@@ -153,7 +158,7 @@ def edit(
 def reconstruct(pipe, inversion: InversionResult, *, callback=None, cancel=None, progress=False):
     """The inversion's reconstruction alone: (PIL image, latents (1, 4, h, w))."""
     latents, _ = sample_from_inversion(pipe, inversion, [inversion.prompt], None, callback=callback, cancel=cancel, progress=progress)
-    return to_pil(decode_latents(pipe, latents))[0], latents
+    return to_pil(decode(pipe.vae, latents))[0], latents
 
 
 def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method: str | None) -> None:
@@ -163,8 +168,8 @@ def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method
         raise ValueError(f"the inversion was made with the source prompt {inversion.prompt!r}, not {source_prompt!r}; use that prompt or invert again")
     if inversion.fingerprint and not same_model(inversion.fingerprint, fingerprint(pipe)):
         raise ValueError("the inversion was made with a different model; invert the image again with this one")
-    if inversion.resolution and inversion.resolution != model_resolution(pipe):
-        raise ValueError(f"the inversion is for {inversion.resolution}px images but this model works at {model_resolution(pipe)}px; invert again")
+    if inversion.resolution and inversion.resolution != resolution(pipe):
+        raise ValueError(f"the inversion is for {inversion.resolution}px images but this model works at {resolution(pipe)}px; invert again")
 
 
 @torch.no_grad()
@@ -225,5 +230,5 @@ def sample_from_inversion(pipe, inversion: InversionResult, prompts: list[str], 
         if controller is not None:
             latents = controller.end_step(latents, i)
         if callback is not None:
-            callback({"stage": "edit", "i": i, "t": int(t), "x": latents, "denoised": out.pred_original_sample})
+            callback(event("edit" if b > 1 else "reconstruction", i + 1, n, i=i, t=int(t), x=latents, denoised=out.pred_original_sample))
     return latents.float(), evals

@@ -13,7 +13,9 @@ toward the empty prompt's (PnPInversion's variant) is not offered.
 
 from dataclasses import dataclass
 
-from .common import embed, encode_image, make_result, new_counter, prepare_image, schedulers
+from studio.latents import encode
+
+from .common import embed, restage, make_result, new_counter, prepare_image, schedulers
 from .ddim import ddim_pivot
 from .result import InversionResult
 
@@ -32,6 +34,6 @@ def invert(pipe, image, prompt: str, config: NegativePromptConfig | None = None,
     counter = new_counter()
     image, note = prepare_image(pipe, image, fit)
     _, inverse = schedulers(pipe, cfg.num_inference_steps)
-    z0 = encode_image(pipe, image)
-    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=callback, cancel=cancel, progress=progress, counter=counter)
+    z0 = encode(pipe.vae, image)
+    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=restage(callback, "negative-prompt"), cancel=cancel, progress=progress, counter=counter)
     return make_result(pipe, "negative-prompt", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter)

@@ -42,9 +42,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from studio.latents import encode
+from studio.progress import event
 from studio.sampling import Cancelled, is_cancelled
 
-from .common import embed, encode_image, fp32_unet, make_result, new_counter, prepare_image, progress_bar, schedulers, unet_eps
+from .common import embed, fp32_unet, restage, make_result, new_counter, prepare_image, progress_bar, schedulers, unet_eps
 from .ddim import ddim_pivot
 from .result import InversionResult
 
@@ -64,8 +66,9 @@ class NullTextConfig:
 
 
 def invert(pipe, image, prompt: str, config: NullTextConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
-    """Null-text inversion of `image` under `prompt`. Callback dicts: the pivot's, then
-    `{"stage": "null-text", "i", "t", "x", "loss", "inner_steps"}` once per timestep."""
+    """Null-text inversion of `image` under `prompt`. Callback events (`studio.progress`), stage
+    "null-text", steps 1..2N: the pivot's N (phase "pivot"), then `{"i", "t", "x", "loss",
+    "inner_steps"}` once per optimised timestep (phase "null-text")."""
     cfg = config or NullTextConfig()
     if cfg.null_init not in ("source", "empty"):
         raise ValueError(f"null_init must be 'source' or 'empty', got {cfg.null_init!r}")
@@ -73,12 +76,14 @@ def invert(pipe, image, prompt: str, config: NullTextConfig | None = None, *, fi
     image, note = prepare_image(pipe, image, fit)
     unet = fp32_unet(pipe)
     forward, inverse = schedulers(pipe, cfg.num_inference_steps)
-    z0 = encode_image(pipe, image)
+    z0 = encode(pipe.vae, image)
     cond = embed(pipe, prompt)  # (1, 77, D) fp32
     empty = embed(pipe, "")
-    pivot = ddim_pivot(unet, inverse, z0, cond, callback=callback, cancel=cancel, progress=progress, counter=counter)
+    n = cfg.num_inference_steps
+    pivot_cb, optimise_cb = restage(callback, "null-text", 0, 2 * n, phase="pivot"), restage(callback, "null-text", n, 2 * n, phase="null-text")
+    pivot = ddim_pivot(unet, inverse, z0, cond, callback=pivot_cb, cancel=cancel, progress=progress, counter=counter)
     null = cond if cfg.null_init == "source" else empty
-    nulls, losses, inner = optimise_null_text(unet, forward, pivot, cond, null, cfg, callback=callback, cancel=cancel, progress=progress, counter=counter)
+    nulls, losses, inner = optimise_null_text(unet, forward, pivot, cond, null, cfg, callback=optimise_cb, cancel=cancel, progress=progress, counter=counter)
     counter["losses"] = losses
     counter["inner_steps"] = inner
     return make_result(pipe, "null-text", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter, null_embeddings=nulls)
@@ -152,5 +157,5 @@ def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, 
         optimised_last = j > 0
         latent = prev.detach()
         if callback is not None:
-            callback({"stage": "null-text", "i": i, "t": int(t), "x": latent, "loss": loss_value, "inner_steps": j})
+            callback(event("null-text", i + 1, n, i=i, t=int(t), x=latent, loss=loss_value, inner_steps=j))
     return torch.stack(nulls), losses, inner

@@ -5,8 +5,9 @@ It computes exactly what `StableDiffusionPipeline.__call__` computes with a DDIM
 noise for the same seeds, same batching of the unconditional and conditional halves, same
 scheduler calls), and adds what a studio needs:
 
-* a k-diffusion-style `callback(info)` after every step, `info = {"i", "t", "x", "denoised"}`
-  (step index, timestep, latents after the step, predicted clean latents);
+* a k-diffusion-style `callback(info)` after every step, in the studio's one progress shape
+  (`studio.progress`): `{"stage": "sampling", "step", "total", "i", "t", "x", "denoised"}` (steps
+  done, steps in all, step index, timestep, latents after the step, predicted clean latents);
 * cancellation: `cancel` is a `threading.Event` (or any object with `is_set()`, or a callable);
   when it is set the loop stops and raises `Cancelled`;
 * per-image seeds (`seed=[0, 1, 2]`), so an image does not change with the batch it is drawn in;
@@ -14,17 +15,32 @@ scheduler calls), and adds what a studio needs:
 
     out = sample(pipe, ["a red triangle", "a blue star"], seed=[0, 1], num_inference_steps=25)
     out.images  # list of PIL images
+    images = sample_many(pipe, prompts, seeds=[0, 1, 2, 3], batch_size=32)   # prompts x seeds, in batches
+
+Bad settings (0 or negative steps, NaN guidance, a size that is not a multiple of 8 or over
+`MAX_SIZE_FACTOR` times the model's resolution) raise ValueError before any work: `check_settings`.
+Latents go in and out of the VAE through `studio.latents` (the one implementation).
 """
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler
-from PIL import Image
+
+from .latents import decode, resolution, to_pil, vae_scale_factor
+from .progress import event
 
 
 MAX_TOKENS = 77
+MAX_SIZE_FACTOR = 4  # images larger than this many times the model's resolution need force=True
+
+__all__ = [
+    "MAX_SIZE_FACTOR", "MAX_TOKENS", "Cancelled", "SampleOutput", "check_prompt", "check_settings", "ddim_scheduler",
+    "decode_latents", "encode_prompts", "generators", "guided_noise", "initial_latents", "is_cancelled", "sample",
+    "sample_many", "to_pil", "tokenize",
+]
 
 
 class Cancelled(RuntimeError):
@@ -84,11 +100,36 @@ def generators(seed, n: int, device="cpu"):
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
+def check_settings(pipe, num_inference_steps=50, guidance_scale=7.5, height=None, width=None, *, force: bool = False) -> None:
+    """Raise a ValueError naming the bad value and the fix, before any work is done.
+
+    Steps must be a whole number >= 1, guidance a finite number, height and width positive multiples
+    of 8 (and of the VAE's scale) and at most `MAX_SIZE_FACTOR` times the model's resolution unless
+    `force=True` (4096 px on the 32 px toy model runs for minutes and takes gigabytes).
+    """
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, Integral) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a whole number of steps >= 1, got {num_inference_steps!r}; use e.g. 50")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real) or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}; use e.g. 7.5 (1 for no guidance)")
+    multiple = max(8, vae_scale_factor(pipe))
+    limit = MAX_SIZE_FACTOR * resolution(pipe)
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1 or value % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple} pixels, got {value!r}; e.g. {resolution(pipe)} (the model's resolution)")
+        if value > limit and not force:
+            raise ValueError(
+                f"{name} {value} is over {MAX_SIZE_FACTOR}x the model's resolution ({resolution(pipe)} px); "
+                f"use at most {limit}, or pass force=True (--force) to sample it anyway"
+            )
+
+
 def initial_latents(pipe, n: int, generator, height=None, width=None, dtype=None) -> torch.Tensor:
     """The starting noise, drawn exactly as `StableDiffusionPipeline.prepare_latents` draws it."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    scale = vae_scale_factor(pipe)
     height = height or pipe.unet.config.sample_size * scale
     width = width or pipe.unet.config.sample_size * scale
     if height % scale or width % scale:
@@ -105,14 +146,8 @@ class SampleOutput:
 
 
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images `(B, 3, H, W)` in [0, 1]."""
-    x = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return (x / 2 + 0.5).clamp(0, 1)
-
-
-def to_pil(images: torch.Tensor) -> list:
-    arr = (images.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in arr]
+    """Latents -> images `(B, 3, H, W)` in [0, 1]: `studio.latents.decode` (with the VAE's shift)."""
+    return decode(pipe.vae, latents)
 
 
 def guided_noise(unet, latents, t, cond, uncond, guidance_scale, scheduler=None):
@@ -125,6 +160,30 @@ def guided_noise(unet, latents, t, cond, uncond, guidance_scale, scheduler=None)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     x = scheduler.scale_model_input(latents, t) if scheduler is not None else latents
     return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+
+
+def _embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale):
+    """(cond (B, 77, D), uncond (B, 77, D) or None when unguided)."""
+    if prompt_embeds is None:
+        if prompt is None:
+            raise ValueError("give a prompt (or prompt_embeds)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("the list of prompts is empty")
+        cond = encode_prompts(pipe, prompts)
+    else:
+        cond = prompt_embeds
+    n = cond.shape[0]
+    if guidance_scale <= 1.0:
+        return cond, None
+    if negative_prompt_embeds is not None:
+        uncond = negative_prompt_embeds
+    else:
+        negs = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negs) != n:
+            raise ValueError(f"{len(negs)} negative prompts for {n} prompts")
+        uncond = encode_prompts(pipe, negs)
+    return cond, uncond.expand(n, -1, -1) if uncond.shape[0] == 1 and n > 1 else uncond
 
 
 @torch.no_grad()
@@ -148,29 +207,15 @@ def sample(
     cancel=None,
     output_type: str = "pil",
     progress: bool = False,
+    force: bool = False,
 ) -> SampleOutput:
-    """DDIM + classifier-free guidance; see the module docstring. `output_type` is "pil", "pt" or "latent"."""
-    if prompt_embeds is None:
-        if prompt is None:
-            raise ValueError("give a prompt (or prompt_embeds)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("the list of prompts is empty")
-        cond = encode_prompts(pipe, prompts)
-    else:
-        cond = prompt_embeds
-    n = cond.shape[0]
-    uncond = None
-    if guidance_scale > 1.0:
-        if negative_prompt_embeds is not None:
-            uncond = negative_prompt_embeds
-        else:
-            negs = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negs) != n:
-                raise ValueError(f"{len(negs)} negative prompts for {n} prompts")
-            uncond = encode_prompts(pipe, negs)
-        uncond = uncond.expand(n, -1, -1) if uncond.shape[0] == 1 and n > 1 else uncond
+    """DDIM + classifier-free guidance; see the module docstring. `output_type` is "pil", "pt" or "latent".
 
+    `force=True` allows sizes over `MAX_SIZE_FACTOR` times the model's resolution.
+    """
+    check_settings(pipe, num_inference_steps, guidance_scale, height, width, force=force)
+    cond, uncond = _embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    n = cond.shape[0]
     if generator is None:
         generator = generators(seed, n, device="cpu" if pipe.unet.device.type == "mps" else pipe.unet.device)
     if latents is None:
@@ -195,10 +240,56 @@ def sample(
         out = scheduler.step(eps, t, latents, **step_kwargs)
         latents = out.prev_sample
         if callback is not None:
-            callback({"i": i, "t": int(t), "x": latents, "denoised": out.pred_original_sample})
+            callback(event("sampling", i + 1, len(timesteps), i=i, t=int(t), x=latents, denoised=out.pred_original_sample))
 
     images = None
     if output_type != "latent":
-        decoded = decode_latents(pipe, latents)
+        decoded = decode(pipe.vae, latents)
         images = to_pil(decoded) if output_type == "pil" else decoded
     return SampleOutput(latents=latents, images=images, timesteps=[int(t) for t in timesteps])
+
+
+def sample_many(
+    pipe,
+    prompts: str | list[str],
+    seeds: int | list = 1,
+    *,
+    batch_size: int = 32,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    callback=None,
+    cancel=None,
+    **kwargs,
+) -> list:
+    """Every prompt with every seed, sampled `batch_size` images at a time -> PIL images in the order
+    `[(p0, s0), (p0, s1), ..., (p1, s0), ...]`.
+
+    `seeds` is a list of seeds or a count n (seeds 0..n-1). An image does not depend on its batch, so
+    the batch size changes only speed and memory. `callback` gets `{"stage": "sampling", "step",
+    "total"}` counted over all batches (steps x batches), with "batch", "images" (images done before
+    this batch), "i", "t", "x", "denoised"; other keyword arguments go to `sample`.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = list(range(seeds)) if isinstance(seeds, Integral) and not isinstance(seeds, bool) else list(seeds)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}; lower it only when memory runs out")
+    if not prompts or not seeds:
+        raise ValueError(f"nothing to sample: {len(prompts)} prompts x {len(seeds)} seeds; give at least one of each")
+    check_settings(pipe, num_inference_steps, guidance_scale, kwargs.get("height"), kwargs.get("width"), force=kwargs.get("force", False))
+    for p in prompts:
+        check_prompt(pipe.tokenizer, p)
+    jobs = [(p, s) for p in prompts for s in seeds]
+    n_batches = -(-len(jobs) // batch_size)
+    steps = kwargs.get("stop_at") or num_inference_steps
+    images = []
+    for b in range(n_batches):
+        chunk = jobs[b * batch_size : (b + 1) * batch_size]
+        relay = None
+        if callback is not None:
+            relay = lambda info, b=b: callback({**info, "step": b * steps + info["step"], "total": n_batches * steps, "batch": b, "images": len(images)})  # noqa: E731
+        out = sample(
+            pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, callback=relay, cancel=cancel, **kwargs,
+        )
+        images += out.images
+    return images

@@ -241,12 +241,16 @@ def test_bad_images_give_clear_errors(tiny_pipe, tmp_path):
 
 def test_cancel_and_callback(tiny_pipe):
     from inversion import NullTextConfig, edit
+    from studio.progress import is_event
     from studio.sampling import Cancelled
 
     seen = []
     edit(tiny_pipe, _image(), "a red circle", "a blue circle", "null-text", inversion_config=NullTextConfig(num_inference_steps=3, num_inner_steps=1), callback=seen.append)
+    assert all(is_event(info) for info in seen)
     stages = [info["stage"] for info in seen]
-    assert stages == ["ddim-inversion"] * 3 + ["null-text"] * 3 + ["edit"] * 3
+    assert stages == ["null-text"] * 6 + ["edit"] * 3
+    assert [info["phase"] for info in seen[:6]] == ["pivot"] * 3 + ["null-text"] * 3
+    assert [(info["step"], info["total"]) for info in seen] == [(k, 6) for k in range(1, 7)] + [(k, 3) for k in range(1, 4)]
     assert {"i", "t", "x", "loss", "inner_steps"} <= set(seen[3]) and {"i", "t", "x", "denoised"} <= set(seen[-1])
     cancel = threading.Event()
 
