@@ -237,11 +237,12 @@ def cmd_generate(args) -> int:
     out = ensure_writable(args.out)
 
     from .images import make_grid
-    from .sampling import check_prompt, sample
+    from .sampling import check_prompt, check_settings, sample
 
     pipe = load_from_args(args)
     for p in prompts:
         check_prompt(pipe.tokenizer, p)
+    check_settings(pipe, args.steps, args.guidance, args.height, args.width, force=args.force)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, s) for p in prompts for s in seeds]
     images = []
@@ -261,6 +262,7 @@ def cmd_generate(args) -> int:
                 guidance_scale=args.guidance,
                 height=args.height,
                 width=args.width,
+                force=args.force,
                 callback=lambda info: bar.update(1),
             )
             images += res.images
@@ -298,6 +300,7 @@ def _add_generate(sub) -> None:
         "--width", type=positive_int, default=None, help="image width in pixels, a multiple of 8 (default: the model's resolution)"
     )
     g.add_argument("--batch-size", type=positive_int, default=32, help="images denoised at once (default 32; lower it if memory runs out)")
+    g.add_argument("--force", action="store_true", help="allow sizes far above the model's resolution (slow, memory-hungry)")
     g.add_argument("--grid", action="store_true", help="write grid.png even for a single image")
     g.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
     g.set_defaults(fn=cmd_generate)

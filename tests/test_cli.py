@@ -29,3 +29,36 @@ def test_bad_input_gives_a_message_not_a_stack_trace(tmp_path):
 def test_help_lists_the_commands():
     res = run("--help")
     assert res.returncode == 0 and "generate" in res.stdout and "toyworld" in res.stdout
+
+
+def test_generate_refuses_huge_sizes_unless_forced(tmp_path):
+    res = run("generate", "--prompt", "a red triangle", "--height", "4096", "--width", "4096", "--out", str(tmp_path / "g"))
+    assert res.returncode == 2 and "--force" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "g").exists()
+
+
+def test_attack_saves_the_target_beside_the_attacked_image(tmp_path):
+    from studio.cli import main
+
+    out = tmp_path / "attack"
+    assert (
+        main(
+            [
+                "attack",
+                "--prompt",
+                "a red triangle",
+                "--concept",
+                "triangle",
+                "--attack",
+                "none",
+                "--set",
+                "num_inference_steps=5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    target, attacked = Image.open(out / "target.png"), Image.open(out / "attacked.png")
+    assert target.size == attacked.size == (32, 32)
+    assert (out / "attack.json").is_file()

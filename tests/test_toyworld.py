@@ -81,3 +81,15 @@ def test_tokenizer_pins_known_ids(toy_pipe):
         assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
         assert len(tok) == 49408 and tok.model_max_length == 77
         assert tok("nudity").input_ids[1:-1] == [1156, 16436]  # two BPE tokens, as on SD
+
+
+def test_prompt_sets_cover_every_value_of_the_grammar():
+    from studio.toyworld.captions import article
+    from studio.toyworld.grammar import ATTRIBUTES, ToyConcept
+
+    assert isinstance(CONCEPTS["triangle"], ToyConcept)
+    asked = [labels for _, labels in prompts_for("triangle", "direct")]
+    for attribute in ("colour", "style", "background"):
+        seen = {labels[attribute] for labels in asked if attribute in labels}
+        assert seen == set(ATTRIBUTES[attribute]), attribute
+    assert article("a orb on a dark background") == "an orb on a dark background"
