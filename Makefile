@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # GPU users: install your own torch into .venv first; this pin is skipped when torch is present.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test venv clean browser-deps
+.PHONY: demo test venv clean clean-outputs browser-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,9 @@ test: venv
 browser-deps:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) || echo "chromium not installed: browser tests will be skipped"
 
+# the environment and caches only; what the studio made (erased models, training runs) goes with clean-outputs
 clean:
-	rm -rf $(VENV) outputs runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+clean-outputs:
+	rm -rf outputs runs
