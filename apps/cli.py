@@ -24,8 +24,11 @@ def cmd_app(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("app", help="start the web app (erase, attack, edit, generate) on http://127.0.0.1:7860",
-                       description="Start the Erasure Studio web app. It binds 127.0.0.1 and makes no network calls.")  # fmt: skip
+    p = sub.add_parser(
+        "app",
+        help="start the web app (erase, attack, edit, generate) on http://127.0.0.1:7860",
+        description="Start the Erasure Studio web app. It binds 127.0.0.1 and makes no network calls.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument(
