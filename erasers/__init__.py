@@ -33,6 +33,18 @@ METHODS = {
 }
 PRESETS = ("official", "toy")  # the paper's defaults, or the toy world's (a module's TOY_PRESETS)
 
+# evaluation budgets (`eval_config`): the papers' and one that fits the toy model on a CPU (a short
+# UnlearnDiffAtk: 5 timesteps x 20 steps = 100 gradient steps per prompt, not the official 50 x 40)
+EVAL_BUDGETS = {
+    "official": {"seeds": 4, "prompts_per_form": 10, "attack_prompts": 10, "attack_overrides": {}},
+    "toy": {
+        "seeds": 4,
+        "prompts_per_form": 8,
+        "attack_prompts": 6,
+        "attack_overrides": {"timesteps": (110, 310, 510, 710, 910), "iterations": 20},
+    },
+}
+
 _LAZY = {"Concept": "base", "ErasureResult": "base"}
 
 
@@ -129,6 +141,34 @@ def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "o
     return module.erase(pipe, concept, config, **kwargs)
 
 
+def eval_config(
+    attack: str = "unlearndiffatk", budget: str = "official", *, attack_prompts=None, seeds=None, prompts=None, attack_sets=None
+):
+    """The `EvalConfig` of an evaluation with budget `budget` (a key of `EVAL_BUDGETS`), and the line
+    that says what it runs. The toy budget's attack settings apply to UnlearnDiffAtk only;
+    `attack_sets` (fields of the attack's config) go on top."""
+    from .evaluate import EvalConfig
+
+    if budget not in EVAL_BUDGETS:
+        raise ValueError(f"unknown evaluation budget {budget!r}; use one of {', '.join(EVAL_BUDGETS)}")
+    base = EVAL_BUDGETS[budget]
+    overrides = dict(base["attack_overrides"]) if attack == "unlearndiffatk" else {}
+    overrides.update(attack_sets or {})
+    config = EvalConfig(
+        attack=attack,
+        attack_prompts=attack_prompts or base["attack_prompts"],
+        seeds=seeds or base["seeds"],
+        prompts_per_form=prompts or base["prompts_per_form"],
+        attack_overrides=overrides,
+    )
+    short = budget == "toy" and attack == "unlearndiffatk"
+    note = (
+        f"evaluation ({budget} budget): {config.prompts_per_form} prompts per form x {config.seeds} seeds, "
+        f"{attack} on {config.attack_prompts} prompts ({'5 timesteps x 20 steps' if short else 'its full budget'})"
+    )
+    return config, note
+
+
 def toy_target(method: str, name: str):
     """The toy world's erasure target (a `Concept`) for concept `name`: its erasure prompts (name,
     synonyms, colour variants); DoCo also needs anchors ("a triangle" -> "a square", with anchor captions)."""
@@ -143,4 +183,16 @@ def toy_target(method: str, name: str):
     return Concept(erasure_prompts(name), name=name)
 
 
-__all__ = ["Concept", "ErasureResult", "METHODS", "PRESETS", "check_settings", "config_class", "erase", "get_config", "toy_target"]
+__all__ = [
+    "EVAL_BUDGETS",
+    "METHODS",
+    "PRESETS",
+    "Concept",
+    "ErasureResult",
+    "check_settings",
+    "config_class",
+    "erase",
+    "eval_config",
+    "get_config",
+    "toy_target",
+]

@@ -23,16 +23,11 @@ from studio.cli import (
 )
 from studio.paths import TOY_MODEL, slug
 
-from . import METHODS, PRESETS, check_settings
+from . import EVAL_BUDGETS, METHODS, PRESETS, check_settings, eval_config
 
 
 ATTACK_CHOICES = RegistryChoices("erasers.attacks", "ATTACKS")
 JUDGE_CHOICES = RegistryChoices("studio.judges", "JUDGES")
-# the toy budget of an evaluation: a short UnlearnDiffAtk (5 timesteps x 20 steps = 100 gradient steps
-# per prompt, not the official 50 x 40 = 2000) on 6 prompts, 8 prompts per form, 4 seeds
-TOY_ATTACK = {"timesteps": (110, 310, 510, 710, 910), "iterations": 20}
-TOY_EVAL = {"seeds": 4, "prompts_per_form": 8, "attack_prompts": 6}
-OFFICIAL_EVAL = {"seeds": 4, "prompts_per_form": 10, "attack_prompts": 10}
 EVAL_NAMES = {MARKER, "report.json", "report.md", "grid.png"}
 ATTACK_NAMES = {MARKER, "attacked.png", "target.png", "attack.json"}
 BUDGET_HINT = " (the toy model's default; --budget official for the papers' budget)"
@@ -53,11 +48,6 @@ def parse_sets(pairs) -> dict:
         except json.JSONDecodeError:
             out[key.strip().replace("-", "_")] = value
     return out
-
-
-def is_toy(model) -> bool:
-    """True for the shipped toy model ('toy' or its folder)."""
-    return str(model) == "toy" or Path(model).resolve() == TOY_MODEL.resolve()
 
 
 def toy_name(text: str) -> str:
@@ -81,32 +71,16 @@ def attack_settings(attack: str, pairs) -> dict:
     return sets
 
 
-def eval_config(attack: str, budget: str, *, attack_prompts=None, seeds=None, prompts=None, attack_sets=None):
-    """The `EvalConfig` of an evaluation with `budget` "toy" or "official", and the line that says so."""
-    from .evaluate import EvalConfig
-
-    base = TOY_EVAL if budget == "toy" else OFFICIAL_EVAL
-    overrides = dict(TOY_ATTACK) if budget == "toy" and attack == "unlearndiffatk" else {}
-    overrides.update(attack_sets or {})
-    config = EvalConfig(
-        attack=attack,
-        attack_prompts=attack_prompts or base["attack_prompts"],
-        seeds=seeds or base["seeds"],
-        prompts_per_form=prompts or base["prompts_per_form"],
-        attack_overrides=overrides,
-    )
-    budget_text = "5 timesteps x 20 steps" if budget == "toy" and attack == "unlearndiffatk" else "its official budget"
-    note = (
-        f"evaluation ({budget} budget): {config.prompts_per_form} prompts per form x {config.seeds} seeds, "
-        f"{attack} on {config.attack_prompts} prompts ({budget_text})"
-    )
-    return config, note
-
-
 def _judge(name):
     from studio.judges import get_judge
 
     return get_judge(name)
+
+
+def is_toy(model) -> bool:
+    from studio.loading import is_toy as toy
+
+    return toy(model) or Path(model).resolve() == TOY_MODEL.resolve()
 
 
 def _budget(args) -> str:
@@ -254,7 +228,7 @@ def _add_eval(sub) -> None:
         "--prompts", type=positive_int, default=None, help="prompts per form: direct, synonym, alias (default 8 on the toy budget, else 10)"
     )
     v.add_argument(
-        "--budget", choices=("toy", "official"), default=None, help="evaluation budget (default: toy on the toy model, else official)"
+        "--budget", choices=list(EVAL_BUDGETS), default=None, help="evaluation budget (default: toy on the toy model, else official)"
     )
     v.add_argument(
         "--judge", choices=JUDGE_CHOICES, metavar="JUDGE", default="toy", help="judge of the images: %(choices)s (default %(default)s)"

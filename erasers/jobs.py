@@ -6,14 +6,14 @@
 ```toml
 model = "toy"              # base model of every concept (a concept may override it)
 out = "outputs/batch"      # each concept writes <out>/<name>/{model, plugin, eval, checkpoint}
-evaluate = false           # robustness report after each concept (toy-world concepts); true or false
+evaluate = false           # robustness report after each concept (toy-world concepts; the toy budget on the toy model)
 device = "cpu"             # optional: cuda, mps or cpu
 
 [[concept]]
 name = "triangle"          # the folder's name: lower case letters, digits and "-" (default: from the first prompt)
 prompts = ["a triangle"]   # a list of prompts (one string is one prompt)
 method = "advunlearn"      # any of erasers.METHODS
-preset = "toy"             # one of erasers.PRESETS: "official" (the paper's defaults) or "toy"
+preset = "toy"             # one of erasers.PRESETS: "official" (the paper's defaults) or "toy" (default on the toy model)
 export = true              # also write a plug-in text encoder (text-encoder methods); true or false
 config = { iterations = 200 }   # fields of the method's config dataclass, checked by name and type
 anchors = ["a square"]     # optional: what the concept should become (ESD erase_from, DoCo)
@@ -151,6 +151,7 @@ def parse_job(path) -> tuple[dict, list]:
 
 def _entry(c: dict, fail, settings: dict, names: set) -> JobEntry:
     """One [[concept]] table, checked: keys, types, method, preset, config, name."""
+    from studio.loading import is_toy
     from studio.toyworld.grammar import find_concept
 
     for key in c:
@@ -162,7 +163,8 @@ def _entry(c: dict, fail, settings: dict, names: set) -> JobEntry:
     method = _typed(c.get("method", "esd-x"), str, "method", fail)
     if method not in METHODS:
         fail("method", f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    preset = _typed(c.get("preset", "official"), str, "preset", fail)
+    model = _typed(c.get("model"), str, "model", fail)
+    preset = _typed(c.get("preset", "toy" if is_toy(model or settings["model"]) else "official"), str, "preset", fail)
     if preset not in PRESETS:
         fail("preset", f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     config = c.get("config", {})
@@ -172,7 +174,6 @@ def _entry(c: dict, fail, settings: dict, names: set) -> JobEntry:
         get_config(method, preset, config)
     except ValueError as e:
         fail("config", str(e))
-    model = _typed(c.get("model"), str, "model", fail)
     export = _typed(c.get("export", False), bool, "export", fail)
     raw = _typed(c.get("name"), str, "name", fail) or prompts[0]
     name = slug(raw, empty="")  # the one slug of a concept's folder (as `studio erase` names it)
@@ -251,9 +252,13 @@ def _erase_entry(entry: JobEntry, folder: Path, config, model: str, *, evaluate,
         from studio.judges import get_judge
         from studio.toyworld.grammar import find_concept
 
-        from .evaluate import EvalConfig, evaluate as run_eval, toy_spec, write_report
+        from studio.loading import is_toy
 
-        ecfg = EvalConfig()
+        from . import eval_config
+        from .evaluate import evaluate as run_eval
+        from .evaluate import toy_spec, write_report
+
+        ecfg, _ = eval_config("unlearndiffatk", "toy" if is_toy(base) else "official")
         original = load_pipeline(base, device=device)
         report = run_eval(original, pipe, toy_spec(find_concept(entry.prompts), ecfg), get_judge("toy"), ecfg, progress=progress)
         write_report(report, folder / "eval")

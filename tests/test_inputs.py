@@ -136,14 +136,15 @@ def test_help_imports_no_torch():
 
 
 def test_toy_model_defaults_to_the_toy_preset_and_budget():
-    from erasers.cli import TOY_ATTACK, eval_config, is_toy
+    from erasers import EVAL_BUDGETS, eval_config
+    from erasers.cli import is_toy
 
     args = build_parser().parse_args(["erase", "--concept", "a triangle", "--eval"])
     assert args.preset is None and is_toy(args.model)  # cmd_erase picks "toy" for the toy model
     assert not is_toy("CompVis/stable-diffusion-v1-4")
     toy, note = eval_config("unlearndiffatk", "toy")
     official, _ = eval_config("unlearndiffatk", "official")
-    assert toy.attack_overrides == TOY_ATTACK and "toy budget" in note
+    assert toy.attack_overrides == EVAL_BUDGETS["toy"]["attack_overrides"] and "toy budget" in note
     assert official.attack_overrides == {} and official.attack_prompts > toy.attack_prompts
 
 
