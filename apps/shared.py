@@ -178,7 +178,7 @@ class Studio:
 
         model = (model or "").strip() or self.default_model
         if model.startswith(SAVED):
-            return str(inside(self.outputs, model[len(SAVED) :]))
+            return str(self.under(model[len(SAVED) :]))
         if is_toy(model) or model == self.default_model:
             return model
         return self.allowed(model)
@@ -188,8 +188,15 @@ class Studio:
         if not value:
             return None
         if value.startswith(ENCODER):
-            return str(inside(self.outputs, value[len(ENCODER) :]))
+            return str(self.under(value[len(ENCODER) :]))
         return self.allowed(value)
+
+    def under(self, name: str) -> Path:
+        """A folder named relative to the output folder (a saved model, an exported encoder); nothing outside it."""
+        try:
+            return inside(self.outputs, name)
+        except ValueError:
+            raise ValueError(f"{name!r} is not a folder inside the output folder; pick a model from the list") from None
 
     def allowed(self, spec: str) -> str:
         """`spec` itself on loopback; elsewhere, a path must resolve inside an allowed root (one answer for
@@ -231,7 +238,7 @@ class Studio:
     def resolve(self, choice: str, model: str, text_encoder: str, state: dict):
         """(pipeline, label) for a tab-level model choice."""
         shown = (model or "").strip() or self.default_model
-        shown = self.rel(inside(self.outputs, shown[len(SAVED) :])) if shown.startswith(SAVED) else shown
+        shown = shown[len(SAVED) :] if shown.startswith(SAVED) else shown
         choice = (choice or ORIGINAL).strip()
         if choice == ORIGINAL:
             enc = f" + encoder {Path(text_encoder.split(':', 1)[-1]).name}" if text_encoder else ""
@@ -248,8 +255,7 @@ class Studio:
         if choice.startswith(ENCODER):
             return self.load(model, choice), f"{shown} + plug-in encoder {Path(choice).name}"
         if choice.startswith(SAVED):
-            folder = inside(self.outputs, choice[len(SAVED) :])
-            return self.load(choice), self.erased_label(folder)
+            return self.load(choice), self.erased_label(self.under(choice[len(SAVED) :]))
         return self.load(choice), choice
 
     # ------------------------------------------------------------------ page-load and small handlers

@@ -1,6 +1,7 @@
 """The app through its API (gradio_client against the launched server): every tab on the toy model with
 tiny budgets, streaming, cancel, private sessions, readable errors, and what the server exposes."""
 
+import json
 import threading
 import time
 import zipfile
@@ -387,3 +388,163 @@ def test_bad_input_gets_a_readable_error(app, tmp_path, api_name, kwargs, expect
     message = error_of(Session(app.url), api_name, **kwargs)
     assert expected in message
     assert "Traceback" not in message and 'File "' not in message
+
+
+@pytest.mark.parametrize(
+    "api_name, kwargs, expected",
+    [
+        # guidance NaN or inf: black or unguided images otherwise
+        ("/generate", dict(guidance="nan"), "guidance must be a finite number, got 'nan'"),
+        ("/generate", dict(guidance="inf"), "guidance must be a finite number"),
+        ("/erase", dict(guidance="-inf"), "guidance must be a finite number"),
+        ("/attack", dict(guidance="nan"), "guidance must be a finite number"),
+        ("/edit", dict(image=str(SAMPLE), guidance="nan"), "guidance must be a finite number"),
+        # steps 0 or negative
+        ("/generate", dict(steps=0), "steps must be at least 1, got 0"),
+        ("/generate", dict(steps=-5), "steps must be at least 1, got -5"),
+        ("/erase", dict(sample_steps=0), "sampling steps must be at least 1"),
+        ("/attack", dict(steps=-1), "sampling steps must be at least 1"),
+        ("/edit", dict(image=str(SAMPLE), steps=0), "steps must be at least 1"),
+        # no seeds
+        ("/generate", dict(seeds_text=" "), "give at least one seed"),
+        ("/erase", dict(ev_seeds=0), "seeds per prompt must be at least 1, got 0"),
+        # an empty source prompt
+        ("/edit", dict(image=str(SAMPLE), source="   "), "type a source prompt"),
+        # settings fields of the wrong type: the fields and 'More settings'
+        ("/erase", dict(lr="abc"), "Learning rate must be a number, got 'abc'"),
+        ("/erase", dict(iterations=1.5), "Iterations must be a whole number, got 1.5"),
+        ("/erase", dict(more_json='{"lr": "abc"}'), "lr must be a number, got 'abc'"),
+        ("/erase", dict(more_json='{"iterations": 1.5}'), "iterations must be a whole number, got 1.5"),
+        ("/erase", dict(more_json='{"seed": "zero"}'), "seed must be a whole number, got 'zero'"),
+        ("/erase", dict(more_json='{"no_such_setting": 1}'), "esd-x has no setting no_such_setting"),
+        ("/erase", dict(method="doco", anchor_text="a square", more_json='{"hflip": "no"}'), "hflip must be true or false, got 'no'"),
+        ("/attack", dict(iters=2.5), "attack steps per timestep must be a whole number, got 2.5"),
+        ("/attack", dict(attack="random", draws="many"), "random draws must be a whole number, got 'many'"),
+        ("/edit", dict(image=str(SAMPLE), inner_steps=0.5), "null-text inner steps must be a whole number"),
+        # the prompt-to-prompt syntax of inversion.options (WORD=SCALE; the old 'word: scale' is refused)
+        ("/edit", dict(image=str(SAMPLE), reweight="blue: 2"), "write WORD=SCALE pairs separated by commas"),
+        ("/edit", dict(image=str(SAMPLE), blend="red |"), "words on both sides of one bar"),
+    ],
+)
+def test_bad_values_get_one_line_errors_before_any_work(app, api_name, kwargs, expected):
+    s = Session(app.url)
+    if isinstance(kwargs.get("image"), str):
+        kwargs = {**kwargs, "image": handle_file(kwargs["image"])}
+    job = s.submit(api_name, **kwargs)
+    with pytest.raises(AppError) as info:
+        job.result(timeout=120)
+    message = str(info.value)
+    assert expected in message and "\n" not in message.strip() and "Traceback" not in message
+    # refused before any work: the only status shown is the error itself (no "Loading ...")
+    statuses = [o[0] for o in job.outputs() if o and isinstance(o[0], str)]
+    assert statuses and all("Error:" in t for t in statuses), statuses
+
+
+def test_a_tiny_image_is_edited_with_a_warning(app, tmp_path):
+    from PIL import Image
+
+    dot = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (215, 35, 35)).save(dot)
+    out = Session(app.url).run("/edit", image=handle_file(str(dot)), source="a red triangle", target="a blue triangle", **EDIT)
+    assert "upscaled to 32x32" in out["Edit details"] and "Reconstruction PSNR" in out["Edit status"]
+
+
+def test_a_library_value_error_during_a_job_is_one_line(app):
+    s = Session(app.url)
+    job = s.submit("/edit", image=handle_file(str(SAMPLE)), source="a red triangle", target="a blue triangle", blend="dragon", **EDIT)
+    with pytest.raises(AppError) as info:
+        job.result(timeout=120)
+    message = str(info.value)
+    assert "dragon" in message and "\n" not in message.strip() and "Traceback" not in message
+    assert "job error" in job.outputs()[-1][0]
+
+
+def test_an_error_replaces_the_previous_done(app):
+    """A failed job's status says Error in place of the previous job's Done (not a toast above a stale Done)."""
+    s = Session(app.url)
+    ok = s.run("/generate", prompts_text="a red triangle", seeds_text="0", steps=2)
+    assert "job done" in ok["Generate status"]
+    job = s.submit("/generate", prompts_text="a red triangle", seeds_text="0", steps=0)
+    with pytest.raises(AppError):
+        job.result(timeout=60)
+    last = job.outputs()[-1]
+    assert "job error" in last[0] and "Error: steps must be at least 1" in last[0] and "job done" not in last[0]
+
+
+def test_config_carries_no_absolute_server_paths(app, erased):
+    import httpx
+
+    erased.session.run("/save_model")
+    s = Session(app.url)
+    choices = s.run("/refresh_models")
+    values = [v for _, v in choices["Model:props"]["choices"]] + [v for _, v in choices["Model to attack:props"]["choices"]]
+    assert any(v.startswith("saved:models/") for v in values)  # saved models are listed, relative to the output folder
+    config = httpx.get(app.url + "config").text + json.dumps(choices, default=str)
+    assert str(app.outputs) not in config
+    assert str(Path(app.outputs).resolve()) not in config
+
+
+def test_pickles_are_never_loaded_and_the_message_fits_the_app(app, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really a pickle")
+    message = error_of(Session(app.url), "/check_model", model=str(ckpt))
+    assert "never loads pickle" in message and "--allow-pickle" not in message and "allow_pickle" not in message
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """An app built as if it listened on 0.0.0.0 (it is launched on 127.0.0.1 for the test), with one --allow-root."""
+    from apps.studio_app import build_app, launch_kwargs
+
+    model, judge = toy_model()
+    outputs, allowed = tmp_path_factory.mktemp("remote-outputs"), ROOT / "assets"
+    demo = build_app(outputs, model, judge_path=judge, device="cpu", host="0.0.0.0", allow_roots=[allowed])
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs())
+    yield SimpleNamespace(url=url, outputs=outputs)
+    demo.close()
+
+
+def test_a_remote_facing_app_loads_models_only_from_allowed_roots(remote, tmp_path):
+    s = Session(remote.url)
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    refused = {}
+    for spec in ("/no/such/model", "/etc", str(ROOT / "README.md"), str(tmp_path / "model.ckpt"), "../../etc", "~"):
+        refused[spec] = error_of(s, "/check_model", model=spec)
+    # one answer whatever the path is: nothing tells a remote user whether it exists
+    answers = {m.replace(repr(spec), "SPEC") for spec, m in refused.items()}
+    assert len(answers) == 1, refused
+    assert "--allow-root" in answers.pop()
+    assert "no model at" not in " ".join(refused.values()) and "not a checkpoint" not in " ".join(refused.values())
+    # a hub id that cannot load says no more than a refused path; an allowed root loads
+    assert "could not load 'nobody/no-such-model'" in error_of(s, "/check_model", model="nobody/no-such-model")
+    assert "Loaded" in s.client.predict(str(ROOT / "assets" / "toy-model"), "", api_name="/check_model")
+    # the tab pickers take custom values: the same rule
+    assert "--allow-root" in error_of(s, "/generate", compare="/etc", prompts_text="a red triangle", seeds_text="0", steps=1)
+    assert "not a folder inside the output folder" in error_of(s, "/generate", compare="encoder:/etc", seeds_text="0", steps=1)
+
+
+def test_cli_app_options(monkeypatch, capsys):
+    import os
+
+    import huggingface_hub.constants
+
+    import apps.studio_app
+    from studio.cli import build_parser
+
+    args = build_parser().parse_args(["app", "--host", "0.0.0.0", "--allow-root", "/data/a", "--allow-root", "/data/b", "--offline"])
+    assert (args.allow_root, args.offline) == (["/data/a", "/data/b"], True)
+    built = {}
+
+    class Demo:
+        def launch(self, **kwargs):
+            built["launch"] = kwargs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", huggingface_hub.constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(apps.studio_app, "build_app", lambda outputs, model, **kw: built.update(kw) or Demo())
+    assert args.fn(args) == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # --offline: the hub is never reached
+    assert built["host"] == "0.0.0.0" and built["allow_roots"] == ["/data/a", "/data/b"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["app", "--help"])
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().out  # the help says what the app does with hub ids

@@ -253,6 +253,7 @@ class EraseTab:
         config = config_of(form)
         steps, guidance = as_int(form.sample_steps, "sampling steps", 1), as_float(form.guidance, "guidance")
         preview_every = as_int(form.preview_every or 0, "preview every", 0)
+        ecfg = erase_results.eval_config(form, steps, guidance) if form.evaluate_on else None
         concept = Concept(prompts, anchors=lines(form.anchor_text), retain=lines(form.retain_text))
         yield {
             "status": status(0, 1, f"Loading {form.model or self.studio.default_model} ..."),
@@ -309,9 +310,9 @@ class EraseTab:
                     )
                 }
                 return
-            yield from self.after(form, state, result, pipe, prompts, steps, guidance, cancel)
+            yield from self.after(form, state, result, pipe, prompts, steps, guidance, ecfg, cancel)
 
-    def after(self, form, state, result, pipe, prompts, steps, guidance, cancel):
+    def after(self, form, state, result, pipe, prompts, steps, guidance, ecfg, cancel):
         """Keep the result in this session, then show before / after and (optionally) the robustness report."""
         key, name = uuid.uuid4().hex[:8], result.concept.name
         name = name if len(name) <= 40 else name[:37] + "..."
@@ -361,7 +362,7 @@ class EraseTab:
                 "On the toy model, name a toy-world concept (a shape, colour or fill style).*",
             }
             return
-        yield from erase_results.evaluation(self.studio, form, cancel, original, pipe, concept, summary, steps, guidance)
+        yield from erase_results.evaluation(self.studio, form, ecfg, cancel, original, pipe, concept, summary)
 
     def save_model(self, form, state, session):
         key = state.get("last")
