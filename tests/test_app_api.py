@@ -548,3 +548,22 @@ def test_cli_app_options(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["app", "--help"])
     assert "HF_HUB_OFFLINE" in capsys.readouterr().out  # the help says what the app does with hub ids
+
+
+@pytest.mark.parametrize(
+    "event, shown, share",
+    [
+        ({"stage": "esd-x", "step": 3, "total": 12, "loss": 0.5}, "esd-x 3/12 (25%) · loss 0.5", 25.0),
+        ({"step": 6, "total": 12, "loss": 0.25}, "working 6/12 (50%) · loss 0.25", 50.0),  # an eraser's older shape
+        ({"i": 4, "t": 801, "x": object(), "denoised": object()}, "working 5", 0.0),  # sampling's older shape, no total
+        ({"stage": "utility", "done": 2, "total": 4}, "utility 2/4 (50%)", 50.0),  # the evaluation's older shape
+        ({"stage": "eval", "i": -1, "success": True, "image": object()}, "eval 0 · success True", 0.0),
+    ],
+)
+def test_one_progress_renderer_for_every_event_shape(event, shown, share):
+    from apps.ui import progress
+
+    html_text = progress("Job", event, 10.0)
+    assert f"Job: {shown} · 10 s" in html_text.replace("&amp;", "&")
+    assert f"width:{share:.1f}%" in html_text
+    assert "object at" not in html_text  # heavy values (images, latents) are never printed
