@@ -154,7 +154,7 @@ def table(cells: list, budget: str) -> str:
             if not rows:
                 continue
             steps = sorted({p["step"] for c in rows for p in c["measurements"]["curve"]})
-            out += ["", f"### Relearning, {kind.split('-')[1]} (fine-tuning the component the eraser changed)", ""]
+            out += ["", f"### Relearning, k = {kind.split('-k')[1]} images (fine-tuning the component the eraser changed; the references in each)", ""]
             out.append("| model | component | " + " | ".join(f"s={s}" for s in steps) + " | steps to 50% | ratio to oracle | cost |")
             out.append("|" + "---|" * (len(steps) + 5))
             for model in models:
@@ -165,7 +165,9 @@ def table(cells: list, budget: str) -> str:
                     oracle = by.get(("oracle", concept, kind, c["component"]))
                     if model == "oracle":
                         ratio = "1"
-                    elif oracle is None or oracle.get("missing"):
+                    elif oracle is None:
+                        ratio = "-"
+                    elif oracle.get("missing"):
                         ratio = NO_ORACLE
                     else:
                         ratio = compare(_R(c), oracle).get("ratio_text", "-")

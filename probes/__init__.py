@@ -35,7 +35,7 @@ PROBES = {
 
 # smaller budgets, for a run that fits in minutes on a CPU (the table's --budget small, the CLI's)
 SMALL = {
-    "relearning": {"checkpoints": (0, 10, 25), "prompts": 2, "seeds": 2, "num_inference_steps": 10},
+    "relearning": {"checkpoints": (0, 10, 25), "prompts": 2, "seeds": 2, "num_inference_steps": 10, "checkpoint_every": 5},
     "inversion": {"images": 2, "methods": ("ddim",), "num_inference_steps": 10},
     "completion": {"images": 2, "noise_levels": (0.5,), "num_inference_steps": 10},
     "inpainting": {"images": 2, "num_inference_steps": 10},
