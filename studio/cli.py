@@ -28,13 +28,15 @@ from .paths import ASSETS, slug
 PLUGINS = ("erasers.cli", "inversion.cli", "apps.cli")  # modules with a register(subparsers) function
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 MARKER = ".erasure-studio"  # written into every output folder the studio creates; only marked folders are ever deleted
-STUDIO_NAMES = {MARKER, "checkpoint", "model", "eval", "plugin", "done.json"}  # what the studio writes into a concept folder
+STUDIO_NAMES = {MARKER, "checkpoint", "model", "model.tmp", "eval", "plugin", "done.json"}  # what the studio writes into a concept folder
 
 __all__ = [
     "DTYPES",
     "MARKER",
+    "STUDIO_NAMES",
     "RegistryChoices",
     "add_model_args",
+    "add_threads_arg",
     "build_parser",
     "check_folder",
     "claim_folder",
@@ -48,6 +50,7 @@ __all__ = [
     "refuse_overwrite",
     "set_threads",
     "slug",
+    "toyworld_train_paths",
 ]
 
 
