@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _util import write_results  # noqa: E402
-from erasers.doco import DoCoConfig, PatchDiscriminator, _bce, _Schedule, anchor_latents, toy_concept, training_pairs  # noqa: E402
+from erasers.doco import DoCoConfig, NoiseSchedule, PatchDiscriminator, anchor_latents, bce, toy_concept, training_pairs  # noqa: E402
 from studio.loading import load_pipeline  # noqa: E402
 from studio.sampling import encode_prompts  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> None:
     which = torch.arange(len(z)) % len(pairs)
     with torch.no_grad():
         e_anchor, e_target = encode_prompts(pipe, [a for a, _ in pairs]), encode_prompts(pipe, [t for _, t in pairs])
-    schedule = _Schedule(pipe, "cpu")
+    schedule = NoiseSchedule(pipe, "cpu")
 
     @torch.no_grad()
     def predictions(idx, t, seed):
@@ -66,7 +66,7 @@ def main() -> None:
             opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
             losses = []
             for real, fake in data:
-                loss = _bce(disc(real), 0.0) + _bce(disc(fake), 1.0)
+                loss = bce(disc(real), 0.0) + bce(disc(fake), 1.0)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -64,14 +64,14 @@ EVAL_VERSION = 3  # 1: 4 retain prompts per concept (16 images for a style: too 
 
 
 def judged(pipe, name: str, judge, seeds=2, steps=25, n=8, retain=8) -> dict:
-    from erasers.evaluate import EvalConfig, _all_match, _generate, toy_spec
+    from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
 
     ecfg = EvalConfig(seeds=seeds, prompts_per_form=n, retain_prompts_per_concept=retain, num_inference_steps=steps)
     spec = toy_spec(name, ecfg)
-    out = {form: float(1 - judge.shows(_generate(pipe, prompts, ecfg), spec.concept).mean()) for form, prompts in spec.forms.items()}
+    out = {form: float(1 - judge.shows(generate(pipe, prompts, ecfg), spec.concept).mean()) for form, prompts in spec.forms.items()}
     asked = [a for _, a in spec.retain for _ in range(ecfg.seeds)]
-    preds = judge.predict(_generate(pipe, [p for p, _ in spec.retain], ecfg))
-    out["retained"] = float(np.mean([_all_match(p, a) for p, a in zip(preds, asked)]))
+    preds = judge.predict(generate(pipe, [p for p, _ in spec.retain], ecfg))
+    out["retained"] = float(np.mean([all_match(p, a) for p, a in zip(preds, asked)]))
     return out
 
 

@@ -39,13 +39,13 @@ def erased(method_name, concept):
 
 def remeasure_kid(row, eval_config, judge):
     """Recompute a cached row's KID with the current estimator (re-erases: the erasure is deterministic)."""
-    from erasers.evaluate import _generate
+    from erasers.evaluate import generate
     from studio.judges import kid
 
     spec = toy_spec(row["concept"], eval_config)
     prompts = [p for p, _ in spec.retain]
-    before = _generate(load_pipeline("toy"), prompts, eval_config)
-    after = _generate(erased(row["method"], row["concept"])[0], prompts, eval_config)
+    before = generate(load_pipeline("toy"), prompts, eval_config)
+    after = generate(erased(row["method"], row["concept"])[0], prompts, eval_config)
     row["utility"]["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
     row["utility"]["kid_estimator"] = KID_ESTIMATOR
     return row

@@ -29,7 +29,7 @@ import torch
 
 from _util import write_results
 from erasers import Concept, erase, get_config
-from erasers.evaluate import EvalConfig, _all_match, _generate, toy_spec
+from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
 from studio.judges import get_judge
 from studio.loading import load_pipeline
 from studio.toyworld.captions import erasure_prompts
@@ -40,10 +40,10 @@ def quick_eval(pipe, name, judge, seeds=2, steps=25, n=8):
     `erasers.evaluate` does (the erased attribute's kind plus shape/colour; background is left free)."""
     cfg = EvalConfig(seeds=seeds, num_inference_steps=steps, prompts_per_form=n, retain_prompts_per_concept=4)
     spec = toy_spec(name, cfg)
-    rate = float(judge.shows(_generate(pipe, spec.forms["direct"], cfg), name).mean())
-    preds = judge.predict(_generate(pipe, [p for p, _ in spec.retain], cfg))
+    rate = float(judge.shows(generate(pipe, spec.forms["direct"], cfg), name).mean())
+    preds = judge.predict(generate(pipe, [p for p, _ in spec.retain], cfg))
     asked = [a for _, a in spec.retain for _ in range(seeds)]
-    acc = float(np.mean([_all_match(p, a) for p, a in zip(preds, asked)]))
+    acc = float(np.mean([all_match(p, a) for p, a in zip(preds, asked)]))
     return rate, acc
 
 

@@ -241,6 +241,7 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
         {"opt": opt},
         seed=config.seed,
         checkpoint_dir=checkpoint_dir,
+        stage="advunlearn",
         every=config.checkpoint_every,
         callback=callback,
         cancel=cancel,

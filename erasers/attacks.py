@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from studio.latents import encode
+from studio.progress import event
 from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample
 
 # ----------------------------------------------------------------------------- prefix encoding
@@ -219,7 +221,8 @@ def soft_prompt_attack(
 
     Returns `(delta, info)`: `delta` `(k, D)` float32, detached; `info = {"losses": [...],
     "unet_evals": n, "steps": n, "init": "random" | "latest", "init_tokens": ids | None}` (UNet evaluations of the attack
-    itself, not those `batches` spends on targets). `callback({"i", "loss", "prefix"})` after each step.
+    itself, not those `batches` spends on targets). `callback` gets `{"stage": "soft-prompt", "step",
+    "total", "i", "loss", "prefix"}` after each step.
     """
     config = config or SoftPromptConfig()
     device = _unwrap(text_encoder).get_input_embeddings().weight.device
@@ -250,7 +253,7 @@ def soft_prompt_attack(
         losses.append(loss.item())
         unet_evals += z_t.shape[0]
         if callback is not None:
-            callback({"i": i, "loss": losses[-1], "prefix": delta.detach().clone()})
+            callback(event("soft-prompt", i + 1, config.steps, i=i, loss=losses[-1], prefix=delta.detach().clone()))
     return delta.detach(), {"losses": losses, "unet_evals": unet_evals, "steps": config.steps, "init": init, "init_tokens": init_tokens}
 
 
@@ -283,16 +286,9 @@ class AttackResult:
 
 
 def encode_image(pipe, images) -> torch.Tensor:
-    """Clean latents `(B, 4, h, w)` of images (PIL list or `(B, 3, H, W)` in [0, 1]), as the official
-    code encodes its target image: the VAE posterior mean times the scaling factor."""
-    if not isinstance(images, torch.Tensor):
-        images = [images] if not isinstance(images, (list, tuple)) else images
-        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
-        images = torch.from_numpy(arr).permute(0, 3, 1, 2)
-    vae = pipe.vae
-    with torch.no_grad():
-        x = images.to(vae.device, vae.dtype) * 2 - 1
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    """Clean latents `(B, 4, h, w)` fp32 of images (PIL list or `(B, 3, H, W)` in [0, 1]), as the official
+    code encodes its target image: the VAE posterior mean, scaled (`studio.latents.encode`)."""
+    return encode(pipe.vae, images)
 
 
 def target_latents(
@@ -319,11 +315,11 @@ def _exact(tokenizer, text, prefix_ids, prompt) -> bool:
     return ids == want[:1] + list(prefix_ids) + want[1:]
 
 
-def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel, **entry) -> AttackResult:
+def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel, *, step: int, total: int, **entry) -> AttackResult:
     """Judge the original prompt's own image: the start of every attack (pre-ASR)."""
     ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
     if callback is not None:
-        callback({"stage": "eval", "i": -1, **entry, "prompt": prompt, "success": ok, "image": image})
+        callback(event(attack, step, total, phase="eval", i=-1, **entry, prompt=prompt, success=ok, image=image))
     return AttackResult(
         attack=attack,
         prompt=prompt,
@@ -354,7 +350,7 @@ def no_attack(
 ) -> AttackResult:
     """Judge the prompt's own image; `target_latents` is unused."""
     start = time.perf_counter()
-    result = _pre_attack("none", pipe, prompt, is_success, seed, config or NoAttackConfig(), callback, cancel)
+    result = _pre_attack("none", pipe, prompt, is_success, seed, config or NoAttackConfig(), callback, cancel, step=1, total=1)
     result.wall_time = time.perf_counter() - start
     return result
 
@@ -380,7 +376,7 @@ def random_tokens(
     start = time.perf_counter()
     tok = pipe.tokenizer
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
-    result = _pre_attack("random", pipe, prompt, is_success, seed, config, callback, cancel, draw=-1)
+    result = _pre_attack("random", pipe, prompt, is_success, seed, config, callback, cancel, step=1, total=config.draws + 1, draw=-1)
     ok = result.pre_success
     vocab = vocabulary(tok, config.vocabulary)
     gen = torch.Generator().manual_seed(seed)
@@ -394,7 +390,7 @@ def random_tokens(
         result.generations += 1
         result.history.append({"draw": d, "prompt": text, "success": ok})
         if callback is not None:
-            callback({"stage": "eval", "i": d, "prompt": text, "success": ok, "image": image})
+            callback(event("random", d + 2, config.draws + 1, phase="eval", i=d, prompt=text, success=ok, image=image))
         if ok:
             result.success = True
             break
@@ -487,8 +483,9 @@ def unlearndiffatk(
     `|| eps - eps_theta(sqrt(a_t) x_tgt + sqrt(1 - a_t) eps, t, [SOT, onehot @ E, prompt]) ||^2`.
     After each timestep block the argmax tokens are decoded to text, re-tokenised, and the text's
     image (seed `seed`) is judged; the attack stops on the first success.
-    `callback` gets `{"stage": "step", "i", "t", "loss"}` per step and
-    `{"stage": "eval", "i", "t", "prompt", "success", "image"}` per judged image.
+    `callback` gets `studio.progress` events, stage "unlearndiffatk", step / total = gradient steps:
+    `{"phase": "step", "i", "t", "loss"}` per step and `{"phase": "eval", "i", "t", "prompt",
+    "success", "image"}` per judged image (the pre-attack one at step 0).
     """
     config = config or UnlearnDiffAtkConfig()
     if target_latents is None:
@@ -498,7 +495,8 @@ def unlearndiffatk(
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
     steps, guidance = config.num_inference_steps, config.guidance_scale
 
-    result = _pre_attack("unlearndiffatk", pipe, prompt, is_success, seed, config, callback, cancel, t=None)
+    total = len(config.schedule(pipe.scheduler.config.num_train_timesteps)) * config.iterations
+    result = _pre_attack("unlearndiffatk", pipe, prompt, is_success, seed, config, callback, cancel, step=0, total=total, t=None)
     if result.pre_success:
         result.wall_time = time.perf_counter() - start
         return result
@@ -543,7 +541,7 @@ def unlearndiffatk(
                 result.unet_evals += 1
                 bar.update(1)
                 if callback is not None:
-                    callback({"stage": "step", "i": result.gradient_steps - 1, "t": t, "loss": result.losses[-1]})
+                    callback(event("unlearndiffatk", result.gradient_steps, total, phase="step", i=result.gradient_steps - 1, t=t, loss=result.losses[-1]))
 
             ids = vocab[probs.detach().argmax(-1).cpu()].tolist()
             text = adversarial_text(tok, ids, prompt)
@@ -561,7 +559,7 @@ def unlearndiffatk(
             result.unet_evals += evals
             result.generations += 1
             if callback is not None:
-                callback({"stage": "eval", "i": b, "t": t, "prompt": text, "success": ok, "image": image})
+                callback(event("unlearndiffatk", result.gradient_steps, total, phase="eval", i=b, t=t, prompt=text, success=ok, image=image))
             if ok:
                 result.success = True
                 break

@@ -10,12 +10,21 @@ A method's `erase` trains in place on `pipe` (the trained module ends up erased)
 `TrainLoop`, which gives them the same progress bar, callback, cancellation and atomic checkpoints:
 a run killed at any point and started again with the same `checkpoint_dir` resumes from the last
 checkpoint and ends with the same weights as an uninterrupted run (randomness is drawn per step from
-`(seed, step)`, so nothing depends on how many steps ran in this process).
+`(seed, step)`, so nothing depends on how many steps ran in this process). It checkpoints every
+`every` steps and at least every `checkpoint_seconds` of wall time, and on SIGINT / SIGTERM (Ctrl-C,
+`kill`) it saves a checkpoint at the step boundary and raises `Interrupted`, whose message says how
+to resume. It reports through `callback` in the one progress shape of `studio.progress`:
+`{"stage": "esd-x", "step": 12, "total": 200, "loss": 0.031, ...}`.
+
+`ErasureResult.save(folder)` never deletes what it did not write: it replaces a folder only when it
+is empty or carries the studio's marker (`studio.paths.MARKER`) or `erasure.json`.
 """
 
 import json
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from studio.checkpoint import ParamDict, atomic_write_text, load_checkpoint, save_checkpoint
-from studio.loading import ERASURE_FILE, TOY_MODEL
+from studio.loading import ERASURE_FILE
+from studio.paths import MARKER, TOY_MODEL
+from studio.progress import event
 from studio.sampling import Cancelled, check_prompt, is_cancelled
+
+
+class Interrupted(Cancelled):
+    """A run stopped by SIGINT / SIGTERM after saving its checkpoint; the message says how to resume."""
 
 
 @dataclass
@@ -79,32 +94,54 @@ class ErasureResult:
 
         By default only the changed component is written (e.g. `unet/`), beside `erasure.json` that names
         the base model; `full=True` writes a standalone diffusers pipeline instead (plus `erasure.json`).
-        `pipe` must hold the erased weights (call `apply` first if it does not).
+        `pipe` must hold the erased weights (call `apply` first if it does not). An existing `folder`
+        is replaced only when the studio wrote it (see `replaceable`); anything else raises ValueError
+        before a file is written.
         """
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
+        for path in (folder, tmp):
+            if not replaceable(path):
+                raise ValueError(
+                    f"{path} exists and holds files the studio did not write; nothing was changed. "
+                    "Save to a new or empty folder, or move those files away first."
+                )
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        (tmp / MARKER).write_text("written by Erasure Studio (an erased model); saving again may replace this folder\n")
         if full:
             pipe.save_pretrained(tmp, safe_serialization=True)
         else:
             getattr(pipe, self.component).save_pretrained(tmp / self.component, safe_serialization=True)
-        info = {
+        (tmp / ERASURE_FILE).write_text(json.dumps(self.info(base_model, full), indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    def info(self, base_model="toy", full: bool = False) -> dict:
+        """What `erasure.json` holds: the base model, the components written, method, concept, config, stats."""
+        base = str(base_model)
+        return {
             "format": "erasure-studio/1",
-            "base_model": str(TOY_MODEL.name if str(base_model) in ("toy", str(TOY_MODEL)) else base_model),
+            "base_model": "toy" if base in ("toy", str(TOY_MODEL), TOY_MODEL.name) else base,
             "components": [] if full else [self.component],
             "method": self.method,
             "concept": asdict(self.concept),
             "config": self.config,
             "stats": self.stats,
         }
-        if info["base_model"] == TOY_MODEL.name:
-            info["base_model"] = "toy"
-        (tmp / ERASURE_FILE).write_text(json.dumps(info, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        return folder
+
+
+def replaceable(folder) -> bool:
+    """True when `folder` may be deleted and written again: it does not exist, is an empty folder, or
+    the studio wrote it (it holds `studio.paths.MARKER` or `erasure.json`)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    return not any(folder.iterdir()) or (folder / MARKER).is_file() or (folder / ERASURE_FILE).is_file()
 
 
 def trainable_named(module: torch.nn.Module, names: list) -> dict:
@@ -121,11 +158,17 @@ def freeze_all_but(module: torch.nn.Module, names: list) -> None:
 class TrainLoop:
     """Progress, callback, cancellation, atomic checkpoints and exact resume for an erasure's steps.
 
-        loop = TrainLoop("esd-x", total=200, params=trained, optimizers={"opt": opt}, checkpoint_dir=d, every=50)
+        loop = TrainLoop("ESD (xattn)", total=200, params=trained, optimizers={"opt": opt}, checkpoint_dir=d, every=50, stage="esd-x")
         for step, rng, gen in loop:            # rng: numpy Generator, gen: torch Generator, both from (seed, step)
             loss = ...
             loop.log(loss=loss.item())
         loop.finish()
+
+    With a `checkpoint_dir` it saves every `every` steps, at the last step, whenever
+    `checkpoint_seconds` of wall time passed since the last save (one process only: data-parallel
+    runs save by steps, so that all processes agree), on cancel, and on SIGINT / SIGTERM, after
+    which it raises `Interrupted`. The signal handlers are installed only in the main thread, while
+    the loop runs, and the previous handlers come back afterwards; a second signal stops at once.
     """
 
     def __init__(
@@ -138,66 +181,120 @@ class TrainLoop:
         seed: int = 0,
         checkpoint_dir=None,
         every: int = 50,
+        checkpoint_seconds: float | None = 60.0,
         callback=None,
         cancel=None,
         progress: bool = True,
         extra_modules: dict | None = None,
         meta: dict | None = None,
         device="cpu",
+        stage: str | None = None,
     ):
         self.desc, self.total, self.seed = desc, total, seed
+        self.stage = stage or desc  # the progress events' stage: the method's name
         self.modules = {"trained": ParamDict(params), **(extra_modules or {})}
         self.optimizers = optimizers
         self.path = Path(checkpoint_dir) / "checkpoint.safetensors" if checkpoint_dir else None
-        self.every, self.callback, self.cancel, self.progress = every, callback, cancel, progress
+        self.every, self.checkpoint_seconds = every, checkpoint_seconds
+        self.callback, self.cancel, self.progress = callback, cancel, progress
         self.meta = meta or {}
         self.device = device
         self.rank, self.world_size = _distributed()
         self.trained = list(params.values())
         self.step = 0
         self.stats: dict = {"unet_evals": 0, "losses": []}
-        self.started = time.time()
+        self.started = self.last_save = time.time()
         self.elapsed_before = 0.0
         self.resumed_from = 0
+        self.signal_received = None  # the name of the signal that asked the loop to stop
         if self.path is not None and self.path.is_file():
-            meta, _ = load_checkpoint(self.path, self.modules, self.optimizers)
-            if meta.get("config") != self.meta.get("config"):
-                raise ValueError(
-                    f"{self.path} was written by a run with other settings; delete it or use another checkpoint_dir. "
-                    f"checkpoint: {meta.get('config')}, now: {self.meta.get('config')}"
-                )
-            self.step = self.resumed_from = meta["step"]
-            self.stats = meta.get("stats", self.stats)
-            self.elapsed_before = meta.get("seconds", 0.0)
+            self._resume()
         self._info: dict = {}
+
+    def _resume(self) -> None:
+        meta, _ = load_checkpoint(self.path, self.modules, self.optimizers)
+        if meta.get("config") != self.meta.get("config"):
+            raise ValueError(
+                f"{self.path} was written by a run with other settings; delete it or use another checkpoint_dir. "
+                f"checkpoint: {meta.get('config')}, now: {self.meta.get('config')}"
+            )
+        self.step = self.resumed_from = meta["step"]
+        self.stats = meta.get("stats", self.stats)
+        self.elapsed_before = meta.get("seconds", 0.0)
 
     def __iter__(self):
         bar = tqdm(range(self.step, self.total), initial=self.step, total=self.total, desc=self.desc, disable=not self.progress, leave=False)
-        for step in bar:
-            if is_cancelled(self.cancel):
-                self.save()
-                raise Cancelled(f"{self.desc} cancelled at step {step} of {self.total}; the checkpoint resumes it")
-            self.step = step
-            # each data-parallel process draws its own samples; one process draws exactly as before
-            key = [self.seed, step] if self.world_size == 1 else [self.seed, step, self.rank]
-            rng = np.random.default_rng(key)
-            gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
-            random.seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
-            self._info = {}
-            yield step, rng, gen
-            self.step = step + 1
-            if "loss" in self._info:
-                self.stats["losses"].append(round(float(self._info["loss"]), 6))
-                if not np.isfinite(self._info["loss"]):
-                    raise FloatingPointError(
-                        f"{self.desc}: the loss became {self._info['loss']} at step {step}; lower the learning rate. "
-                        "The last checkpoint (if any) is intact."
-                    )
-                bar.set_postfix(loss=f"{self._info['loss']:.4g}", refresh=False)
-            if self.callback is not None:
-                self.callback({"step": step + 1, "total": self.total, **self._info})
-            if self.path is not None and (self.step % self.every == 0 or self.step == self.total):
-                self.save()
+        previous = self._install_handlers()
+        try:
+            for step in bar:
+                self._stop_if_asked(step)
+                self.step = step
+                # each data-parallel process draws its own samples; one process draws exactly as before
+                key = [self.seed, step] if self.world_size == 1 else [self.seed, step, self.rank]
+                rng = np.random.default_rng(key)
+                gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
+                random.seed(self.seed * 1_000_003 + step + 7_919 * self.rank)
+                self._info = {}
+                yield step, rng, gen
+                self.step = step + 1
+                self._after_step(step, bar)
+            if self.signal_received is not None:  # a signal during the last step: the run is saved whole, stop anyway
+                self._stop_if_asked(self.total)
+        finally:
+            self._restore_handlers(previous)
+            bar.close()
+
+    def _after_step(self, step: int, bar) -> None:
+        if "loss" in self._info:
+            self.stats["losses"].append(round(float(self._info["loss"]), 6))
+            if not np.isfinite(self._info["loss"]):
+                raise FloatingPointError(
+                    f"{self.desc}: the loss became {self._info['loss']} at step {step}; lower the learning rate. The last checkpoint (if any) is intact."
+                )
+            bar.set_postfix(loss=f"{self._info['loss']:.4g}", refresh=False)
+        if self.callback is not None:
+            self.callback(event(self.stage, step + 1, self.total, **self._info))
+        if self.path is None:
+            return
+        by_time = self.world_size == 1 and self.checkpoint_seconds is not None and time.time() - self.last_save >= self.checkpoint_seconds
+        if self.step % self.every == 0 or self.step == self.total or by_time:
+            self.save()
+
+    def _stop_if_asked(self, step: int) -> None:
+        if self.signal_received is not None:
+            self.save()
+            raise Interrupted(
+                f"{self.desc} stopped by {self.signal_received} at step {step} of {self.total}; the checkpoint {self.path} "
+                "holds it: run the same command again (the same output folder or checkpoint_dir) to resume from there"
+            )
+        if is_cancelled(self.cancel):
+            self.save()
+            raise Cancelled(f"{self.desc} cancelled at step {step} of {self.total}; the checkpoint resumes it")
+
+    def _install_handlers(self) -> dict:
+        """SIGINT / SIGTERM ask the loop to stop at the next step boundary (with a checkpoint to save)."""
+        if self.path is None or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame):
+            if self.signal_received is not None:  # a second signal: stop now, as Python would
+                self._restore_handlers(previous)
+                raise KeyboardInterrupt
+            self.signal_received = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):  # not available here
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_handlers(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        previous.clear()
 
     def reduce_gradients(self, params=None) -> None:
         """Average the trained parameters' gradients (or those of `params`) over data-parallel processes
@@ -228,6 +325,7 @@ class TrainLoop:
     def save(self) -> None:
         if self.path is None:
             return
+        self.last_save = time.time()
         if self.rank == 0:
             meta = {**self.meta, "step": self.step, "stats": self.stats, "seconds": self.seconds()}
             save_checkpoint(self.path, self.modules, self.optimizers, meta=meta)

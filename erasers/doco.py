@@ -95,6 +95,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from studio.checkpoint import ParamDict, atomic_save_tensors
+from studio.latents import decode, encode
+from studio.progress import event
 from studio.sampling import Cancelled, check_prompt, ddim_scheduler, encode_prompts, is_cancelled, sample
 
 from .base import Concept, ErasureResult, TrainLoop, config_dict, freeze_all_but
@@ -248,7 +250,7 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-def _bce(logits, label: float):
+def bce(logits, label: float):
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
 
@@ -359,7 +361,7 @@ def anchor_latents(pipe, prompts: list, config: DoCoConfig, *, cache=None, callb
             atomic_save_tensors(cache, {"latents": torch.stack(done), "flipped": torch.stack(flipped)}, metadata={"key": key})
         bar.update(len(idx))
         if callback is not None:
-            callback({"stage": "anchor images", "step": len(done), "total": n})
+            callback(event("anchor images", len(done), n))
     bar.close()
     return torch.stack(done), torch.stack(flipped)
 
@@ -367,10 +369,7 @@ def anchor_latents(pipe, prompts: list, config: DoCoConfig, *, cache=None, callb
 @torch.no_grad()
 def flipped_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Latents of the horizontally flipped images (as the official data loader flips images before encoding)."""
-    vae = pipe.vae
-    scale = vae.config.scaling_factor
-    images = vae.decode(latents.to(vae.device, vae.dtype) / scale, return_dict=False)[0].clamp(-1, 1)  # (B, 3, H, W)
-    return vae.encode(images.flip(-1)).latent_dist.mean * scale
+    return encode(pipe.vae, decode(pipe.vae, latents).flip(-1))
 
 
 # ---------------------------------------------------------------- training
@@ -394,7 +393,7 @@ def _detach_start_token(module, inputs, output):
     return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
 
 
-class _Schedule:
+class NoiseSchedule:
     """x0 predictions and regression targets from the pipeline's noise schedule, for a batch of timesteps."""
 
     def __init__(self, pipe, device):
@@ -464,6 +463,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
         {"unet": opt, "discriminator": d_opt},
         seed=config.seed,
         checkpoint_dir=checkpoint_dir,
+        stage="doco",
         every=config.checkpoint_every,
         callback=callback,
         cancel=cancel,
@@ -488,7 +488,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
     with torch.no_grad():
         emb_anchor = encode_prompts(pipe, anchor_prompts)  # (P, 77, D)
         emb_target = encode_prompts(pipe, [t for _, t in pairs])  # (P, 77, D)
-    schedule = _Schedule(pipe, device)
+    schedule = NoiseSchedule(pipe, device)
     hooks = []
     if config.detach_start_token:
         hooks = [m.register_forward_hook(_detach_start_token) for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
@@ -516,7 +516,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
             if step >= config.warmup_steps:
                 out = unet(x_t, t, encoder_hidden_states=torch.cat([c_target, c_prior]), return_dict=False)[0]
                 fake = schedule.x0(out[:b], x_t[:b], t[:b])
-                loss_adv = _bce(disc(fake), 0.0)  # the non-saturating generator loss
+                loss_adv = bce(disc(fake), 0.0)  # the non-saturating generator loss
                 loss_prior = F.mse_loss(out[b:].float(), schedule.target(z0[b:], noise[b:], t[b:]).float())
                 if config.surgery == "none":
                     grads = list(torch.autograd.grad(loss_adv + 0.1 * config.prior_loss_weight * loss_prior, trained_list, allow_unused=True))
@@ -543,7 +543,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
             # the discriminator: anchor-prompt predictions of the original model are "real" (0), target-prompt
             # predictions of the trained model "fake" (1); it learns from L_D alone
             d_opt.zero_grad(set_to_none=True)
-            loss_d = _bce(disc(real.float()), 0.0) + _bce(disc(fake.float()), 1.0)
+            loss_d = bce(disc(real.float()), 0.0) + bce(disc(fake.float()), 1.0)
             loss_d.backward()
             loop.reduce_gradients(disc.parameters())
             d_opt.step()

@@ -127,6 +127,7 @@ def erase(pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint
         {"opt": opt},
         seed=config.seed,
         checkpoint_dir=checkpoint_dir,
+        stage=config.train_method,
         every=config.checkpoint_every,
         callback=callback,
         cancel=cancel,

@@ -27,7 +27,8 @@ import numpy as np
 
 from studio.images import make_grid, psnr
 from studio.judges import kid
-from studio.sampling import is_cancelled, sample, Cancelled
+from studio.progress import event, relay
+from studio.sampling import Cancelled, is_cancelled, sample_many
 
 
 @dataclass
@@ -72,31 +73,51 @@ def toy_spec(name: str, config: EvalConfig | None = None) -> EvalSpec:
     return EvalSpec(c.name, forms, retain)
 
 
-def _generate(pipe, prompts, config: EvalConfig, cancel=None):
-    jobs = [(p, config.seed + s) for p in prompts for s in range(config.seeds)]
-    images = []
-    for i in range(0, len(jobs), config.batch_size):
-        if is_cancelled(cancel):
-            raise Cancelled("evaluation cancelled")
-        chunk = jobs[i : i + config.batch_size]
-        out = sample(
-            pipe,
-            [p for p, _ in chunk],
-            seed=[s for _, s in chunk],
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-        )
-        images += out.images
-    return images
+def generate(pipe, prompts, config: EvalConfig, cancel=None, callback=None) -> list:
+    """Every prompt with the config's seeds (seed, seed+1, ...), in batches: `studio.sampling.sample_many`."""
+    seeds = [config.seed + s for s in range(config.seeds)]
+    return sample_many(
+        pipe, prompts, seeds, batch_size=config.batch_size, num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale, callback=callback, cancel=cancel,
+    )
 
 
-def _all_match(pred: dict, asked: dict) -> bool:
+def all_match(pred: dict, asked: dict) -> bool:
+    """True when the judge's prediction agrees with every attribute the prompt asked for."""
     return all(pred.get(a) == v for a, v in asked.items())
 
 
+class _Phase:
+    """One phase's progress (stage "evaluation: erasure" ...) over several sample_many calls: their
+    steps added up, so one bar goes from 0 to the phase's total once."""
+
+    def __init__(self, callback, stage: str, calls: list, config: EvalConfig):
+        self.callback, self.stage, self.done = callback, stage, 0
+        per_call = [-(-len(prompts) * config.seeds // config.batch_size) * config.num_inference_steps for prompts in calls]
+        self.total = sum(per_call)
+
+    def relay(self, **extras):
+        if self.callback is None:
+            return None
+        offset = self.done
+
+        def inner(info):
+            self.done = offset + info["step"]
+            self.callback({**info, **extras, "stage": self.stage, "step": self.done, "total": self.total})
+
+        return inner
+
+
 def evaluate(original, erased, spec: EvalSpec, judge, config: EvalConfig | None = None, *, callback=None, cancel=None, progress=True) -> dict:
-    """Run the whole report; see the module docstring. Returns a JSON-able dict (images under "_images")."""
+    """Run the whole report; see the module docstring. Returns a JSON-able dict (images under "_images").
+
+    `callback` gets `studio.progress` events: "evaluation: erasure" and "evaluation: utility" (sampling
+    steps, with "form" and "model"), the attack's own events (stage = attack name) with "attack_prompt"
+    of "attack_prompts", "evaluation: attack" once per attacked prompt, and "evaluation" once per phase.
+    """
     from tqdm.auto import tqdm
+
+    from studio.progress import describe
 
     config = config or EvalConfig()
     t0 = time.time()
@@ -104,19 +125,37 @@ def evaluate(original, erased, spec: EvalSpec, judge, config: EvalConfig | None 
     stages = ["erasure", "utility", "attack"]
     bar = tqdm(total=len(stages), desc="evaluating", disable=not progress, leave=False)
 
+    def report_to(info):
+        bar.set_description_str(describe(info), refresh=False)
+        if callback is not None:
+            callback(info)
+
     def tick(stage):
         bar.update(1)
-        if callback is not None:
-            callback({"stage": stage, "done": stages.index(stage) + 1, "total": len(stages)})
+        report_to(event("evaluation", stages.index(stage) + 1, len(stages), phase=stage))
 
-    # erasure success per form
-    erasure = {}
-    keep_images = {}
-    for form, prompts in spec.forms.items():
-        if not prompts:
-            continue
-        before = _generate(original, prompts, config, cancel)
-        after = _generate(erased, prompts, config, cancel)
+    try:
+        report["erasure"], keep_images = erasure_rates(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
+        tick("erasure")
+        report["utility"] = utility(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
+        tick("utility")
+        report["attack"] = run_asr(original, erased, spec, judge, config, callback=report_to, cancel=cancel, progress=progress)
+        tick("attack")
+    finally:
+        bar.close()
+    report["seconds"] = round(time.time() - t0, 1)
+    report["_images"] = {"forms": keep_images, "attack": report["attack"].pop("_images")}
+    return report
+
+
+def erasure_rates(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None) -> tuple[dict, dict]:
+    """Erasure success per form: (rates by form, the images and verdicts by form)."""
+    forms = {form: prompts for form, prompts in spec.forms.items() if prompts}
+    phase = _Phase(callback, "evaluation: erasure", [p for p in forms.values() for _ in range(2)], config)
+    erasure, keep_images = {}, {}
+    for form, prompts in forms.items():
+        before = generate(original, prompts, config, cancel, phase.relay(form=form, model="original"))
+        after = generate(erased, prompts, config, cancel, phase.relay(form=form, model="erased"))
         shown_before = judge.shows(before, spec.concept)
         shown_after = judge.shows(after, spec.concept)
         erasure[form] = {
@@ -127,67 +166,56 @@ def evaluate(original, erased, spec: EvalSpec, judge, config: EvalConfig | None 
             "erasure_success": float(1 - shown_after.mean()),
         }
         keep_images[form] = (prompts, before, after, shown_before, shown_after)
-    report["erasure"] = erasure
-    tick("erasure")
-
-    # utility on the retain prompts
-    utility = {}
-    if spec.retain:
-        prompts = [p for p, _ in spec.retain]
-        before = _generate(original, prompts, config, cancel)
-        after = _generate(erased, prompts, config, cancel)
-        asked = [a for _, a in spec.retain for _ in range(config.seeds)]
-        if any(asked) and hasattr(judge, "predict"):
-            pb, pa = judge.predict(before), judge.predict(after)
-            acc_b = float(np.mean([_all_match(p, a) for p, a in zip(pb, asked)]))
-            acc_a = float(np.mean([_all_match(p, a) for p, a in zip(pa, asked)]))
-            utility.update(retained_acc_original=acc_b, retained_acc_erased=acc_a, retained_ratio=acc_a / max(acc_b, 1e-9))
-        if hasattr(judge, "features"):
-            utility["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
-        utility["paired_psnr"] = float(np.mean([min(psnr(a, b), 60.0) for a, b in zip(before, after)]))
-    report["utility"] = utility
-    tick("utility")
-
-    # attack success rate
-    report["attack"] = run_asr(original, erased, spec, judge, config, cancel=cancel, progress=progress)
-    tick("attack")
-    bar.close()
-    report["seconds"] = round(time.time() - t0, 1)
-    report["_images"] = {"forms": keep_images, "attack": report["attack"].pop("_images")}
-    return report
+    return erasure, keep_images
 
 
-def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, cancel=None, progress=True) -> dict:
+def utility(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None) -> dict:
+    """Retained accuracy, KID on judge features and paired PSNR on the retain prompts ({} without any)."""
+    if not spec.retain:
+        return {}
+    prompts = [p for p, _ in spec.retain]
+    phase = _Phase(callback, "evaluation: utility", [prompts, prompts], config)
+    before = generate(original, prompts, config, cancel, phase.relay(model="original"))
+    after = generate(erased, prompts, config, cancel, phase.relay(model="erased"))
+    out = {}
+    asked = [a for _, a in spec.retain for _ in range(config.seeds)]
+    if any(asked) and hasattr(judge, "predict"):
+        pb, pa = judge.predict(before), judge.predict(after)
+        acc_b = float(np.mean([all_match(p, a) for p, a in zip(pb, asked)]))
+        acc_a = float(np.mean([all_match(p, a) for p, a in zip(pa, asked)]))
+        out.update(retained_acc_original=acc_b, retained_acc_erased=acc_a, retained_ratio=acc_a / max(acc_b, 1e-9))
+    if hasattr(judge, "features"):
+        out["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
+    out["paired_psnr"] = float(np.mean([min(psnr(a, b), 60.0) for a, b in zip(before, after)]))
+    return out
+
+
+def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None, progress=True) -> dict:
+    """The attack success rate over the first `attack_prompts` direct prompts (targets from the original model)."""
     from . import attacks
 
     prompts = spec.forms.get("direct", [])[: config.attack_prompts]
     is_success = lambda images: judge.shows(images, spec.concept)  # noqa: E731
     results, images = [], []
     for i, prompt in enumerate(prompts):
+        if is_cancelled(cancel):
+            raise Cancelled(f"evaluation cancelled before attack prompt {i + 1} of {len(prompts)}")
         seed = config.seed + i
         target = attacks.target_latents(original, prompt, seed=seed)
         res = attacks.run_attack(
-            config.attack, erased, prompt, target, is_success, config=config.attack_overrides or None, seed=seed, cancel=cancel, progress=progress
+            config.attack, erased, prompt, target, is_success, config=config.attack_overrides or None, seed=seed, cancel=cancel,
+            progress=progress, callback=relay(callback, attack_prompt=i + 1, attack_prompts=len(prompts)),
         )
         results.append(res)
         images.append(res.image)
+        if callback is not None:
+            callback(event("evaluation: attack", i + 1, len(prompts), attack=config.attack, prompt=prompt, success=bool(res.success)))
     summary = attacks.asr(results) if results else {"asr": None, "pre_asr": None, "n": 0}
-    return {
-        "name": config.attack,
-        **summary,
-        "per_prompt": [
-            {
-                "prompt": r.prompt,
-                "adversarial_prompt": r.adversarial_prompt,
-                "pre_success": bool(r.pre_success),
-                "success": bool(r.success),
-                "unet_evals": r.unet_evals,
-            }
-            for r in results
-        ],
-        "unet_evals": int(sum(r.unet_evals for r in results)),
-        "_images": images,
-    }
+    per_prompt = [
+        {"prompt": r.prompt, "adversarial_prompt": r.adversarial_prompt, "pre_success": bool(r.pre_success), "success": bool(r.success), "unet_evals": r.unet_evals}
+        for r in results
+    ]
+    return {"name": config.attack, **summary, "per_prompt": per_prompt, "unet_evals": int(sum(r.unet_evals for r in results)), "_images": images}
 
 
 def format_table(report: dict) -> str:

@@ -12,6 +12,7 @@ TOKENIZER = ASSETS / "tokenizer"
 CONFIGS = ASSETS / "configs"  # local diffusers configs for single-file checkpoints (no download)
 PROMPTS = ASSETS / "prompts"
 SAMPLES = ASSETS / "samples"
+MARKER = ".erasure-studio"  # written into every folder the studio creates; only folders holding it (or empty ones) are ever replaced
 
 
 def slug(text: str, n: int = 40, empty: str = "prompt") -> str:

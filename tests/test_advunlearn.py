@@ -183,7 +183,7 @@ def test_advunlearn_erases_triangles_and_the_exported_encoder_keeps_them_erased(
     plug-in encoder, loaded into a fresh toy pipeline, gives the same erased model."""
     import numpy as np
 
-    from erasers.evaluate import EvalConfig, _generate
+    from erasers.evaluate import EvalConfig, generate
     from studio.toyworld.captions import erasure_prompts, prompts_for
 
     cfg = EvalConfig(seeds=2, num_inference_steps=20)
@@ -192,8 +192,8 @@ def test_advunlearn_erases_triangles_and_the_exported_encoder_keeps_them_erased(
     others_shape = [s for s in ("circle", "square", "star") for _ in range(4 * cfg.seeds)]
 
     def judged(pipe):
-        rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
-        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+        rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
+        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
         return rate, keep
 
     pipe = load_pipeline("toy", device="cpu")

@@ -24,6 +24,7 @@ from erasers.attacks import (
     target_latents,
     unlearndiffatk,
 )
+from studio.progress import is_event
 from studio.sampling import Cancelled, encode_prompts
 
 NEVER = lambda images: np.zeros(len(images), dtype=bool)
@@ -160,6 +161,7 @@ def test_soft_prompt_attack_lowers_loss_without_grads_on_the_model(tiny_pipe, me
     assert delta.shape == (2, pipe.text_encoder.config.hidden_size) and not delta.requires_grad
     assert info["losses"][-1] < 0.5 * info["losses"][0]
     assert info["unet_evals"] == 20 * 2 and info["init"] == "random" and len(seen) == 20
+    assert all(is_event(e) and e["stage"] == "soft-prompt" for e in seen) and [e["step"] for e in seen] == list(range(1, 21))
     # it changed the embedding, which started as the embeddings of k random vocabulary tokens
     start = pipe.text_encoder.get_input_embeddings().weight[info["init_tokens"]].detach()
     assert len(info["init_tokens"]) == 2
@@ -313,8 +315,10 @@ def test_unlearndiffatk_budget_and_decodable_prompt(pipe):
     assert r.gradient_steps == 6 and len(r.losses) == 6
     assert r.generations == 3  # the original prompt, then one per timestep
     assert r.unet_evals == 6 + 3 * 2 * 2  # gradient steps + generations x steps x (cond, uncond)
-    assert [e["t"] for e in events if e["stage"] == "eval"] == [None, 10, 990]
-    assert sum(e["stage"] == "step" for e in events) == 6
+    assert all(is_event(e) and e["stage"] == "unlearndiffatk" and e["total"] == 6 for e in events)
+    assert [e["t"] for e in events if e["phase"] == "eval"] == [None, 10, 990]
+    assert sum(e["phase"] == "step" for e in events) == 6
+    assert [e["step"] for e in events if e["phase"] == "step"] == list(range(1, 7))
     # the text re-tokenises to exactly [SOT, the 3 optimised tokens, the prompt's tokens, EOT]
     tok = pipe.tokenizer
     assert len(r.adversarial_tokens) == 3 and r.exact_tokens
@@ -395,7 +399,8 @@ def test_cancellation(pipe):
     cancel = threading.Event()
 
     def stop_after_two(info):
-        if info.get("stage", "step") == "step" and info["i"] >= 1:
+        assert is_event(info)
+        if info.get("phase", "step") == "step" and info["i"] >= 1:
             cancel.set()
 
     with pytest.raises(Cancelled):

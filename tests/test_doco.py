@@ -20,6 +20,7 @@ from erasers.doco import (
     training_pairs,
 )
 from studio.loading import TOY_MODEL, load_pipeline
+from studio.progress import is_event
 from studio.sampling import Cancelled
 
 from conftest import build_tiny_pipe
@@ -158,8 +159,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, surgery, stop):
     seen = []
 
     def kill(info):
-        seen.append(info.get("stage", "train"))
-        if info.get("stage") is None and info["step"] == stop:
+        assert is_event(info)
+        seen.append(info["stage"])
+        if info["stage"] == "doco" and info["step"] == stop:
             cancel.set()
 
     with pytest.raises(Cancelled):
@@ -179,7 +181,7 @@ def test_cancel_while_generating_anchors_keeps_the_finished_ones(tmp_path):
     cancel = threading.Event()
     with pytest.raises(Cancelled, match="anchor images"):
         erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if info.get("stage") else None)
+              callback=lambda info: cancel.set() if info["stage"] == "anchor images" else None)
     assert (tmp_path / ANCHOR_CACHE).is_file() and not (tmp_path / "checkpoint.safetensors").exists()
     resumed = erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
     assert all(torch.equal(w, resumed.weights[n]) for n, w in straight.weights.items())
@@ -189,7 +191,7 @@ def test_checkpoint_of_other_prompts_is_refused(tmp_path):
     cancel = threading.Event()
     with pytest.raises(Cancelled):
         erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if "stage" not in info else None)
+              callback=lambda info: cancel.set() if info["stage"] == "doco" else None)
     other = Concept(["a star"], anchors=["a square"])
     with pytest.raises(ValueError, match="other settings"):
         erase(build_tiny_pipe(), other, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
@@ -204,7 +206,7 @@ TEST_BUDGET = {"iterations": 150, "warmup_steps": 50, "num_anchor_images": 64, "
 @pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
 def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge):
     """A short run (the toy preset, fewer steps) turns 'triangle' prompts into squares; other shapes stay."""
-    from erasers.evaluate import EvalConfig, _generate
+    from erasers.evaluate import EvalConfig, generate
     from studio.toyworld.captions import prompts_for
 
     pipe = load_pipeline("toy", device="cpu")
@@ -214,8 +216,8 @@ def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge):
     others_shape = [s for s in ("circle", "star", "cross") for _ in range(4 * cfg.seeds)]
 
     def judged():
-        shapes = [p["shape"] for p in judge.predict(_generate(pipe, target, cfg))]
-        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+        shapes = [p["shape"] for p in judge.predict(generate(pipe, target, cfg))]
+        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
         return np.mean([s == "triangle" for s in shapes]), np.mean([s == "square" for s in shapes]), keep
 
     tri_before, sq_before, keep_before = judged()

@@ -107,7 +107,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_pipe):
 
 def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
     """The toy preset lowers the judged rate of triangles on direct prompts; other shapes stay."""
-    from erasers.evaluate import EvalConfig, _generate
+    from erasers.evaluate import EvalConfig, generate
     from studio.toyworld.captions import erasure_prompts, prompts_for
 
     pipe = load_pipeline("toy", device="cpu")
@@ -115,11 +115,11 @@ def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
     target = [p for p, _ in prompts_for("triangle", "direct", 8)]
     others = [p for s in ("circle", "square", "star") for p, _ in prompts_for(s, "direct", 3)]
     others_shape = [s for s in ("circle", "square", "star") for _ in range(3 * cfg.seeds)]
-    before_rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
-    before_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+    before_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
+    before_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
     erase(pipe, Concept(erasure_prompts("triangle"), name="triangle"), "esd-x", preset="toy", progress=False)
-    after_rate = judge.shows(_generate(pipe, target, cfg), "triangle").mean()
-    after_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(_generate(pipe, others, cfg)), others_shape)])
+    after_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
+    after_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
     assert before_rate >= 0.8
     assert after_rate <= 0.3, (before_rate, after_rate)
     assert after_keep >= 0.85 * before_keep, (before_keep, after_keep)
