@@ -116,6 +116,9 @@ def run_cell(model: str, concept: str, kind: str, component: str | None, budget:
 
 def plan(methods: list, concepts: list, kinds: list, references: list) -> list:
     """[(model, concept, kind, component)] in the order they run: erased models first, then the references."""
+    unknown = [m for m in methods if m not in METHOD_COMPONENTS]
+    if unknown:
+        raise SystemExit(f"relearning knows no component for {', '.join(unknown)}; add it to probes.relearning.METHOD_COMPONENTS")
     components = sorted({METHOD_COMPONENTS[m] for m in methods}) or ["cross-attention"]
     jobs = []
     for concept in concepts:

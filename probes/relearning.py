@@ -50,6 +50,8 @@ METHOD_COMPONENTS = {
     "esd-all": "unet-all",
     "doco": "cross-attention",
     "advunlearn": "text-encoder",
+    "uce": "cross-attention",  # closed-form edits of the cross-attention K/V projections
+    "rece": "cross-attention",
 }
 DEFAULT_COMPONENT = "cross-attention"  # for the original model and the oracle, unless told
 
