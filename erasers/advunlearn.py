@@ -40,13 +40,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from studio.paths import PROMPTS
 from studio.sampling import ddim_scheduler, encode_prompts, guided_noise, initial_latents, tokenize
 
 from .attacks import SoftPromptConfig, encode_with_prefix, soft_prompt_attack
 from .base import Concept, ErasureResult, TrainLoop, config_dict
 
 
-RETAIN_FILE = Path(__file__).resolve().parents[1] / "assets" / "prompts" / "retain_coco_objects.txt"
+RETAIN_FILE = PROMPTS / "retain_coco_objects.txt"
 
 # the official --train_method names of partial encoders -> layer indices
 OFFICIAL_LAYER_SETS = {
@@ -155,7 +156,7 @@ def retain_prompts(pipe, concept: Concept, retain_set: str = "auto") -> list:
     """The retain prompts: the concept's own list if given, else the shipped set, filtered against the concept."""
     if concept.retain:
         return list(concept.retain)
-    from studio.loading import TOY_MODEL
+    from studio.paths import TOY_MODEL
 
     toy = Path(str(getattr(pipe, "name_or_path", "") or "")).resolve() == TOY_MODEL.resolve()
     kind = ("toy" if toy else "coco") if retain_set == "auto" else retain_set

@@ -38,10 +38,8 @@ from pathlib import Path
 
 import torch
 
+from .paths import CONFIGS, TOKENIZER
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-CONFIGS = ASSETS / "configs"
-TOKENIZER = ASSETS / "tokenizer"
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

@@ -45,9 +45,10 @@ class ToyWorldJudge:
     name = "toy"
 
     def __init__(self, path=None, device="cpu"):
-        from .toyworld.judge import DEFAULT_JUDGE, ToyJudge
+        from .paths import TOY_JUDGE
+        from .toyworld.judge import ToyJudge
 
-        self.judge = ToyJudge.load(path or DEFAULT_JUDGE, device=device)
+        self.judge = ToyJudge.load(path or TOY_JUDGE, device=device)
 
     def predict(self, images) -> list:
         return self.judge.predict(images)

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .paths import ASSETS, CONFIGS, TOY_MODEL  # noqa: F401 (ASSETS, TOY_MODEL: re-exported for older importers)
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-TOY_MODEL = ASSETS / "toy-model"
-CONFIGS = ASSETS / "configs"  # local diffusers configs for single-file checkpoints (no download)
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 ERASURE_FILE = "erasure.json"  # marks an erased model folder that holds only the components it changed
 ORACLE_FILE = "oracle.json"  # marks a toy oracle (retrained without one concept): same layout as an erased model
@@ -177,12 +176,12 @@ def _load_from_hub(repo: str, *, allow_pickle: bool, kw: dict):
         why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else "it is not in the local cache and the hub could not be reached"
         raise ModelLoadError(
             f"could not load {repo!r} from the Hugging Face hub: {why}. "
-            f"On a machine with network run `huggingface-cli download {repo} --local-dir <folder>` "
+            f"On a machine with network run `hf download {repo} --local-dir <folder>` "
             "and pass that local folder instead."
         ) from e
 
 
-def _guess_config(path: Path) -> Path:
+def guess_config(path: Path) -> Path:
     """The shipped local config that fits an original-format checkpoint (SD v1 or v2) by its keys."""
     from safetensors import safe_open
 
@@ -203,7 +202,7 @@ def _load_single_file(path: Path, *, config, allow_pickle: bool, kw: dict):
         )
     if path.suffix not in (".safetensors", *PICKLE_SUFFIXES):
         raise ModelLoadError(f"{path.name}: not a checkpoint this loader knows (.safetensors, or pickle with allow_pickle)")
-    config = Path(config) if config is not None else _guess_config(path) if path.suffix == ".safetensors" else CONFIGS / "sd-v1"
+    config = Path(config) if config is not None else guess_config(path) if path.suffix == ".safetensors" else CONFIGS / "sd-v1"
     if not (config / "model_index.json").is_file():
         raise ModelLoadError(f"no diffusers config folder at {config}; pass config= a local diffusers folder of the same architecture")
     try:
@@ -223,7 +222,8 @@ def _load_erased(folder: Path, marker: Path, *, device, dtype, allow_pickle: boo
         sub = folder / component
         _check_no_pickle(sub, allow_pickle)
         if component == "unet":
-            pipe.unet = UNet2DConditionModel.from_pretrained(str(sub), use_safetensors=True).to(dtype)
+            # loaded in its dtype (not cast with .to(dtype), which makes diffusers warn about fp32 modules on every load)
+            pipe.unet = UNet2DConditionModel.from_pretrained(str(sub), use_safetensors=True, **_resolve_dtype_kw(dtype))
         elif component == "text_encoder":
             pipe.text_encoder = load_text_encoder(sub, dtype=dtype, allow_pickle=allow_pickle)
         else:

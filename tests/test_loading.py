@@ -37,8 +37,9 @@ def test_missing_path_is_a_clear_error(tmp_path):
 
 def test_offline_hub_id_says_so_and_suggests_a_local_path(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="offline.*local folder"):
+    with pytest.raises(ModelLoadError, match="offline.*local folder") as err:
         load_pipeline("CompVis/stable-diffusion-v1-4", device="cpu")
+    assert "`hf download CompVis/stable-diffusion-v1-4 --local-dir <folder>`" in str(err.value) and "huggingface-cli" not in str(err.value)
 
 
 def test_pickle_weights_need_an_explicit_opt_in(tiny_pipe, tmp_path):

@@ -15,7 +15,7 @@ from studio.convert import (
     save_single_file,
     unet_to_ldm,
 )
-from studio.loading import CONFIGS, ModelLoadError, _guess_config, load_pipeline
+from studio.loading import CONFIGS, ModelLoadError, guess_config, load_pipeline
 from studio.sampling import encode_prompts, sample
 
 
@@ -161,11 +161,11 @@ def test_models_outside_the_sd_family_are_refused_by_name(tiny_pipe, tmp_path):
 def test_guess_config_picks_v1_or_v2_from_the_keys(tiny_pipe, tmp_path):
     v1 = save_single_file(tiny_pipe, tmp_path / "v1.safetensors")
     v2 = save_single_file(tiny_v2_pipe(), tmp_path / "v2.safetensors")
-    assert _guess_config(v1) == CONFIGS / "sd-v1"
-    assert _guess_config(v2) == CONFIGS / "sd-v2"
+    assert guess_config(v1) == CONFIGS / "sd-v1"
+    assert guess_config(v2) == CONFIGS / "sd-v2"
     # `text_encoder_format` overrides the guess from the activation
     forced = save_single_file(tiny_pipe, tmp_path / "forced.safetensors", text_encoder_format="open_clip")
-    assert _guess_config(forced) == CONFIGS / "sd-v2"
+    assert guess_config(forced) == CONFIGS / "sd-v2"
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
