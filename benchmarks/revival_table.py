@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import probes  # noqa: E402
 from erasers import METHODS, erase, toy_target  # noqa: E402
-from probes.relearning import METHOD_COMPONENTS, compare, component_for  # noqa: E402
+from probes.relearning import METHOD_COMPONENTS, compare  # noqa: E402
 from studio.checkpoint import atomic_write_text  # noqa: E402
 from studio.loading import load_pipeline  # noqa: E402
 from studio.stats import format_rate  # noqa: E402

@@ -19,13 +19,11 @@ import torch
 from PIL import Image
 
 from studio.progress import event
-from studio.sampling import Cancelled, ddim_scheduler, decode_latents, encode_prompts, guided_noise, is_cancelled, to_pil
+from studio.latents import decode as decode_latents
+from studio.latents import encode as encode_latents
+from studio.latents import to_pil
+from studio.sampling import Cancelled, ddim_scheduler, encode_prompts, guided_noise, is_cancelled
 from studio.stats import Rate, format_rate
-
-try:  # the one VAE encoder of the studio
-    from studio.latents import encode as _encode_latents
-except ImportError:  # an older studio without studio.latents: the inversion package's encoder (same computation)
-    _encode_latents = None
 
 
 # ---------------------------------------------------------------- the concept
@@ -132,16 +130,12 @@ class Counter:
 
 @torch.no_grad()
 def encode(pipe, images) -> torch.Tensor:
-    """Clean latents `(B, 4, h, w)` fp32 of PIL images (the VAE posterior mean, scaled)."""
-    if _encode_latents is not None:
-        return _encode_latents(pipe.vae, images)
-    from inversion.common import encode_image
-
-    return torch.cat([encode_image(pipe, im) for im in images])
+    """Clean latents `(B, 4, h, w)` fp32 of PIL images (the VAE posterior mean, shifted and scaled: `studio.latents`)."""
+    return encode_latents(pipe.vae, images)
 
 
 def decode(pipe, latents: torch.Tensor) -> list:
-    return to_pil(decode_latents(pipe, latents))
+    return to_pil(decode_latents(pipe.vae, latents))
 
 
 def timestep_index(timesteps, level: float, num_train_timesteps: int) -> int:

@@ -23,11 +23,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from studio.images import psnr
-from studio.stats import Rate
-
 from .common import Counter, ProbeResult, check_positive, concept_renders, decode, emit, encode, judged, rate_text
 
 
@@ -145,4 +142,4 @@ def format_result(result: ProbeResult) -> str:
     return f"inversion: {'; '.join(parts)} (VAE round trip {m['vae_roundtrip_psnr']:.1f} dB; renders judged {rate_text(m['renders'])})."
 
 
-__all__ = ["InversionProbeConfig", "METHODS", "Rate", "format_result", "run"]
+__all__ = ["InversionProbeConfig", "METHODS", "format_result", "run"]

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from erasers.base import TrainLoop, config_dict
 from studio.progress import event
 from studio.sampling import ddim_scheduler, tokenize
-from studio.stats import Rate
 
 from .common import Counter, ProbeResult, check_positive, concept_renders, emit, encode, eval_prompts, generate, judged, rate_text
 
@@ -215,6 +214,7 @@ def run(pipe, concept: str, config: RelearningConfig | None = None, *, judge=Non
         progress=progress,
         meta={"probe": "relearning", "config": config_dict(cfg), "concept": concept},
         device="cpu",
+        stage="relearning",
     )
     loop.stats.setdefault("measurements", [])
     done = {m["step"] for m in loop.stats["measurements"]}
@@ -323,4 +323,4 @@ def format_result(result: ProbeResult) -> str:
     return f"relearning ({s['component']}, k={s['images']}): {curve}. {reach}{ratio}."
 
 
-__all__ = ["COMPONENTS", "METHOD_COMPONENTS", "RelearningConfig", "Rate", "compare", "component_for", "component_parameters", "format_result", "run", "steps_to"]
+__all__ = ["COMPONENTS", "METHOD_COMPONENTS", "RelearningConfig", "compare", "component_for", "component_parameters", "format_result", "run", "steps_to"]
