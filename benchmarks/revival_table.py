@@ -94,11 +94,11 @@ def run_cell(model: str, concept: str, kind: str, component: str | None, budget:
     path = CELLS / f"{name}.json"
     if path.is_file() and not fresh:
         return json.loads(path.read_text())
+    if model == "oracle" and model_path(model, concept) is None:
+        return {"model": model, "concept": concept, "kind": kind, "component": component, "missing": NO_ORACLE}
     if cached_only:
         return None
     folder = model_path(model, concept, log)
-    if folder is None:
-        return {"model": model, "concept": concept, "kind": kind, "component": component, "missing": NO_ORACLE}
     probe, config = probe_config(kind, component, budget)
     log(f"{name}: running")
     pipe = load_pipeline(folder)
