@@ -567,3 +567,16 @@ def test_one_progress_renderer_for_every_event_shape(event, shown, share):
     assert f"Job: {shown} · 10 s" in html_text.replace("&amp;", "&")
     assert f"width:{share:.1f}%" in html_text
     assert "object at" not in html_text  # heavy values (images, latents) are never printed
+
+
+def test_erase_tab_starts_from_the_toy_preset_and_budget_on_the_toy_model():
+    """On the toy model the Erase form starts from what fits a CPU: the toy preset and evaluation budget."""
+    from apps.tabs.erase import EraseForm, toy_defaults
+    from erasers import EVAL_BUDGETS
+
+    official, toy = EraseForm(), toy_defaults(EraseForm())
+    budget = EVAL_BUDGETS["toy"]
+    assert official.preset == "official" and toy.preset == "toy"
+    assert (toy.ev_seeds, toy.ev_prompts, toy.attack_prompts) == (budget["seeds"], budget["prompts_per_form"], budget["attack_prompts"])
+    assert toy.attack_iters == budget["attack_overrides"]["iterations"] < official.attack_iters
+    assert toy.attack_timesteps == len(budget["attack_overrides"]["timesteps"]) < official.attack_timesteps

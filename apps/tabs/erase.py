@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 
 import gradio as gr
 
-from erasers import METHODS, PRESETS, get_config
+from erasers import EVAL_BUDGETS, METHODS, PRESETS, get_config
 from erasers.attacks import ATTACKS, UnlearnDiffAtkConfig
 from erasers.evaluate import EvalConfig
 from studio.judges import JUDGES
+from studio.loading import is_toy
 from studio.sampling import Cancelled, check_prompt
 
 from ..runner import Job
@@ -75,6 +76,18 @@ class EraseBase(Picked):
     sample_steps: int = _EV.num_inference_steps
     guidance: float = _EV.guidance_scale
     preview_every: int = 20
+
+
+def toy_defaults(form):
+    """The form a user of the toy model starts from: the toy-world preset and the toy evaluation
+    budget (`erasers.EVAL_BUDGETS["toy"]`), which fit a CPU; the paper defaults are one click away."""
+    budget = EVAL_BUDGETS["toy"]
+    form.preset = "toy"
+    form.ev_seeds, form.ev_prompts, form.attack_prompts = budget["seeds"], budget["prompts_per_form"], budget["attack_prompts"]
+    attack = budget["attack_overrides"]
+    form.attack_iters = attack.get("iterations", form.attack_iters)
+    form.attack_timesteps = len(attack["timesteps"]) if "timesteps" in attack else form.attack_timesteps
+    return form
 
 
 # the method's main settings, None: the preset's value
@@ -148,7 +161,7 @@ class EraseTab:
     # ------------------------------------------------------------------ the page
 
     def layout(self) -> dict:
-        f, c = EraseForm(), {}
+        f, c = toy_defaults(EraseForm()) if is_toy(self.studio.default_model) else EraseForm(), {}
         with gr.Row():
             with gr.Column(scale=2):
                 c["concept_text"] = gr.Textbox(

@@ -83,7 +83,11 @@ def page(app, browser):
     page.goto(app)
     page.get_by_role("heading", name="Erasure Studio").wait_for()
     # the method's settings are filled in by the page-load event; wait for them before typing over them
-    page.wait_for_function("document.querySelector('#erase-iterations input')?.value === '200'", timeout=30_000)
+    # on the toy model the Erase tab starts from the toy-world preset (esd-x: 50 iterations, not the paper's 200)
+    from erasers import METHODS, get_config
+
+    iterations = get_config(next(iter(METHODS)), "toy").iterations
+    page.wait_for_function(f"document.querySelector('#erase-iterations input')?.value === '{iterations}'", timeout=30_000)
     yield page
     context.close()
 
