@@ -235,9 +235,10 @@ def main():
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--probes", default=",".join(KINDS), help=f"some of {', '.join(KINDS)} ('relearning' = both k)")
     ap.add_argument("--references", default="original,oracle", help="original and/or oracle ('none' for neither)")
-    ap.add_argument("--budget", choices=probes.BUDGETS, default="default", help="'small': a few images and steps per probe (probes.SMALL), minutes")
+    ap.add_argument("--budget", choices=list(probes.BUDGETS), default="default", help="'small': a few images and steps per probe (probes.SMALL), minutes; 'medium': probes.MEDIUM")
     ap.add_argument("--fresh", action="store_true", help="recompute the cells of this run")
     ap.add_argument("--cached", action="store_true", help="only the cells already computed (rewrite the table)")
+    ap.add_argument("--plan", action="store_true", help="print the cells still to run and their planned UNet evaluations; run nothing")
     args = ap.parse_args()
     methods = parse(args.methods, METHODS, "methods")
     concepts = [probes.common.toy_concept(c).name for c in args.concepts.split(",") if c.strip()]
@@ -246,6 +247,12 @@ def main():
     judge = probes.default_judge()
     jobs = plan(methods, concepts, kinds, refs)
     print(f"{len(jobs)} cells ({args.budget} budget)")
+    if args.plan:
+        todo = [j for j in jobs if not (CELLS / f"{cell_name(*j, args.budget)}.json").is_file() and not (j[0] == "oracle" and model_path("oracle", j[1]) is None)]
+        evals = sum(probe_config(kind, comp, args.budget)[1].planned_unet_evals() for _, _, kind, comp in todo)
+        erase = sorted({(m, c) for m, c, _, _ in todo if m not in REFERENCES and not (MODELS / f"{m}--{c}" / "erasure.json").is_file()})
+        print(f"{len(todo)} cells to run, {evals:,} planned UNet evaluations (probes only); erasures to run first: {erase or 'none'}")
+        return
     cells = []
     for i, (model, concept, kind, component) in enumerate(jobs):
         c = run_cell(model, concept, kind, component, args.budget, judge, fresh=args.fresh, cached_only=args.cached,

@@ -40,7 +40,14 @@ SMALL = {
     "completion": {"images": 2, "noise_levels": (0.5,), "num_inference_steps": 10},
     "inpainting": {"images": 2, "num_inference_steps": 10},
 }
-BUDGETS = ("default", "small")
+# a middle budget for the revival table on a CPU: 24 judged images per checkpoint at 25 DDIM steps
+MEDIUM = {
+    "relearning": {"prompts": 6, "seeds": 4, "num_inference_steps": 25},
+    "inversion": {"images": 6, "num_inference_steps": 25},
+    "completion": {"num_inference_steps": 25},
+    "inpainting": {"num_inference_steps": 25},
+}
+BUDGETS = {"default": {}, "medium": MEDIUM, "small": SMALL}
 
 
 def _module(name: str):
@@ -54,14 +61,15 @@ def config_class(name: str) -> type:
 
 
 def get_config(name: str, overrides: dict | None = None, budget: str = "default"):
-    """The config of probe `name`: its defaults (`budget="small"`: `SMALL` on top), then `overrides`.
+    """The config of probe `name`: its defaults, the budget's settings on top (`BUDGETS`: "medium",
+    "small"), then `overrides`.
     Unknown fields and values of the wrong type are a ValueError (the erasers' check)."""
     from erasers import check_settings
 
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(BUDGETS)}")
     cls = config_class(name)
-    values = dict(SMALL[name]) if budget == "small" else {}
+    values = dict(BUDGETS[budget].get(name, {}))
     if overrides:
         check_settings(cls, overrides, f"probe {name}")
         values.update(overrides)
@@ -109,4 +117,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'probes' has no attribute {name!r}")
 
 
-__all__ = ["BUDGETS", "PROBES", "SMALL", "config_class", "default_judge", "format_result", "get_config", "run_probe"]
+__all__ = ["BUDGETS", "MEDIUM", "PROBES", "SMALL", "config_class", "default_judge", "format_result", "get_config", "run_probe"]

@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--k", default="4", help="relearning: comma-separated numbers of images (e.g. 4,16)")
     p.add_argument("--component", choices=RegistryChoices("probes.relearning", "COMPONENTS"), metavar="COMPONENT", default=None,
                    help="relearning: what to fine-tune (%(choices)s); default: what the eraser changed (erasure.json), else cross-attention")  # fmt: skip
-    p.add_argument("--budget", choices=("default", "small"), default="default", help="'small': a few images and steps, to try it in a minute")
+    p.add_argument("--budget", choices=("default", "medium", "small"), default="default", help="'small': a few images and steps, to try it in a minute; 'medium': 25 DDIM steps, fewer judged images")
     p.add_argument("--set", action="append", default=[], metavar="PROBE.KEY=VALUE", help="a probe setting, e.g. relearning.lr=3e-4 (repeatable)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     add_threads_arg(p)
