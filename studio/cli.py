@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .paths import ASSETS, slug
+from .paths import ASSETS, MARKER, slug
 
 
 PLUGINS = ("erasers.cli", "inversion.cli", "probes.cli", "apps.cli")  # modules with a register(subparsers) function
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-MARKER = ".erasure-studio"  # written into every output folder the studio creates; only marked folders are ever deleted
 STUDIO_NAMES = {MARKER, "checkpoint", "model", "model.tmp", "eval", "plugin", "done.json"}  # what the studio writes into a concept folder
 
 __all__ = [
