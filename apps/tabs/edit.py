@@ -280,9 +280,13 @@ class EditTab:
 
     def shown(self, result, form, label, seconds, score, small, res) -> dict:
         mask = None
-        if result.blend_mask is not None:  # the input, dimmed where the edit was kept from changing it
+        if result.blend_mask is not None:
+            # the input half-way to white where the edit may change it and to black where it was kept: a
+            # view that never equals the input itself (the same bytes twice in one answer made Gradio
+            # rewrite one cached file while serving it, and the page showed a broken image)
             inside = result.blend_mask[0][..., None]
-            mask = Image.fromarray((np.asarray(result.image, dtype=np.float32) * np.where(inside, 1.0, 0.25)).round().astype(np.uint8))
+            pixels = np.asarray(result.image, dtype=np.float32)
+            mask = Image.fromarray((0.5 * pixels + np.where(inside, 127.5, 0.0)).round().astype(np.uint8))
         st = result.stats
         info = (
             f"{form.method} inversion on {label}: {st.get('mode', form.mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
