@@ -9,6 +9,10 @@ erasure over the concepts while both keep retained >= 90% of the original's; tie
 erase_scale (the official value is 1).
 
     python benchmarks/uce_sweep.py [--scales 0.01,0.03,0.1,0.3,1] [--concepts triangle,striped]
+    python benchmarks/uce_sweep.py --retain others --scales 0.1,0.3,1 --rewrite-scales 1   # -> uce_sweep_retain.md
+
+`--retain others` preserves the other concepts of the erased one's kind (their erasure prompts, "a circle",
+"a square", ...), the toy analogue of the official art setting that preserves every other artist.
 """
 
 import argparse
@@ -27,6 +31,13 @@ from studio.loading import load_pipeline
 from studio.toyworld.captions import erasure_prompts
 
 
+def others_of(name: str) -> list:
+    """The erasure prompts of the other concepts of `name`'s kind ("a circle", "a square", ... for "triangle")."""
+    from studio.toyworld.grammar import concept, concepts_of
+
+    return [p for c in concepts_of(concept(name).attribute) if c.name != name for p in erasure_prompts(c.name)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--concepts", default="triangle,striped")
@@ -34,6 +45,7 @@ def main():
     ap.add_argument("--rewrite-scales", default="1,10", help="erase_scales tried with the 2025 rewrite's last_token rows")
     ap.add_argument("--lamb", type=float, default=0.5)
     ap.add_argument("--keep", type=float, default=0.9)
+    ap.add_argument("--retain", choices=("none", "others"), default="none", help="preserve set: '' only, or also the other concepts of the kind")
     args = ap.parse_args()
     concepts = args.concepts.split(",")
     judge = get_judge("toy")
@@ -45,7 +57,8 @@ def main():
         for name in concepts:
             pipe = load_pipeline("toy")
             config = UCEConfig(token_policy=policy, erase_scale=scale, lamb=args.lamb, preserve_scale=None if policy == "last_to_end" else 1.0)
-            result = erase(pipe, Concept(erasure_prompts(name), name=name), config, progress=False)
+            retain = others_of(name) if args.retain == "others" else []
+            result = erase(pipe, Concept(erasure_prompts(name), retain=retain, name=name), config, progress=False)
             rate, acc = quick_eval(pipe, name, judge)
             rows.append({"token_policy": policy, "erase_scale": scale, "lamb": args.lamb, "concept": name, "concept_rate": rate,
                          "retained": acc, "retained_ratio": acc / max(original[name][1], 1e-9), "erase_seconds": result.stats["seconds"]})
@@ -63,7 +76,8 @@ def main():
     preset = {"token_policy": best[1], "erase_scale": best[2], "lamb": args.lamb} if best else None
 
     lines = [
-        f"UCE sweep on the toy model (concepts: {', '.join(concepts)}; quick evaluation: 8 direct prompts x 2 seeds, DDIM 25 steps; lamb {args.lamb}).",
+        f"UCE sweep on the toy model (concepts: {', '.join(concepts)}; quick evaluation: 8 direct prompts x 2 seeds, DDIM 25 steps; lamb {args.lamb}; "
+        f"preserve set: {'the other concepts of the kind, plus' if args.retain == 'others' else 'only'} '' under last_to_end).",
         "",
         "Original model: " + ", ".join(f"{c} shown {original[c][0]:.0%}, others correct {original[c][1]:.0%}" for c in concepts) + ".",
         "",
@@ -75,7 +89,7 @@ def main():
     lines += ["", f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to the larger erase_scale):", ""]
     lines.append(f"- `uce`: {preset} (mean erasure {best[3]:.0%})" if best else "- none met the criterion")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
-    write_results("uce_sweep", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
+    write_results("uce_sweep" if args.retain == "none" else "uce_sweep_retain", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
 
 
 if __name__ == "__main__":

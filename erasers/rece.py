@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from studio.progress import event, relay
-from studio.sampling import Cancelled, encode_prompts, is_cancelled
+from studio.sampling import Cancelled, is_cancelled
 
 from . import uce
 from .base import ErasureResult, config_dict
@@ -235,19 +235,18 @@ def erase(pipe, concept, config: RECEConfig | None = None, *, checkpoint_dir=Non
     tracker = KVTracker(layers)  # Gram of the original K/V (before any edit)
     emit = relay(callback, concept=concept.name)
 
+    emb = uce.encode(pipe, prompts + guides + preserve + uce_preserve)  # each (77, d), float64
+
     # step 0: UCE (§2.2)
-    C, G, P = uce.row_pairs(pipe, prompts, guides, uce_preserve, ucfg.token_policy)
+    C, G, P = uce.row_pairs(pipe, prompts, guides, uce_preserve, ucfg.token_policy, emb=emb)
     weights, U = uce.edit_layers(layers, C, G, P, lamb=ucfg.lamb, erase_scale=ucfg.erase_scale,
                                  preserve_scale=uce.preserve_weight(ucfg.preserve_scale, uce_preserve), stage="rece-uce",
-                                 callback=emit, cancel=cancel, progress=False)
+                                 callback=emit, cancel=cancel, progress=False, collect=validator is not None or config.epochs == 0)
     tracker.update(U)
 
-    with torch.no_grad():
-        strings = list(dict.fromkeys(prompts + guides + preserve))
-        emb = dict(zip(strings, encode_prompts(pipe, strings).double().cpu()))  # each (77, d)
     P_rows = torch.cat([emb[p] for p in preserve])
     history, selected, best = [], 0, None
-    best_weights = {k: v.clone() for k, v in weights.items()}
+    best_weights = weights
     if validator is not None:
         rate, acc = validator.score(pipe)
         best = rate
@@ -261,7 +260,8 @@ def erase(pipe, concept, config: RECEConfig | None = None, *, checkpoint_dir=Non
         C = torch.cat(derived)
         G = torch.cat([emb[g] for g in guides])
         weights, U = uce.edit_layers(layers, C, G, P_rows, lamb=config.lamb, erase_scale=config.erase_scale,
-                                     preserve_scale=config.preserve_scale, stage="rece-edit", cancel=cancel, progress=False)
+                                     preserve_scale=config.preserve_scale, stage="rece-edit", cancel=cancel, progress=False,
+                                     collect=validator is not None or epoch == config.epochs - 1)
         tracker.update(U)
         info = {"epoch": epoch + 1, "embedding_norm": float(torch.stack([d.norm(dim=-1).mean() for d in derived]).mean())}
         stop = False
@@ -270,7 +270,7 @@ def erase(pipe, concept, config: RECEConfig | None = None, *, checkpoint_dir=Non
             info.update(concept_rate=rate, retained=acc)
             if rate < best and acc >= validator.original_acc - 0.1:
                 best, selected = rate, epoch + 1
-                best_weights = {k: v.clone() for k, v in weights.items()}
+                best_weights = weights
             stop = rate == 0
         else:
             selected, best_weights = epoch + 1, weights

@@ -1,0 +1,150 @@
+"""How fast the closed-form erasers are: UCE and RECE beside ESD-x, on the CPU, in one run.
+
+  * toy: UCE (official settings, the other shapes preserved), RECE (official settings) and ESD-x (its
+    toy preset) each erase "triangle" from the shipped toy model; with --judge (default) each erased
+    model is also judged as the sweeps do (8 direct prompts x 2 seeds, DDIM 25 steps), so the speed-up
+    is read beside the erasure it buys.
+  * sd-v1 architecture: UCE and RECE erase one concept from SD v1.4's UNet and text encoder built from
+    assets/configs/sd-v1 with RANDOM weights (UNet2DConditionModel.from_config, CLIPTextModel from
+    its config; nothing is downloaded). The 32 K/V matrices and the solves have SD's sizes; the numbers
+    say nothing about erasure quality there.
+
+Times are the `erase` call only (text encoding and the solves), not loading or building the models.
+Targets (issue 15): <= 1 s per toy concept, <= 10 s per SD-architecture concept, >= 100x faster than
+ESD-x's toy preset.
+
+    OMP_NUM_THREADS=1 python benchmarks/closed_form_speed.py [--no-judge] [--no-sd]
+"""
+
+import argparse
+import os
+import time
+from types import SimpleNamespace
+
+import torch
+
+from _util import write_results
+from erasers import Concept, get_config
+from erasers import esd, rece, uce
+from studio.loading import load_pipeline
+from studio.toyworld.captions import erasure_prompts
+
+
+CONCEPT = "triangle"
+
+
+def timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
+def toy_runs(judge_it: bool) -> dict:
+    from esd_sweep import quick_eval
+    from uce_sweep import others_of
+    from studio.judges import get_judge
+
+    judge = get_judge("toy") if judge_it else None
+    rows = {}
+    target = Concept(erasure_prompts(CONCEPT), name=CONCEPT)
+    runs = [
+        ("uce", lambda p: uce.erase(p, Concept(erasure_prompts(CONCEPT), retain=others_of(CONCEPT), name=CONCEPT), uce.UCEConfig(), progress=False),
+         "official settings, other shapes preserved"),
+        ("rece", lambda p: rece.erase(p, target, rece.RECEConfig(), progress=False), "official settings (3 epochs)"),
+        ("esd-x", lambda p: esd.erase(p, target, get_config("esd-x", "toy"), progress=False), "toy preset (lr 1e-3, 50 iterations)"),
+    ]
+    if judge_it:
+        rows["original"] = dict(zip(("concept_rate", "retained"), quick_eval(load_pipeline("toy"), CONCEPT, judge)))
+    for name, run, note in runs:
+        pipe = load_pipeline("toy")
+        result, seconds = timed(run, pipe)
+        rows[name] = {"seconds": seconds, "unet_evals": result.stats["unet_evals"], "settings": note}
+        if judge_it:
+            rows[name].update(zip(("concept_rate", "retained"), quick_eval(pipe, CONCEPT, judge)))
+    return rows
+
+
+def sd_architecture():
+    """SD v1.4's tokenizer, text encoder and UNet with random weights, fp32, from assets/configs/sd-v1."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from studio.paths import CONFIGS
+
+    cfg = CONFIGS / "sd-v1"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(cfg / "unet"))).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(cfg / "text_encoder"))).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(cfg / "tokenizer"))
+    return SimpleNamespace(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def sd_runs() -> dict:
+    t0 = time.perf_counter()
+    pipe = sd_architecture()
+    build = time.perf_counter() - t0
+    layers = uce.kv_layers(pipe.unet)
+    original = {n: l.weight.detach().clone() for n, l in layers.items()}
+    concept = Concept(["a photo of a church"], name="church")
+    rows = {"build_seconds": build, "kv_matrices": len(layers), "kv_parameters": sum(w.numel() for w in original.values()),
+            "unet_parameters": sum(p.numel() for p in pipe.unet.parameters())}
+    for name, run in [("uce", lambda: uce.erase(pipe, concept, uce.UCEConfig(), progress=False)),
+                      ("uce (rewrite rows)", lambda: uce.erase(pipe, concept, uce.UCEConfig.rewrite(), progress=False)),
+                      ("rece", lambda: rece.erase(pipe, concept, rece.RECEConfig(), progress=False))]:
+        with torch.no_grad():
+            for n, l in layers.items():
+                l.weight.copy_(original[n])
+        result, seconds = timed(run)
+        rows[name] = {"seconds": seconds, "unet_evals": result.stats["unet_evals"], "changed": len(result.weights)}
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--no-judge", action="store_true", help="skip judging the toy erasures")
+    ap.add_argument("--no-sd", action="store_true", help="skip the SD v1.4 architecture")
+    args = ap.parse_args()
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    toy = toy_runs(not args.no_judge)
+    sd = None if args.no_sd else sd_runs()
+    esd_s = toy["esd-x"]["seconds"]
+    ratios = {m: esd_s / toy[m]["seconds"] for m in ("uce", "rece")}
+
+    lines = [
+        f"Closed-form erasers on the CPU, OMP_NUM_THREADS={threads} (torch threads {torch.get_num_threads()}); the machine was loaded "
+        "(one of its 2 cores trains a model), so absolute times are pessimistic. Time = the erase call only.",
+        "",
+        f"Toy model, concept \"{CONCEPT}\"" + ("" if args.no_judge else " (judged: 8 direct prompts x 2 seeds, DDIM 25 steps; retained: other shapes' prompts)") + ":",
+        "",
+        "| method | settings | seconds | UNet evaluations | ESD-x time / this | concept shown | retained |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if "original" in toy:
+        lines.append(f"| (original) | | | | | {toy['original']['concept_rate']:.0%} | {toy['original']['retained']:.0%} |")
+    for m in ("uce", "rece", "esd-x"):
+        r = toy[m]
+        ratio = f"{ratios[m]:.0f}x" if m in ratios else "1x"
+        judged = f"{r['concept_rate']:.0%} | {r['retained']:.0%}" if "concept_rate" in r else "- | -"
+        lines.append(f"| {m} | {r['settings']} | {r['seconds']:.3f} | {r['unet_evals']} | {ratio} | {judged} |")
+    if sd:
+        lines += [
+            "",
+            f"SD v1.4 architecture, random weights ({sd['kv_matrices']} K/V matrices, {sd['kv_parameters'] / 1e6:.1f} M of the UNet's "
+            f"{sd['unet_parameters'] / 1e6:.0f} M parameters; the full fp32 UNet and text encoder were built in {sd['build_seconds']:.0f} s, not timed), "
+            "concept \"a photo of a church\":",
+            "",
+            "| method | seconds | matrices changed |",
+            "|---|---|---|",
+        ]
+        for m in ("uce", "uce (rewrite rows)", "rece"):
+            lines.append(f"| {m} | {sd[m]['seconds']:.2f} | {sd[m]['changed']} |")
+    targets = [f"toy UCE {toy['uce']['seconds']:.3f} s and RECE {toy['rece']['seconds']:.3f} s (target <= 1 s)",
+               f"ESD-x / UCE {ratios['uce']:.0f}x, ESD-x / RECE {ratios['rece']:.0f}x (target >= 100x)"]
+    if sd:
+        targets.insert(1, f"SD-architecture UCE {sd['uce']['seconds']:.2f} s and RECE {sd['rece']['seconds']:.2f} s (target <= 10 s)")
+    lines += ["", "Targets: " + "; ".join(targets) + "."]
+    write_results("closed_form_speed", {"omp_num_threads": threads, "toy": toy, "sd_v1_architecture": sd, "esd_over": ratios}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
