@@ -202,6 +202,84 @@ class AttackState(torch.nn.Module):
         self.register_buffer("active", torch.zeros((), dtype=torch.long))
 
 
+def check_room(tokenizer, concept: Concept, retain: list, attack_tokens: int) -> None:
+    """Concept and retain prompts must leave room for the k adversarial prefix tokens (counted in BPE tokens)."""
+    for p in retain:
+        if len(tokenizer(p).input_ids) + attack_tokens > 77:
+            raise ValueError(f"retain prompt {p[:50]!r} is too long")
+    for p in concept.prompts:
+        n = len(tokenizer(p).input_ids)
+        if n + attack_tokens > 77:
+            raise ValueError(f"concept prompt has {n} CLIP tokens; with {attack_tokens} adversarial tokens that exceeds 77. Shorten it.")
+
+
+def trainable(module, names: list) -> dict:
+    """Freeze `module` but for the parameters `names`; returns them by name."""
+    module.requires_grad_(False)
+    params = dict(module.named_parameters())
+    trained = {n: params[n] for n in names}
+    for p in trained.values():
+        p.requires_grad_(True)
+    return trained
+
+
+def retain_loss(unet, te, tok, prompts: list, z_r, t, target_r):
+    """The utility regulariser: the trained encoder's predictions on retain prompts stay the original model's."""
+    cond_r = te(tokenize(tok, prompts).to(unet.device))[0]
+    pred_r = unet(z_r, t, encoder_hidden_states=cond_r.to(unet.dtype), return_dict=False)[0]
+    return F.mse_loss(pred_r.float(), target_r.float())
+
+
+class Teacher:
+    """The original model's side of a step (the UNet never trains here; conditionings are precomputed):
+    partial DDIM trajectories and frozen predictions, their UNet evaluations counted in the loop."""
+
+    def __init__(self, pipe, emb_null, config: "AdvUnlearnConfig", loop):
+        self.pipe, self.emb_null, self.guidance, self.loop = pipe, emb_null, config.start_guidance, loop
+        self.device = pipe.unet.device
+        self.scheduler = ddim_scheduler(pipe)
+        self.scheduler.set_timesteps(config.num_inference_steps, device=self.device)
+
+    def trajectory(self, cond, seeds, till):
+        """x_t after `till` DDIM steps of the original model under `cond`, CFG start_guidance; (x_t, t)."""
+        scheduler, unet = self.scheduler, self.pipe.unet
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        x = initial_latents(self.pipe, len(seeds), gens).to(self.device) * scheduler.init_noise_sigma
+        null = self.emb_null.expand(len(seeds), -1, -1)
+        with torch.no_grad():
+            for t in scheduler.timesteps[:till]:
+                eps = guided_noise(unet, x, t, cond, null, self.guidance, scheduler)
+                x = scheduler.step(eps, t, x).prev_sample
+        self.loop.count_unet(2 * till * len(seeds))
+        return x, scheduler.timesteps[till].to(self.device)
+
+    def __call__(self, x, t, cond):
+        with torch.no_grad():
+            self.loop.count_unet(x.shape[0])
+            return self.pipe.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+
+
+def attack(pipe, teacher: Teacher, state, attack_cfg, config, loop, prompt: str, c0, first: tuple, rng, gen, cancel) -> None:
+    """The inner attack: a new adversarial prefix for `prompt` into `state` (warm-started from the last
+    one); its batches are the step's own (x_t, t, e_c) with `reuse_targets`, fresh trajectories otherwise."""
+
+    def batches(i):
+        if config.reuse_targets:
+            return first
+        till_i = int(rng.integers(config.num_inference_steps))
+        x_i, t_i = teacher.trajectory(c0, rng.integers(0, 2**31 - 1, size=1), till_i)
+        return x_i, t_i, teacher(x_i, t_i, c0)
+
+    init = state.delta if bool(state.active) else None
+    delta, info = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, prompt, batches, attack_cfg, init_embeds=init, generator=gen, cancel=cancel)
+    loop.count_unet(2 * info["unet_evals"])  # forward + backward through the UNet
+    if init is not None:  # how far this attack moved the warm-started prefix
+        shifts = loop.stats.setdefault("attack_shifts", [])
+        shifts.append(round(float((delta - init).norm()), 6))
+    state.delta.copy_(delta)
+    state.active.fill_(1)
+
+
 def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
     """Erase `concept` by adversarially training `pipe.text_encoder` in place; see the module docstring."""
     config = config or AdvUnlearnConfig()
@@ -209,13 +287,7 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
     unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
     device = unet.device
     retain = retain_prompts(pipe, concept, config.retain_set)
-    for p in retain:
-        if len(tok(p).input_ids) + config.attack_tokens > 77:
-            raise ValueError(f"retain prompt {p[:50]!r} is too long")
-    for p in concept.prompts:  # prompts must leave room for the k prefix tokens (counted in BPE tokens)
-        n = len(tok(p).input_ids)
-        if n + config.attack_tokens > 77:
-            raise ValueError(f"concept prompt has {n} CLIP tokens; with {config.attack_tokens} adversarial tokens that exceeds 77. Shorten it.")
+    check_room(tok, concept, retain, config.attack_tokens)
 
     # frozen conditionings of the original model, encoded once
     with torch.no_grad():
@@ -224,12 +296,7 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
         emb_r = encode_prompts(pipe, retain)  # (R, 77, D)
     unet.requires_grad_(False)
     pipe.vae.requires_grad_(False)
-    names = trainable_parameter_names(te, config.train_layers, config.component)
-    te.requires_grad_(False)
-    params = dict(te.named_parameters())
-    trained = {n: params[n] for n in names}
-    for p in trained.values():
-        p.requires_grad_(True)
+    trained = trainable(te, trainable_parameter_names(te, config.train_layers, config.component))
     opt = torch.optim.Adam(trained.values(), lr=config.lr)
     state = AttackState(config.attack_tokens, te.get_input_embeddings().embedding_dim).to(device)
     attack_cfg = SoftPromptConfig(
@@ -250,25 +317,8 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
         extra_modules={"attack": state},
         meta={"method": "advunlearn", "config": config_dict(config), "concept": concept.prompts},
     )
-    scheduler = ddim_scheduler(pipe)
-    scheduler.set_timesteps(config.num_inference_steps, device=device)
-
-    def trajectory(cond, seeds, till):
-        """x_t after `till` DDIM steps of the original model under `cond`, CFG start_guidance; (x_t, t)."""
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        x = initial_latents(pipe, len(seeds), gens).to(device) * scheduler.init_noise_sigma
-        null = emb_null.expand(len(seeds), -1, -1)
-        with torch.no_grad():
-            for t in scheduler.timesteps[:till]:
-                eps = guided_noise(unet, x, t, cond, null, config.start_guidance, scheduler)
-                x = scheduler.step(eps, t, x).prev_sample
-        loop.count_unet(2 * till * len(seeds))
-        return x, scheduler.timesteps[till].to(device)
-
-    def frozen(x, t, cond):
-        with torch.no_grad():
-            loop.count_unet(x.shape[0])
-            return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+    teacher = Teacher(pipe, emb_null, config, loop)
+    trajectory, frozen = teacher.trajectory, teacher
 
     te.train()
     for step, rng, gen in loop:
@@ -281,21 +331,7 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
 
         adversarial = step >= config.warmup_iterations
         if adversarial and (step - config.warmup_iterations) % config.attack_every == 0:
-            def batches(i, x_t=x_t, t=t, e_c=e_c):
-                if config.reuse_targets:
-                    return x_t, t, e_c
-                till_i = int(rng.integers(config.num_inference_steps))
-                x_i, t_i = trajectory(c0, rng.integers(0, 2**31 - 1, size=1), till_i)
-                return x_i, t_i, frozen(x_i, t_i, c0)
-
-            init = state.delta if bool(state.active) else None
-            delta, info = soft_prompt_attack(unet, te, tok, prompt, batches, attack_cfg, init_embeds=init, generator=gen, cancel=cancel)
-            loop.count_unet(2 * info["unet_evals"])  # forward + backward through the UNet
-            if init is not None:  # how far this attack moved the warm-started prefix
-                shifts = loop.stats.setdefault("attack_shifts", [])
-                shifts.append(round(float((delta - init).norm()), 6))
-            state.delta.copy_(delta)
-            state.active.fill_(1)
+            attack(pipe, teacher, state, attack_cfg, config, loop, prompt, c0, (x_t, t, e_c), rng, gen, cancel)
 
         if adversarial and bool(state.active):
             cond = encode_with_prefix(te, tok, [prompt], state.delta)  # (1, 77, D)
@@ -304,20 +340,17 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
         pred = unet(x_t, t, encoder_hidden_states=cond.to(unet.dtype), return_dict=False)[0]
         loss_unlearn = F.mse_loss(pred.float(), target.float())
 
-        loss_retain = torch.zeros((), device=device)
+        loss_retain, n_retain = torch.zeros((), device=device), 0
         if config.retain_weight > 0:
             idx = rng.choice(len(retain), size=min(config.retain_batch, len(retain)), replace=False)
             z_r, _ = trajectory(emb_r[idx], rng.integers(0, 2**31 - 1, size=len(idx)), till)
-            target_r = frozen(z_r, t, emb_r[idx])
-            cond_r = te(tokenize(tok, [retain[i] for i in idx]).to(device))[0]
-            pred_r = unet(z_r, t, encoder_hidden_states=cond_r.to(unet.dtype), return_dict=False)[0]
-            loss_retain = F.mse_loss(pred_r.float(), target_r.float())
+            loss_retain, n_retain = retain_loss(unet, te, tok, [retain[i] for i in idx], z_r, t, frozen(z_r, t, emb_r[idx])), len(idx)
         loss = loss_unlearn + config.retain_weight * loss_retain
         opt.zero_grad(set_to_none=True)
         loss.backward()
         loop.reduce_gradients()
         opt.step()
-        loop.count_unet(2 * (1 + (len(idx) if config.retain_weight > 0 else 0)))
+        loop.count_unet(2 * (1 + n_retain))
         loop.log(loss=loss.item(), unlearn=loss_unlearn.item(), retain=loss_retain.item(), attack=bool(adversarial))
     te.eval()
     te.requires_grad_(False)

@@ -473,6 +473,30 @@ class UnlearnDiffAtkConfig:
         return list(range(T // n // 2, T, T // n))[:n]
 
 
+def judge_tokens(pipe, result: AttackResult, ids: list, prompt: str, is_success, config, *, seed, block, t, total, callback, cancel) -> bool:
+    """Decode the block's argmax tokens to text, re-tokenise, and judge the text's image (seed `seed`);
+    records it in `result` and returns whether the attack succeeded. A text over 77 tokens (decoding
+    and re-tokenising can lengthen odd byte tokens) is skipped: nothing truncated is judged."""
+    tok = pipe.tokenizer
+    text = adversarial_text(tok, ids, prompt)
+    entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(result.losses[-config.iterations :]))}
+    n = len(tok(text, truncation=False).input_ids)
+    if n > MAX_TOKENS:
+        entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
+        result.history.append(entry)
+        return False
+    ok, image, evals = _judge(pipe, text, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
+    entry["success"] = ok
+    result.history.append(entry)
+    result.adversarial_prompt, result.image, result.adversarial_tokens = text, image, ids
+    result.exact_tokens = _exact(tok, text, ids, prompt)
+    result.unet_evals += evals
+    result.generations += 1
+    if callback is not None:
+        callback(event("unlearndiffatk", result.gradient_steps, total, phase="eval", i=block, t=t, prompt=text, success=ok, image=image))
+    return ok
+
+
 def unlearndiffatk(
     pipe, prompt, target_latents, is_success, config=None, *, seed=0, callback=None, cancel=None, progress=True
 ) -> AttackResult:
@@ -493,8 +517,6 @@ def unlearndiffatk(
     start = time.perf_counter()
     tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
     prefix_input_ids(tok, [prompt], config.num_tokens)  # raises early if the prompt cannot take k tokens
-    steps, guidance = config.num_inference_steps, config.guidance_scale
-
     total = len(config.schedule(pipe.scheduler.config.num_train_timesteps)) * config.iterations
     result = _pre_attack("unlearndiffatk", pipe, prompt, is_success, seed, config, callback, cancel, step=0, total=total, t=None)
     if result.pre_success:
@@ -544,23 +566,7 @@ def unlearndiffatk(
                     callback(event("unlearndiffatk", result.gradient_steps, total, phase="step", i=result.gradient_steps - 1, t=t, loss=result.losses[-1]))
 
             ids = vocab[probs.detach().argmax(-1).cpu()].tolist()
-            text = adversarial_text(tok, ids, prompt)
-            entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(result.losses[-config.iterations :]))}
-            n = len(tok(text, truncation=False).input_ids)
-            if n > MAX_TOKENS:  # decoding and re-tokenising can lengthen odd byte tokens; judge nothing truncated
-                entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
-                result.history.append(entry)
-                continue
-            ok, image, evals = _judge(pipe, text, is_success, seed, steps, guidance, cancel)
-            entry["success"] = ok
-            result.history.append(entry)
-            result.adversarial_prompt, result.image, result.adversarial_tokens = text, image, ids
-            result.exact_tokens = _exact(tok, text, ids, prompt)
-            result.unet_evals += evals
-            result.generations += 1
-            if callback is not None:
-                callback(event("unlearndiffatk", result.gradient_steps, total, phase="eval", i=b, t=t, prompt=text, success=ok, image=image))
-            if ok:
+            if judge_tokens(pipe, result, ids, prompt, is_success, config, seed=seed, block=b, t=t, total=total, callback=callback, cancel=cancel):
                 result.success = True
                 break
     finally:

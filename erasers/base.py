@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from studio.checkpoint import ParamDict, atomic_write_text, load_checkpoint, save_checkpoint
+from studio.checkpoint import ParamDict, load_checkpoint, save_checkpoint
 from studio.loading import ERASURE_FILE
 from studio.paths import MARKER, TOY_MODEL
 from studio.progress import event

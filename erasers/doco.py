@@ -426,18 +426,87 @@ class NoiseSchedule:
         return {"epsilon": noise, "v_prediction": a * noise - s * z0, "sample": z0}[self.kind]
 
 
+def noisy_batch(rng, gen, z0_all, z0_flipped, schedule, config: DoCoConfig, dtype) -> tuple:
+    """Two half-batches of anchor images (one for domain correction, one for prior preservation),
+    flipped at random with `hflip`, noised at random timesteps: (pick, z0, t, noise, x_t)."""
+    b, device = config.batch_size, z0_all.device
+    pick = torch.from_numpy(rng.integers(config.num_anchor_images, size=2 * b))
+    z0 = z0_all[pick]  # (2B, 4, h, w)
+    if config.hflip:
+        flip = torch.from_numpy(rng.random(2 * b) < 0.5).to(device)
+        z0 = torch.where(flip.view(-1, 1, 1, 1), z0_flipped[pick], z0)
+    t = torch.from_numpy(rng.integers(0, schedule.steps, size=2 * b)).to(device)
+    noise = torch.randn(z0.shape, generator=gen).to(device, z0.dtype)
+    return pick, z0, t, noise, schedule.add_noise(z0, noise, t).to(dtype)
+
+
+def make_discriminator(unet, config: DoCoConfig, device) -> tuple:
+    """The patch discriminator (initialised from the config's seed) and its Adam optimiser."""
+    size = unet.config.sample_size
+    latent_size = size if isinstance(size, int) else min(size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        disc = PatchDiscriminator(unet.config.in_channels, config.d_blocks or discriminator_blocks(latent_size)).to(device)
+    return disc, torch.optim.Adam(disc.parameters(), lr=config.discriminator_lr, betas=config.d_betas)
+
+
+def unet_gradients(loss_adv, loss_prior, trained_list: list, config: DoCoConfig, info: dict) -> list:
+    """The UNet's gradients of one step: the plain sum of both losses (surgery "none"), or the
+    concept-preserving combination of the clipped unlearning and preserving gradients; logs into `info`."""
+    if config.surgery == "none":
+        grads = list(torch.autograd.grad(loss_adv + 0.1 * config.prior_loss_weight * loss_prior, trained_list, allow_unused=True))
+        info["grad_norm"] = clip_grad_norm(grads, config.max_grad_norm)
+        return grads
+    g_p = list(torch.autograd.grad(loss_prior, trained_list, retain_graph=True, allow_unused=True))
+    g_u = list(torch.autograd.grad(loss_adv, trained_list, allow_unused=True))
+    clip_grad_norm(g_p, config.max_grad_norm)
+    info["grad_norm"] = clip_grad_norm(g_u, config.max_grad_norm)
+    info["conflicts"] = conflicts(g_u, g_p)
+    return concept_preserving_gradient(g_u, g_p, config.surgery_lambda, config.surgery)
+
+
+def unet_step(unet, disc, opt, schedule, trained_list, config: DoCoConfig, loop, info, z0, noise, x_t, t, c_target, c_prior):
+    """One UNet step: domain correction on the first half-batch (the target prompts' x0 predictions
+    should fool the discriminator), prior preservation on the second; returns the detached fakes."""
+    b = config.batch_size
+    out = unet(x_t, t, encoder_hidden_states=torch.cat([c_target, c_prior]), return_dict=False)[0]
+    fake = schedule.x0(out[:b], x_t[:b], t[:b])
+    loss_adv = bce(disc(fake), 0.0)  # the non-saturating generator loss
+    loss_prior = F.mse_loss(out[b:].float(), schedule.target(z0[b:], noise[b:], t[b:]).float())
+    grads = unet_gradients(loss_adv, loss_prior, trained_list, config, info)
+    for p, g in zip(trained_list, grads):
+        p.grad = g if g is not None else torch.zeros_like(p)
+    loop.reduce_gradients()  # data-parallel: the surgery runs per process, the mean is applied
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    info.update(loss_adv=loss_adv.item(), loss_prior=loss_prior.item())
+    loop.count_unet(3 * b)
+    return fake.detach()
+
+
+def discriminator_step(disc, d_opt, real, fake, loop) -> float:
+    """One step of the discriminator: anchor-prompt predictions of the original model are "real" (0),
+    target-prompt predictions of the trained model "fake" (1); it learns from L_D alone. Returns L_D."""
+    d_opt.zero_grad(set_to_none=True)
+    loss_d = bce(disc(real.float()), 0.0) + bce(disc(fake.float()), 1.0)
+    loss_d.backward()
+    loop.reduce_gradients(disc.parameters())
+    d_opt.step()
+    d_opt.zero_grad(set_to_none=True)
+    return loss_d.item()
+
+
 def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
     """Erase `concept` from `pipe.unet` in place with DoCo; returns the changed weights. See the module docstring.
 
     `callback` receives `{"stage": "anchor images", "step", "total"}` while the anchor images are generated,
-    then the training steps' `{"step", "total", "loss" (the discriminator's), "loss_adv", "loss_prior", ...}`.
+    then the training steps' `{"stage": "doco", "step", "total", "loss" (the discriminator's), "loss_adv", "loss_prior", ...}`.
     """
     config = config or DoCoConfig()
     pairs = training_pairs(concept)
     concept.check(pipe.tokenizer)
-    for a, t in pairs:
-        check_prompt(pipe.tokenizer, a)
-        check_prompt(pipe.tokenizer, t)
+    for prompt in (p for pair in pairs for p in pair):
+        check_prompt(pipe.tokenizer, prompt)
     unet = pipe.unet
     device = unet.device
     names = trainable_parameter_names(unet, config.parameter_group)
@@ -449,12 +518,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
     pipe.vae.requires_grad_(False)
     freeze_all_but(unet, names)
     opt = torch.optim.AdamW(trained.values(), lr=config.unet_lr, weight_decay=config.weight_decay)
-    size = unet.config.sample_size
-    latent_size = size if isinstance(size, int) else min(size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        disc = PatchDiscriminator(unet.config.in_channels, config.d_blocks or discriminator_blocks(latent_size)).to(device)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=config.discriminator_lr, betas=config.d_betas)
+    disc, d_opt = make_discriminator(unet, config, device)
 
     loop = TrainLoop(
         f"DoCo ({config.parameter_group}, surgery {config.surgery})",
@@ -498,15 +562,7 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
     disc.train()
     try:
         for step, rng, gen in loop:
-            # two half-batches of anchor images: one for domain correction, one for prior preservation
-            pick = torch.from_numpy(rng.integers(config.num_anchor_images, size=2 * b))
-            z0 = z0_all[pick]  # (2B, 4, h, w)
-            if config.hflip:
-                flip = torch.from_numpy(rng.random(2 * b) < 0.5).to(device)
-                z0 = torch.where(flip.view(-1, 1, 1, 1), z0_flipped[pick], z0)
-            t = torch.from_numpy(rng.integers(0, schedule.steps, size=2 * b)).to(device)
-            noise = torch.randn(z0.shape, generator=gen).to(device, z0.dtype)
-            x_t = schedule.add_noise(z0, noise, t).to(unet.dtype)
+            pick, z0, t, noise, x_t = noisy_batch(rng, gen, z0_all, z0_flipped, schedule, config, unet.dtype)
             k = which[pick]
             c_target, c_anchor = emb_target[k[:b]], emb_anchor[k[:b]]  # (B, 77, D)
             c_prior = emb_anchor[k[b:]]
@@ -514,41 +570,13 @@ def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoin
                 real = schedule.x0(frozen(x_t[:b], t[:b], c_anchor)[0], x_t[:b], t[:b])  # (B, 4, h, w)
             info = {}
             if step >= config.warmup_steps:
-                out = unet(x_t, t, encoder_hidden_states=torch.cat([c_target, c_prior]), return_dict=False)[0]
-                fake = schedule.x0(out[:b], x_t[:b], t[:b])
-                loss_adv = bce(disc(fake), 0.0)  # the non-saturating generator loss
-                loss_prior = F.mse_loss(out[b:].float(), schedule.target(z0[b:], noise[b:], t[b:]).float())
-                if config.surgery == "none":
-                    grads = list(torch.autograd.grad(loss_adv + 0.1 * config.prior_loss_weight * loss_prior, trained_list, allow_unused=True))
-                    info["grad_norm"] = clip_grad_norm(grads, config.max_grad_norm)
-                else:
-                    g_p = list(torch.autograd.grad(loss_prior, trained_list, retain_graph=True, allow_unused=True))
-                    g_u = list(torch.autograd.grad(loss_adv, trained_list, allow_unused=True))
-                    clip_grad_norm(g_p, config.max_grad_norm)
-                    info["grad_norm"] = clip_grad_norm(g_u, config.max_grad_norm)
-                    info["conflicts"] = conflicts(g_u, g_p)
-                    grads = concept_preserving_gradient(g_u, g_p, config.surgery_lambda, config.surgery)
-                for p, g in zip(trained_list, grads):
-                    p.grad = g if g is not None else torch.zeros_like(p)
-                loop.reduce_gradients()  # data-parallel: the surgery runs per process, the mean is applied
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                fake = fake.detach()
-                info.update(loss_adv=loss_adv.item(), loss_prior=loss_prior.item())
-                loop.count_unet(3 * b)
+                fake = unet_step(unet, disc, opt, schedule, trained_list, config, loop, info, z0, noise, x_t, t, c_target, c_prior)
             else:
                 with torch.no_grad():
                     fake = schedule.x0(unet(x_t[:b], t[:b], encoder_hidden_states=c_target, return_dict=False)[0], x_t[:b], t[:b])
                 loop.count_unet(2 * b)
-            # the discriminator: anchor-prompt predictions of the original model are "real" (0), target-prompt
-            # predictions of the trained model "fake" (1); it learns from L_D alone
-            d_opt.zero_grad(set_to_none=True)
-            loss_d = bce(disc(real.float()), 0.0) + bce(disc(fake.float()), 1.0)
-            loss_d.backward()
-            loop.reduce_gradients(disc.parameters())
-            d_opt.step()
-            d_opt.zero_grad(set_to_none=True)
-            loop.log(loss=loss_d.item(), **info)
+            loss_d = discriminator_step(disc, d_opt, real, fake, loop)
+            loop.log(loss=loss_d, **info)
     finally:
         for h in hooks:
             h.remove()

@@ -109,7 +109,6 @@ def erase(pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint
     config = config or ESDConfig()
     concept.check(pipe.tokenizer)
     unet = pipe.unet
-    device = unet.device
     names = trainable_parameter_names(unet, config.train_method)
     params = dict(unet.named_parameters())
     trained = {n: params[n] for n in names}

@@ -38,9 +38,9 @@ _LAZY = {
     "invert": "editing",
     "reconstruct": "editing",
     "InversionResult": "result",
+    "parse_reweight": "options",
+    "parse_blend": "options",
 }
-
-_LAZY.update({"parse_reweight": "options", "parse_blend": "options"})
 
 __all__ = ["REGISTRY", "METHODS", *_LAZY]
 
