@@ -235,13 +235,13 @@ def make_controller(
     cross_alphas = torch.stack([align.time_alphas(tokenizer, t, num_steps, cross_replace_steps) for t in targets], dim=1)
     equalizer = None
     if reweight:
-        words_, values = _split_reweight(reweight)
+        words_, values = split_reweight(reweight)
         equalizer = torch.stack([align.equalizer(tokenizer, t, words_, values) for t in targets])
     plan = EditPlan(mode, mappers, refine_alphas, cross_alphas, align.self_window(num_steps, self_replace_steps), equalizer)
 
     blend = None
     if blend_words:
-        src_words, tgt_words = _split_blend_words(blend_words)
+        src_words, tgt_words = split_blend_words(blend_words)
         weights = torch.zeros(1 + len(targets), align.MAX_LEN)
         for row, (prompt, ws) in enumerate([(source, src_words)] + [(t, tgt_words) for t in targets]):
             for w in ws:
@@ -252,7 +252,7 @@ def make_controller(
     return Controller(plan, 1 + len(targets), cfg, latent_hw, blend, self_max_side)
 
 
-def _split_blend_words(blend_words) -> tuple[list, list]:
+def split_blend_words(blend_words) -> tuple[list, list]:
     """"cat" -> (["cat"], ["cat"]); ["red", "cat"] -> the same words in both prompts;
     ("cat", "tiger") or (["red", "cat"], ["tiger"]) -> (source words, target words)."""
     if isinstance(blend_words, str):
@@ -266,7 +266,7 @@ def _split_blend_words(blend_words) -> tuple[list, list]:
     return as_list(src), as_list(tgt)
 
 
-def _split_reweight(reweight) -> tuple[list, list]:
+def split_reweight(reweight) -> tuple[list, list]:
     """{"word": 2.0, ...} or (words, values) -> (words, values); the equalizer checks that the lengths match."""
     if isinstance(reweight, dict):
         return list(reweight.keys()), list(reweight.values())

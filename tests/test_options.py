@@ -54,12 +54,12 @@ def test_parse_blend_errors_name_the_fix(bad):
 
 def test_blend_forms_reach_the_controller():
     """Each parsed form means what it says to make_controller: words of both prompts, or source | target."""
-    from inversion.control import _split_blend_words
+    from inversion.control import split_blend_words
 
-    assert _split_blend_words(parse_blend("circle")) == (["circle"], ["circle"])
-    assert _split_blend_words(parse_blend("red circle")) == (["red", "circle"], ["red", "circle"])
-    assert _split_blend_words(parse_blend("red | blue")) == (["red"], ["blue"])
-    assert _split_blend_words(["a", "b", "c"]) == (["a", "b", "c"], ["a", "b", "c"])
+    assert split_blend_words(parse_blend("circle")) == (["circle"], ["circle"])
+    assert split_blend_words(parse_blend("red circle")) == (["red", "circle"], ["red", "circle"])
+    assert split_blend_words(parse_blend("red | blue")) == (["red"], ["blue"])
+    assert split_blend_words(["a", "b", "c"]) == (["a", "b", "c"], ["a", "b", "c"])
 
 
 def test_one_registry_of_inverters():
