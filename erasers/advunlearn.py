@@ -112,7 +112,9 @@ def layer_indices(spec: str, n_layers: int) -> list:
     else:
         m = re.fullmatch(r"layers:([\d,\- ]+)", str(spec))
         if not m:
-            raise ValueError(f"unknown train_layers {spec!r}; use 'all', 'layers:0,1,2', 'layers:0-5' or an official name ({', '.join(OFFICIAL_LAYER_SETS)})")
+            raise ValueError(
+                f"unknown train_layers {spec!r}; use 'all', 'layers:0,1,2', 'layers:0-5' or an official name ({', '.join(OFFICIAL_LAYER_SETS)})"
+            )
         idx = []
         for part in m.group(1).split(","):
             part = part.strip()
@@ -271,7 +273,9 @@ def attack(pipe, teacher: Teacher, state, attack_cfg, config, loop, prompt: str,
         return x_i, t_i, teacher(x_i, t_i, c0)
 
     init = state.delta if bool(state.active) else None
-    delta, info = soft_prompt_attack(pipe.unet, pipe.text_encoder, pipe.tokenizer, prompt, batches, attack_cfg, init_embeds=init, generator=gen, cancel=cancel)
+    delta, info = soft_prompt_attack(
+        pipe.unet, pipe.text_encoder, pipe.tokenizer, prompt, batches, attack_cfg, init_embeds=init, generator=gen, cancel=cancel
+    )
     loop.count_unet(2 * info["unet_evals"])  # forward + backward through the UNet
     if init is not None:  # how far this attack moved the warm-started prefix
         shifts = loop.stats.setdefault("attack_shifts", [])
@@ -280,7 +284,9 @@ def attack(pipe, teacher: Teacher, state, attack_cfg, config, loop, prompt: str,
     state.active.fill_(1)
 
 
-def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
+def erase(
+    pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+) -> ErasureResult:
     """Erase `concept` by adversarially training `pipe.text_encoder` in place; see the module docstring."""
     config = config or AdvUnlearnConfig()
     concept.check(pipe.tokenizer)
@@ -300,7 +306,11 @@ def erase(pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, che
     opt = torch.optim.Adam(trained.values(), lr=config.lr)
     state = AttackState(config.attack_tokens, te.get_input_embeddings().embedding_dim).to(device)
     attack_cfg = SoftPromptConfig(
-        num_tokens=config.attack_tokens, steps=config.attack_steps, lr=config.attack_lr, method=config.attack_method, init=config.attack_init
+        num_tokens=config.attack_tokens,
+        steps=config.attack_steps,
+        lr=config.attack_lr,
+        method=config.attack_method,
+        init=config.attack_init,
     )
     loop = TrainLoop(
         "AdvUnlearn",

@@ -473,7 +473,9 @@ class UnlearnDiffAtkConfig:
         return list(range(T // n // 2, T, T // n))[:n]
 
 
-def judge_tokens(pipe, result: AttackResult, ids: list, prompt: str, is_success, config, *, seed, block, t, total, callback, cancel) -> bool:
+def judge_tokens(
+    pipe, result: AttackResult, ids: list, prompt: str, is_success, config, *, seed, block, t, total, callback, cancel
+) -> bool:
     """Decode the block's argmax tokens to text, re-tokenise, and judge the text's image (seed `seed`);
     records it in `result` and returns whether the attack succeeded. A text over 77 tokens (decoding
     and re-tokenising can lengthen odd byte tokens) is skipped: nothing truncated is judged."""
@@ -563,10 +565,22 @@ def unlearndiffatk(
                 result.unet_evals += 1
                 bar.update(1)
                 if callback is not None:
-                    callback(event("unlearndiffatk", result.gradient_steps, total, phase="step", i=result.gradient_steps - 1, t=t, loss=result.losses[-1]))
+                    callback(
+                        event(
+                            "unlearndiffatk",
+                            result.gradient_steps,
+                            total,
+                            phase="step",
+                            i=result.gradient_steps - 1,
+                            t=t,
+                            loss=result.losses[-1],
+                        )
+                    )
 
             ids = vocab[probs.detach().argmax(-1).cpu()].tolist()
-            if judge_tokens(pipe, result, ids, prompt, is_success, config, seed=seed, block=b, t=t, total=total, callback=callback, cancel=cancel):
+            if judge_tokens(
+                pipe, result, ids, prompt, is_success, config, seed=seed, block=b, t=t, total=total, callback=callback, cancel=cancel
+            ):
                 result.success = True
                 break
     finally:

@@ -223,7 +223,9 @@ class TrainLoop:
         self.elapsed_before = meta.get("seconds", 0.0)
 
     def __iter__(self):
-        bar = tqdm(range(self.step, self.total), initial=self.step, total=self.total, desc=self.desc, disable=not self.progress, leave=False)
+        bar = tqdm(
+            range(self.step, self.total), initial=self.step, total=self.total, desc=self.desc, disable=not self.progress, leave=False
+        )
         previous = self._install_handlers()
         try:
             for step in bar:

@@ -145,7 +145,9 @@ class DoCoConfig:
         if self.concept_type not in D_LR:
             raise ValueError(f"unknown DoCo concept_type {self.concept_type!r}; use one of {', '.join(D_LR)}")
         if self.iterations < 1 or not 0 <= self.warmup_steps <= self.iterations:
-            raise ValueError(f"DoCo needs iterations >= 1 and 0 <= warmup_steps <= iterations, got {self.iterations} and {self.warmup_steps}")
+            raise ValueError(
+                f"DoCo needs iterations >= 1 and 0 <= warmup_steps <= iterations, got {self.iterations} and {self.warmup_steps}"
+            )
         if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0) or self.batch_size < 1:
             raise ValueError("DoCo needs lr > 0, d_lr > 0 (or None) and batch_size >= 1")
         if self.num_anchor_images < 1 or self.anchor_steps < 1:
@@ -166,7 +168,9 @@ class DoCoConfig:
     def earlier(cls, **kw) -> "DoCoConfig":
         """The earlier README and scripts/*.sh (2024-10/11); lambda 1 there for styles, 0.5 otherwise."""
         style = kw.get("concept_type") == "style"
-        return cls(**{"iterations": 1000, "warmup_steps": 200, "lr": 2e-6, "surgery_lambda": 1.0 if style else 0.5, "prior_loss_weight": 0.0, **kw})
+        return cls(
+            **{"iterations": 1000, "warmup_steps": 200, "lr": 2e-6, "surgery_lambda": 1.0 if style else 0.5, "prior_loss_weight": 0.0, **kw}
+        )
 
 
 # ---------------------------------------------------------------- the concept-preserving gradient
@@ -298,7 +302,9 @@ def training_pairs(concept: Concept) -> list:
     pairs = []
     for a in concept.anchors:
         if not to_target.search(a):
-            raise ValueError(f"anchor prompt {a!r} does not contain the anchor word {anchor_word!r}; DoCo makes its target prompt by replacing it")
+            raise ValueError(
+                f"anchor prompt {a!r} does not contain the anchor word {anchor_word!r}; DoCo makes its target prompt by replacing it"
+            )
         pairs.append((a, to_target.sub(target_word, a)))
     for p in concept.prompts[1:]:
         if not to_anchor.search(p):
@@ -496,7 +502,9 @@ def discriminator_step(disc, d_opt, real, fake, loop) -> float:
     return loss_d.item()
 
 
-def erase(pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
+def erase(
+    pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+) -> ErasureResult:
     """Erase `concept` from `pipe.unet` in place with DoCo; returns the changed weights. See the module docstring.
 
     `callback` receives `{"stage": "anchor images", "step", "total"}` while the anchor images are generated,

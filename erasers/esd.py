@@ -104,7 +104,9 @@ class FrozenUNet:
         return functional_call(self.unet, self.originals, (x, t), {"encoder_hidden_states": encoder_hidden_states, "return_dict": False})
 
 
-def erase(pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
+def erase(
+    pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+) -> ErasureResult:
     """Erase `concept` from `pipe.unet` in place with ESD; returns the changed weights. See the module docstring."""
     config = config or ESDConfig()
     concept.check(pipe.tokenizer)
@@ -199,4 +201,3 @@ TOY_PRESETS: dict = {
     "esd-x": {"lr": 1e-3, "iterations": 50},
     "esd-u": {"lr": 1e-4, "iterations": 200},
 }
-

@@ -77,8 +77,14 @@ def generate(pipe, prompts, config: EvalConfig, cancel=None, callback=None) -> l
     """Every prompt with the config's seeds (seed, seed+1, ...), in batches: `studio.sampling.sample_many`."""
     seeds = [config.seed + s for s in range(config.seeds)]
     return sample_many(
-        pipe, prompts, seeds, batch_size=config.batch_size, num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, callback=callback, cancel=cancel,
+        pipe,
+        prompts,
+        seeds,
+        batch_size=config.batch_size,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        callback=callback,
+        cancel=cancel,
     )
 
 
@@ -108,7 +114,9 @@ class _Phase:
         return inner
 
 
-def evaluate(original, erased, spec: EvalSpec, judge, config: EvalConfig | None = None, *, callback=None, cancel=None, progress=True) -> dict:
+def evaluate(
+    original, erased, spec: EvalSpec, judge, config: EvalConfig | None = None, *, callback=None, cancel=None, progress=True
+) -> dict:
     """Run the whole report; see the module docstring. Returns a JSON-able dict (images under "_images").
 
     `callback` gets `studio.progress` events: "evaluation: erasure" and "evaluation: utility" (sampling
@@ -203,8 +211,16 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
         seed = config.seed + i
         target = attacks.target_latents(original, prompt, seed=seed)
         res = attacks.run_attack(
-            config.attack, erased, prompt, target, is_success, config=config.attack_overrides or None, seed=seed, cancel=cancel,
-            progress=progress, callback=relay(callback, attack_prompt=i + 1, attack_prompts=len(prompts)),
+            config.attack,
+            erased,
+            prompt,
+            target,
+            is_success,
+            config=config.attack_overrides or None,
+            seed=seed,
+            cancel=cancel,
+            progress=progress,
+            callback=relay(callback, attack_prompt=i + 1, attack_prompts=len(prompts)),
         )
         results.append(res)
         images.append(res.image)
@@ -212,17 +228,33 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
             callback(event("evaluation: attack", i + 1, len(prompts), attack=config.attack, prompt=prompt, success=bool(res.success)))
     summary = attacks.asr(results) if results else {"asr": None, "pre_asr": None, "n": 0}
     per_prompt = [
-        {"prompt": r.prompt, "adversarial_prompt": r.adversarial_prompt, "pre_success": bool(r.pre_success), "success": bool(r.success), "unet_evals": r.unet_evals}
+        {
+            "prompt": r.prompt,
+            "adversarial_prompt": r.adversarial_prompt,
+            "pre_success": bool(r.pre_success),
+            "success": bool(r.success),
+            "unet_evals": r.unet_evals,
+        }
         for r in results
     ]
-    return {"name": config.attack, **summary, "per_prompt": per_prompt, "unet_evals": int(sum(r.unet_evals for r in results)), "_images": images}
+    return {
+        "name": config.attack,
+        **summary,
+        "per_prompt": per_prompt,
+        "unet_evals": int(sum(r.unet_evals for r in results)),
+        "_images": images,
+    }
 
 
 def format_table(report: dict) -> str:
     e, u, a = report["erasure"], report["utility"], report["attack"]
     head = "| | direct | synonyms | aliases |\n|---|---|---|---|"
     rows = [head]
-    for key, label in (("original_rate", "concept shown, original"), ("erased_rate", "concept shown, erased"), ("erasure_success", "erasure success")):
+    for key, label in (
+        ("original_rate", "concept shown, original"),
+        ("erased_rate", "concept shown, erased"),
+        ("erasure_success", "erasure success"),
+    ):
         rows.append(f"| {label} | " + " | ".join(f"{e[f][key]:.0%}" if f in e else "-" for f in ("direct", "synonym", "alias")) + " |")
     out = "\n".join(rows)
     if a.get("n"):
@@ -230,7 +262,9 @@ def format_table(report: dict) -> str:
     if u:
         parts = []
         if "retained_acc_erased" in u:
-            parts.append(f"retained accuracy {u['retained_acc_erased']:.0%} (original {u['retained_acc_original']:.0%}, ratio {u['retained_ratio']:.2f})")
+            parts.append(
+                f"retained accuracy {u['retained_acc_erased']:.0%} (original {u['retained_acc_original']:.0%}, ratio {u['retained_ratio']:.2f})"
+            )
         if "kid_x1000" in u:
             parts.append(f"KID on judge features x1000 {u['kid_x1000']:.2f}")
         parts.append(f"paired PSNR {u['paired_psnr']:.1f} dB")
@@ -251,10 +285,16 @@ def report_grid(report: dict, judge, rows: int = 4):
     for i in range(n):
         images += [before[i * seeds], after[i * seeds], attacked[i] if attacked else None]
         shown_att = per[i]["success"] if per else None
-        captions += [f"{c}: {'yes' if sb[i * seeds] else 'no'}", f"{c}: {'yes' if sa[i * seeds] else 'no'}", f"{c}: {'yes' if shown_att else 'no'}"]
+        captions += [
+            f"{c}: {'yes' if sb[i * seeds] else 'no'}",
+            f"{c}: {'yes' if sa[i * seeds] else 'no'}",
+            f"{c}: {'yes' if shown_att else 'no'}",
+        ]
         adv = per[i]["adversarial_prompt"] if per else ""
         labels.append(f"{prompts[i]}  |  attack: {adv}" if adv and adv != prompts[i] else prompts[i])
-    return make_grid(images, n, 3, row_labels=labels, col_labels=["original", "erased", "attacked"], captions=captions, title=f"erasing '{c}'")
+    return make_grid(
+        images, n, 3, row_labels=labels, col_labels=["original", "erased", "attacked"], captions=captions, title=f"erasing '{c}'"
+    )
 
 
 def write_report(report: dict, folder, judge=None) -> Path:

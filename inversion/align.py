@@ -53,7 +53,9 @@ def _token_spans(tokenizer, prompt: str) -> tuple[list[int], list[tuple[int, int
                 offsets.append((start, end))
         offsets.append((0, 0))
         if inner != ids[1:-1]:
-            raise ValueError(f"cannot map the words of {prompt!r} to its tokens with this tokenizer; use a fast (Rust) CLIP tokenizer") from None
+            raise ValueError(
+                f"cannot map the words of {prompt!r} to its tokens with this tokenizer; use a fast (Rust) CLIP tokenizer"
+            ) from None
     if len(ids) > MAX_LEN:
         raise ValueError(f"prompt has {len(ids)} tokens; CLIP takes at most {MAX_LEN}. Shorten it: {prompt[:60]!r}")
     return ids, offsets

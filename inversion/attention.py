@@ -32,7 +32,9 @@ class P2PAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, controller=None, **kwargs):
         if controller is None:
-            return self.fallback(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb, **kwargs)
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb, **kwargs
+            )
         return attend(attn, self.name, hidden_states, encoder_hidden_states, attention_mask, temb, controller)
 
 

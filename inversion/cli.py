@@ -28,19 +28,39 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(p)
-    p.add_argument("--image", help="the image to edit (any size: centre-cropped or padded to a square, then resized to the model's resolution)")
+    p.add_argument(
+        "--image", help="the image to edit (any size: centre-cropped or padded to a square, then resized to the model's resolution)"
+    )
     p.add_argument("--source", required=True, help="a prompt that describes the image")
     p.add_argument("--target", action="append", required=True, help="the edited prompt (repeat for several edits of one inversion)")
     p.add_argument("--method", choices=METHODS, default=None, help="inversion method (default: null-text, or the --inversion file's)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored with --inversion)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance of the edit (ignored with --inversion)")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="how a non-square image is made square")
-    p.add_argument("--mode", choices=("auto", "replace", "refine"), default="auto", help="replace needs the same number of words; refine aligns tokens")
+    p.add_argument(
+        "--mode", choices=("auto", "replace", "refine"), default="auto", help="replace needs the same number of words; refine aligns tokens"
+    )
     p.add_argument("--cross", type=float, default=0.8, help="fraction of steps that copy the source's cross-attention")
     p.add_argument("--self", dest="self_steps", type=float, default=0.5, help="fraction of steps that copy the source's self-attention")
-    p.add_argument("--blend", default=None, metavar="WORDS", help="local blend: words of both prompts ('circle'), or 'SOURCE WORDS | TARGET WORDS' ('red | blue')")
-    p.add_argument("--reweight", action="append", default=[], metavar="WORD=SCALE", help="scale target words' attention: 'blue=2, striped=0.5' (or repeat the flag)")
-    p.add_argument("--null-init", choices=("source", "empty"), default="source", help="null-text: start from the source prompt's embedding or the empty prompt's (official)")
+    p.add_argument(
+        "--blend",
+        default=None,
+        metavar="WORDS",
+        help="local blend: words of both prompts ('circle'), or 'SOURCE WORDS | TARGET WORDS' ('red | blue')",
+    )
+    p.add_argument(
+        "--reweight",
+        action="append",
+        default=[],
+        metavar="WORD=SCALE",
+        help="scale target words' attention: 'blue=2, striped=0.5' (or repeat the flag)",
+    )
+    p.add_argument(
+        "--null-init",
+        choices=("source", "empty"),
+        default="source",
+        help="null-text: start from the source prompt's embedding or the empty prompt's (official)",
+    )
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: at most this many Adam steps per timestep")
     p.add_argument("--offset-target", action="store_true", help="direct: add the source's offsets to the target too")
     p.add_argument("--inversion", default=None, help="reuse an inversion saved with --save-inversion (skips inverting)")

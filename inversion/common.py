@@ -49,13 +49,17 @@ def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
     out = fit_image(img, size, mode=fit)
     side = min(w, h) if fit == "crop" else max(w, h)
     if 2 * side < size:
-        warnings.warn(f"the image is {w}x{h}: its {side}x{side} square is upscaled to {size}x{size}, so the model sees a blurred image", stacklevel=2)
+        warnings.warn(
+            f"the image is {w}x{h}: its {side}x{side} square is upscaled to {size}x{size}, so the model sees a blurred image", stacklevel=2
+        )
     if w == h:
         how = f"{w}x{h}"
     else:
         s = min(w, h) if fit == "crop" else max(w, h)
         how = f"{w}x{h}, {'centre-cropped' if fit == 'crop' else 'padded'} to {s}x{s}"
-    note = f"image {how}" + (f", resized to {size}x{size} (the model's resolution)" if (w, h) != (size, size) else " (the model's resolution)")
+    note = f"image {how}" + (
+        f", resized to {size}x{size} (the model's resolution)" if (w, h) != (size, size) else " (the model's resolution)"
+    )
     return out, note
 
 
@@ -86,7 +90,9 @@ def scheduler_pair(config, num_inference_steps: int, device=None) -> tuple[DDIMS
     forward = DDIMScheduler.from_config(config)
     spacing = forward.config.timestep_spacing
     if spacing not in ("leading", "trailing"):
-        raise ValueError(f"timestep_spacing {spacing!r} cannot be inverted with DDIM here; use a scheduler config with 'leading' or 'trailing'")
+        raise ValueError(
+            f"timestep_spacing {spacing!r} cannot be inverted with DDIM here; use a scheduler config with 'leading' or 'trailing'"
+        )
     inverse = DDIMInverseScheduler.from_config(config)
     forward.set_timesteps(num_inference_steps, device=device)
     inverse.set_timesteps(num_inference_steps, device=device)
@@ -119,7 +125,13 @@ def fingerprint(pipe) -> list:
     """A short identity of the model (UNet and text encoder), to catch an inversion loaded into another model."""
     u = pipe.unet.conv_in.weight.detach().float()
     e = pipe.text_encoder.get_input_embeddings().weight.detach()[:1000].float()
-    return [int(pipe.unet.config.cross_attention_dim), int(pipe.unet.config.sample_size), u.abs().sum().item(), u.square().sum().item(), e.abs().sum().item()]
+    return [
+        int(pipe.unet.config.cross_attention_dim),
+        int(pipe.unet.config.sample_size),
+        u.abs().sum().item(),
+        u.square().sum().item(),
+        e.abs().sum().item(),
+    ]
 
 
 def same_model(a: list, b: list) -> bool:

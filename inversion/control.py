@@ -122,7 +122,9 @@ class LocalBlend:
 class Controller:
     """The state of one edit call: step, plan, blend, counters. Passed to the UNet with each call."""
 
-    def __init__(self, plan: EditPlan, n_prompts: int, cfg: bool, latent_hw: tuple, blend: LocalBlend | None = None, self_max_side: int | None = None):
+    def __init__(
+        self, plan: EditPlan, n_prompts: int, cfg: bool, latent_hw: tuple, blend: LocalBlend | None = None, self_max_side: int | None = None
+    ):
         self.plan = plan
         self.n = n_prompts  # B: source + targets
         self.offset = n_prompts if cfg else 0  # first cond row
@@ -142,7 +144,9 @@ class Controller:
                 s *= 2
             hw = (-(-h // s), -(-w // s))
             if hw[0] * hw[1] != n_query:
-                raise ValueError(f"cannot place {n_query} attention queries on a {h}x{w} latent; prompt-to-prompt needs the UNet's usual layout")
+                raise ValueError(
+                    f"cannot place {n_query} attention queries on a {h}x{w} latent; prompt-to-prompt needs the UNet's usual layout"
+                )
             self._hw[n_query] = hw
         return self._hw[n_query]
 
@@ -253,7 +257,7 @@ def make_controller(
 
 
 def split_blend_words(blend_words) -> tuple[list, list]:
-    """"cat" -> (["cat"], ["cat"]); ["red", "cat"] -> the same words in both prompts;
+    """ "cat" -> (["cat"], ["cat"]); ["red", "cat"] -> the same words in both prompts;
     ("cat", "tiger") or (["red", "cat"], ["tiger"]) -> (source words, target words)."""
     if isinstance(blend_words, str):
         return [blend_words], [blend_words]

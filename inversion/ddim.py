@@ -39,7 +39,17 @@ class DDIMInversionConfig:
 
 @torch.no_grad()
 def ddim_pivot(
-    unet, inverse, z0: torch.Tensor, cond: torch.Tensor, *, uncond=None, guidance: float = 1.0, callback=None, cancel=None, progress=False, counter=None
+    unet,
+    inverse,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    uncond=None,
+    guidance: float = 1.0,
+    callback=None,
+    cancel=None,
+    progress=False,
+    counter=None,
 ) -> torch.Tensor:
     """The inverse DDIM trajectory `(N+1, 1, 4, h, w)` in fp32: z*_0 = z0, ..., z*_N = z*_T.
 
@@ -68,7 +78,9 @@ def ddim_pivot(
     return torch.stack(trajectory)
 
 
-def invert(pipe, image, prompt: str, config: DDIMInversionConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+def invert(
+    pipe, image, prompt: str, config: DDIMInversionConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False
+) -> InversionResult:
     """Invert `image` (any image `studio.images.load_image` takes) with DDIM inversion under `prompt`."""
     cfg = config or DDIMInversionConfig()
     counter = new_counter()
@@ -77,7 +89,15 @@ def invert(pipe, image, prompt: str, config: DDIMInversionConfig | None = None, 
     z0 = encode(pipe.vae, image)
     uncond = embed(pipe, "") if cfg.inversion_guidance > 1.0 else None
     pivot = ddim_pivot(
-        pipe.unet, inverse, z0, embed(pipe, prompt), uncond=uncond, guidance=cfg.inversion_guidance,
-        callback=callback, cancel=cancel, progress=progress, counter=counter,
-    )  # fmt: skip
+        pipe.unet,
+        inverse,
+        z0,
+        embed(pipe, prompt),
+        uncond=uncond,
+        guidance=cfg.inversion_guidance,
+        callback=callback,
+        cancel=cancel,
+        progress=progress,
+        counter=counter,
+    )
     return make_result(pipe, "ddim", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter)

@@ -33,12 +33,16 @@ class DirectInversionConfig:
     offset_target: bool = False  # also add the source's offset to the target branch (PnPInversion's "add_target")
 
 
-def invert(pipe, image, prompt: str, config: DirectInversionConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+def invert(
+    pipe, image, prompt: str, config: DirectInversionConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False
+) -> InversionResult:
     """Direct inversion of `image` under `prompt`: the pivot trajectory, kept whole."""
     cfg = config or DirectInversionConfig()
     counter = new_counter()
     image, note = prepare_image(pipe, image, fit)
     _, inverse = schedulers(pipe, cfg.num_inference_steps)
     z0 = encode(pipe.vae, image)
-    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=restage(callback, "direct"), cancel=cancel, progress=progress, counter=counter)
+    pivot = ddim_pivot(
+        pipe.unet, inverse, z0, embed(pipe, prompt), callback=restage(callback, "direct"), cancel=cancel, progress=progress, counter=counter
+    )
     return make_result(pipe, "direct", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter, pivot=pivot)

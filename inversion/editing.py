@@ -47,7 +47,9 @@ class EditConfig:
     """Prompt-to-prompt settings of an edit (defaults: the NTI notebook's cat -> tiger demo, threshold and start of its LocalBlend)."""
 
     mode: str = "auto"  # "replace" (same word count), "refine" (token alignment), "auto": replace when the word counts match
-    cross_replace_steps: float | tuple | dict = 0.8  # fraction of steps (or (start, end), or {"default": .8, "word": .4}) with source cross maps
+    cross_replace_steps: float | tuple | dict = (
+        0.8  # fraction of steps (or (start, end), or {"default": .8, "word": .4}) with source cross maps
+    )
     self_replace_steps: float | tuple = 0.5  # fraction of steps with source self-attention maps (the notebook suggests 0.3-0.7)
     reweight: dict | tuple | None = None  # {"word": scale} on the target prompt's tokens (equalizer), or (words, values)
     blend_words: str | tuple | None = None  # local blend: a word of both prompts, or (source words, target words)
@@ -72,7 +74,9 @@ class EditResult:
         return self.edits[0]
 
 
-def invert(pipe, image, prompt: str, method: str = "null-text", config=None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+def invert(
+    pipe, image, prompt: str, method: str = "null-text", config=None, *, fit="crop", callback=None, cancel=None, progress=False
+) -> InversionResult:
     """Invert `image` under `prompt` with `method` (its config class's defaults unless `config` is given)."""
     if method not in INVERTERS:
         raise ValueError(f"unknown inversion method {method!r}; use one of {', '.join(INVERTERS)}")
@@ -132,26 +136,46 @@ def edit(
         latent_hw, steps, guidance = (side, side), inv_cfg.num_inference_steps, inv_cfg.guidance_scale
     # every prompt-dependent check (word counts, blend and reweight words) fails here, before the inversion runs
     controller = make_controller(
-        pipe.tokenizer, source_prompt, targets, steps, cfg=guidance > 1.0, latent_hw=latent_hw,
-        mode=cfg.mode, cross_replace_steps=cfg.cross_replace_steps, self_replace_steps=cfg.self_replace_steps, reweight=cfg.reweight,
-        blend_words=cfg.blend_words, blend_threshold=cfg.blend_threshold, blend_start=cfg.blend_start, blend_side=cfg.blend_side,
+        pipe.tokenizer,
+        source_prompt,
+        targets,
+        steps,
+        cfg=guidance > 1.0,
+        latent_hw=latent_hw,
+        mode=cfg.mode,
+        cross_replace_steps=cfg.cross_replace_steps,
+        self_replace_steps=cfg.self_replace_steps,
+        reweight=cfg.reweight,
+        blend_words=cfg.blend_words,
+        blend_threshold=cfg.blend_threshold,
+        blend_start=cfg.blend_start,
+        blend_side=cfg.blend_side,
         self_max_side=cfg.self_max_side,
-    )  # fmt: skip
+    )
     if inversion is None:
         prepared, note = prepare_image(pipe, image, fit)
-        inversion = invert(pipe, prepared, source_prompt, method or "null-text", inv_cfg, fit=fit, callback=callback, cancel=cancel, progress=progress)
+        inversion = invert(
+            pipe, prepared, source_prompt, method or "null-text", inv_cfg, fit=fit, callback=callback, cancel=cancel, progress=progress
+        )
         inversion.stats["image"] = note
     else:
         prepared = to_pil(decode(pipe.vae, inversion.image_latent))[0] if image is None else prepare_image(pipe, image, inversion.fit)[0]
     inverted = time.perf_counter()
-    latents, evals = sample_from_inversion(pipe, inversion, [source_prompt, *targets], controller, callback=callback, cancel=cancel, progress=progress)
+    latents, evals = sample_from_inversion(
+        pipe, inversion, [source_prompt, *targets], controller, callback=callback, cancel=cancel, progress=progress
+    )
     images = to_pil(decode(pipe.vae, latents))
     mask = None
     if controller.blend is not None and controller.blend.last_mask is not None:
         size = resolution(pipe)
         m = torch.nn.functional.interpolate(controller.blend.last_mask[1:].float(), size=(size, size), mode="nearest")
         mask = m[:, 0].bool().cpu().numpy()
-    stats = {"inversion_seconds": inverted - start, "edit_seconds": time.perf_counter() - inverted, "edit_unet_forward": evals, "mode": controller.plan.mode}
+    stats = {
+        "inversion_seconds": inverted - start,
+        "edit_seconds": time.perf_counter() - inverted,
+        "edit_unet_forward": evals,
+        "mode": controller.plan.mode,
+    }
     return EditResult(images[0], images[1:], inversion, prepared, latents, mask, stats)
 
 
@@ -163,9 +187,13 @@ def reconstruct(pipe, inversion: InversionResult, *, callback=None, cancel=None,
 
 def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method: str | None) -> None:
     if method is not None and method != inversion.method:
-        raise ValueError(f"the inversion was made with method {inversion.method!r}, not {method!r}; pass method={inversion.method!r} or invert again")
+        raise ValueError(
+            f"the inversion was made with method {inversion.method!r}, not {method!r}; pass method={inversion.method!r} or invert again"
+        )
     if source_prompt != inversion.prompt:
-        raise ValueError(f"the inversion was made with the source prompt {inversion.prompt!r}, not {source_prompt!r}; use that prompt or invert again")
+        raise ValueError(
+            f"the inversion was made with the source prompt {inversion.prompt!r}, not {source_prompt!r}; use that prompt or invert again"
+        )
     if inversion.fingerprint and not same_model(inversion.fingerprint, fingerprint(pipe)):
         raise ValueError("the inversion was made with a different model; invert the image again with this one")
     if inversion.resolution and inversion.resolution != resolution(pipe):
@@ -173,7 +201,9 @@ def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method
 
 
 @torch.no_grad()
-def sample_from_inversion(pipe, inversion: InversionResult, prompts: list[str], controller: Controller | None, *, callback=None, cancel=None, progress=False):
+def sample_from_inversion(
+    pipe, inversion: InversionResult, prompts: list[str], controller: Controller | None, *, callback=None, cancel=None, progress=False
+):
     """DDIM + CFG from z*_T for the prompts [source, targets...] with the method's unconditional branch.
 
     Returns (latents (B, 4, h, w), UNet evaluations).

@@ -28,12 +28,23 @@ class NegativePromptConfig:
     guidance_scale: float = 7.5  # w of the edit
 
 
-def invert(pipe, image, prompt: str, config: NegativePromptConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+def invert(
+    pipe, image, prompt: str, config: NegativePromptConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False
+) -> InversionResult:
     """Negative-prompt inversion of `image` under `prompt`: the pivot; the null embeddings are the prompt's own."""
     cfg = config or NegativePromptConfig()
     counter = new_counter()
     image, note = prepare_image(pipe, image, fit)
     _, inverse = schedulers(pipe, cfg.num_inference_steps)
     z0 = encode(pipe.vae, image)
-    pivot = ddim_pivot(pipe.unet, inverse, z0, embed(pipe, prompt), callback=restage(callback, "negative-prompt"), cancel=cancel, progress=progress, counter=counter)
+    pivot = ddim_pivot(
+        pipe.unet,
+        inverse,
+        z0,
+        embed(pipe, prompt),
+        callback=restage(callback, "negative-prompt"),
+        cancel=cancel,
+        progress=progress,
+        counter=counter,
+    )
     return make_result(pipe, "negative-prompt", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter)

@@ -65,7 +65,9 @@ class NullTextConfig:
     null_init: str = "source"  # "source" (ours: the source prompt's embedding) or "empty" (official: the "" embedding)
 
 
-def invert(pipe, image, prompt: str, config: NullTextConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False) -> InversionResult:
+def invert(
+    pipe, image, prompt: str, config: NullTextConfig | None = None, *, fit="crop", callback=None, cancel=None, progress=False
+) -> InversionResult:
     """Null-text inversion of `image` under `prompt`. Callback events (`studio.progress`), stage
     "null-text", steps 1..2N: the pivot's N (phase "pivot"), then `{"i", "t", "x", "loss",
     "inner_steps"}` once per optimised timestep (phase "null-text")."""
@@ -80,16 +82,23 @@ def invert(pipe, image, prompt: str, config: NullTextConfig | None = None, *, fi
     cond = embed(pipe, prompt)  # (1, 77, D) fp32
     empty = embed(pipe, "")
     n = cfg.num_inference_steps
-    pivot_cb, optimise_cb = restage(callback, "null-text", 0, 2 * n, phase="pivot"), restage(callback, "null-text", n, 2 * n, phase="null-text")
+    pivot_cb, optimise_cb = (
+        restage(callback, "null-text", 0, 2 * n, phase="pivot"),
+        restage(callback, "null-text", n, 2 * n, phase="null-text"),
+    )
     pivot = ddim_pivot(unet, inverse, z0, cond, callback=pivot_cb, cancel=cancel, progress=progress, counter=counter)
     null = cond if cfg.null_init == "source" else empty
-    nulls, losses, inner = optimise_null_text(unet, forward, pivot, cond, null, cfg, callback=optimise_cb, cancel=cancel, progress=progress, counter=counter)
+    nulls, losses, inner = optimise_null_text(
+        unet, forward, pivot, cond, null, cfg, callback=optimise_cb, cancel=cancel, progress=progress, counter=counter
+    )
     counter["losses"] = losses
     counter["inner_steps"] = inner
     return make_result(pipe, "null-text", prompt, cfg, z0, pivot[-1], fit=fit, note=note, counter=counter, null_embeddings=nulls)
 
 
-def optimise_null_text(unet, scheduler, pivot, cond, null, cfg: NullTextConfig, *, callback=None, cancel=None, progress=False, counter=None):
+def optimise_null_text(
+    unet, scheduler, pivot, cond, null, cfg: NullTextConfig, *, callback=None, cancel=None, progress=False, counter=None
+):
     """Per-timestep optimisation of the null embedding around the pivot `(N+1, 1, 4, h, w)`.
 
     `scheduler` is a `DDIMScheduler` after `set_timesteps(N)`; `cond`, `null` `(1, 77, D)` fp32.

@@ -38,7 +38,9 @@ def parse_reweight(text_or_list) -> dict:
                     raise ValueError
                 scale = float(value)
             except ValueError:
-                raise ValueError(f"reweight {part.strip()!r}: write WORD=SCALE pairs separated by commas, e.g. 'blue=2, striped=0.5'") from None
+                raise ValueError(
+                    f"reweight {part.strip()!r}: write WORD=SCALE pairs separated by commas, e.g. 'blue=2, striped=0.5'"
+                ) from None
             if not math.isfinite(scale):
                 raise ValueError(f"reweight {part.strip()!r}: the scale must be a finite number, e.g. 'blue=2'")
             out[word] = scale
@@ -56,7 +58,9 @@ def parse_blend(text):
     if "|" in text:
         parts = text.split("|")
         if len(parts) != 2 or not _words(parts[0]) or not _words(parts[1]):
-            raise ValueError(f"blend {text!r}: write WORDS, or SOURCE WORDS | TARGET WORDS with words on both sides of one bar, e.g. 'red | blue'")
+            raise ValueError(
+                f"blend {text!r}: write WORDS, or SOURCE WORDS | TARGET WORDS with words on both sides of one bar, e.g. 'red | blue'"
+            )
         return (_words(parts[0]), _words(parts[1]))
     words = _words(text)
     if not words:

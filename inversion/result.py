@@ -87,7 +87,9 @@ class InversionResult:
         except Exception as e:  # safetensors raises its own error types for non-safetensors files
             raise ValueError(f"{path} is not a safetensors file ({e}); give a file written by InversionResult.save") from e
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is a safetensors file but not an inversion (format {meta.get('format')!r}); give a file written by InversionResult.save")
+            raise ValueError(
+                f"{path} is a safetensors file but not an inversion (format {meta.get('format')!r}); give a file written by InversionResult.save"
+            )
         if int(meta.get("version", 0)) > VERSION:
             raise ValueError(f"{path} was written by a newer version (format version {meta['version']}); update Erasure Studio")
         null = None

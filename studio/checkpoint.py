@@ -139,7 +139,9 @@ class ParamDict(torch.nn.Module):
         missing = set(self._names) - set(state)
         unexpected = set(state) - set(self._names)
         if strict and (missing or unexpected):
-            raise KeyError(f"checkpoint does not match the trained parameters: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise KeyError(
+                f"checkpoint does not match the trained parameters: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         with torch.no_grad():
             for n, p in zip(self._names, self.params):
                 if n in state:

@@ -265,7 +265,7 @@ def open_clip_to_ldm(text_encoder) -> dict:
 
 
 def guess_text_encoder_format(text_encoder) -> str:
-    """"open_clip" (SD v2) or "clip" (SD v1), read off the activation: OpenCLIP ViT-H uses GELU, OpenAI CLIP quick-GELU."""
+    """ "open_clip" (SD v2) or "clip" (SD v1), read off the activation: OpenCLIP ViT-H uses GELU, OpenAI CLIP quick-GELU."""
     return "open_clip" if text_encoder.config.hidden_act == "gelu" else "clip"
 
 

@@ -101,8 +101,9 @@ def get_judge(name: str = "toy", **kwargs):
     return JUDGES[name](**kwargs)
 
 
-def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 10, subset_size: int | None = None, seed: int = 0,
-        paired: bool = False) -> float:
+def kid(
+    features_a: np.ndarray, features_b: np.ndarray, subsets: int = 10, subset_size: int | None = None, seed: int = 0, paired: bool = False
+) -> float:
     """Kernel Inception Distance (Binkowski et al., 2018) on given features: unbiased MMD^2 with the
     cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
 

@@ -37,9 +37,23 @@ MAX_TOKENS = 77
 MAX_SIZE_FACTOR = 4  # images larger than this many times the model's resolution need force=True
 
 __all__ = [
-    "MAX_SIZE_FACTOR", "MAX_TOKENS", "Cancelled", "SampleOutput", "check_prompt", "check_settings", "ddim_scheduler",
-    "decode_latents", "encode_prompts", "generators", "guided_noise", "initial_latents", "is_cancelled", "sample",
-    "sample_many", "to_pil", "tokenize",
+    "MAX_SIZE_FACTOR",
+    "MAX_TOKENS",
+    "Cancelled",
+    "SampleOutput",
+    "check_prompt",
+    "check_settings",
+    "ddim_scheduler",
+    "decode_latents",
+    "encode_prompts",
+    "generators",
+    "guided_noise",
+    "initial_latents",
+    "is_cancelled",
+    "sample",
+    "sample_many",
+    "to_pil",
+    "tokenize",
 ]
 
 
@@ -63,7 +77,9 @@ def check_prompt(tokenizer, prompt: str) -> int:
     limit = getattr(tokenizer, "model_max_length", MAX_TOKENS)
     limit = MAX_TOKENS if limit > 10_000 else limit
     if n > limit:
-        raise ValueError(f"prompt has {n} tokens; CLIP takes at most {limit} (start and end tokens included). Shorten it: {prompt[:60]!r}...")
+        raise ValueError(
+            f"prompt has {n} tokens; CLIP takes at most {limit} (start and end tokens included). Shorten it: {prompt[:60]!r}..."
+        )
     return n
 
 
@@ -117,7 +133,9 @@ def check_settings(pipe, num_inference_steps=50, guidance_scale=7.5, height=None
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1 or value % multiple:
-            raise ValueError(f"{name} must be a positive multiple of {multiple} pixels, got {value!r}; e.g. {resolution(pipe)} (the model's resolution)")
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} pixels, got {value!r}; e.g. {resolution(pipe)} (the model's resolution)"
+            )
         if value > limit and not force:
             raise ValueError(
                 f"{name} {value} is over {MAX_SIZE_FACTOR}x the model's resolution ({resolution(pipe)} px); "
@@ -286,10 +304,18 @@ def sample_many(
         chunk = jobs[b * batch_size : (b + 1) * batch_size]
         relay = None
         if callback is not None:
-            relay = lambda info, b=b: callback({**info, "step": b * steps + info["step"], "total": n_batches * steps, "batch": b, "images": len(images)})  # noqa: E731
+            relay = lambda info, b=b: callback(
+                {**info, "step": b * steps + info["step"], "total": n_batches * steps, "batch": b, "images": len(images)}
+            )  # noqa: E731
         out = sample(
-            pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, callback=relay, cancel=cancel, **kwargs,
+            pipe,
+            [p for p, _ in chunk],
+            seed=[s for _, s in chunk],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            callback=relay,
+            cancel=cancel,
+            **kwargs,
         )
         images += out.images
     return images

@@ -12,7 +12,13 @@ from conftest import build_tiny_pipe
 
 
 SD_SCHEDULE = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
 )
 
 
@@ -93,9 +99,23 @@ def test_null_text_defaults_are_the_notebook_s():
     from inversion import NullTextConfig
 
     c = NullTextConfig()
-    assert (c.num_inference_steps, c.guidance_scale, c.num_inner_steps, c.early_stop_epsilon, c.early_stop_slope, c.learning_rate, c.lr_decay_steps) == (
-        50, 7.5, 10, 1e-5, 2e-5, 1e-2, 100.0,
-    )  # fmt: skip
+    assert (
+        c.num_inference_steps,
+        c.guidance_scale,
+        c.num_inner_steps,
+        c.early_stop_epsilon,
+        c.early_stop_slope,
+        c.learning_rate,
+        c.lr_decay_steps,
+    ) == (
+        50,
+        7.5,
+        10,
+        1e-5,
+        2e-5,
+        1e-2,
+        100.0,
+    )
 
 
 def test_null_text_runs_fp32_and_computes_eps_c_once_per_step():
@@ -113,7 +133,9 @@ def test_null_text_runs_fp32_and_computes_eps_c_once_per_step():
 
     pipe.unet.register_forward_pre_hook(spy, with_kwargs=True)  # the fp32 copy inherits the hook
     steps, inner = 4, 3
-    inv = invert(pipe, _image(), "a red circle", "null-text", NullTextConfig(num_inference_steps=steps, num_inner_steps=inner, null_init="empty"))
+    inv = invert(
+        pipe, _image(), "a red circle", "null-text", NullTextConfig(num_inference_steps=steps, num_inner_steps=inner, null_init="empty")
+    )
     assert all(dtype == torch.float32 for dtype, _ in calls)
     assert sum(n for _, n in calls) == 2 * steps  # the pivot's N, and eps_c once per optimised step
     assert inv.null_embeddings.dtype == torch.float32 and inv.null_embeddings.shape == (steps, 77, 32)
@@ -245,7 +267,15 @@ def test_cancel_and_callback(tiny_pipe):
     from studio.sampling import Cancelled
 
     seen = []
-    edit(tiny_pipe, _image(), "a red circle", "a blue circle", "null-text", inversion_config=NullTextConfig(num_inference_steps=3, num_inner_steps=1), callback=seen.append)
+    edit(
+        tiny_pipe,
+        _image(),
+        "a red circle",
+        "a blue circle",
+        "null-text",
+        inversion_config=NullTextConfig(num_inference_steps=3, num_inner_steps=1),
+        callback=seen.append,
+    )
     assert all(is_event(info) for info in seen)
     stages = [info["stage"] for info in seen]
     assert stages == ["null-text"] * 6 + ["edit"] * 3
@@ -260,4 +290,13 @@ def test_cancel_and_callback(tiny_pipe):
         seen.append(info)
 
     with pytest.raises(Cancelled):
-        edit(tiny_pipe, _image(), "a red circle", "a blue circle", "null-text", inversion_config=NullTextConfig(num_inference_steps=3), callback=stop_early, cancel=cancel)
+        edit(
+            tiny_pipe,
+            _image(),
+            "a red circle",
+            "a blue circle",
+            "null-text",
+            inversion_config=NullTextConfig(num_inference_steps=3),
+            callback=stop_early,
+            cancel=cancel,
+        )

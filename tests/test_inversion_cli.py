@@ -35,14 +35,53 @@ def test_studio_edit_and_reuse_of_the_inversion(model_dir, tmp_path, capsys):
     image = _image(tmp_path / "in.png")
     inv = tmp_path / "in.inv.safetensors"
     args = ["edit", "--model", str(model_dir), "--image", str(image), "--source", "a red circle", "--steps", "4"]
-    rc = main([*args, "--target", "a blue circle", "--target", "a green circle", "--blend", "circle | circle", "--method", "negative-prompt",
-               "--save-inversion", str(inv), "--out", str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            *args,
+            "--target",
+            "a blue circle",
+            "--target",
+            "a green circle",
+            "--blend",
+            "circle | circle",
+            "--method",
+            "negative-prompt",
+            "--save-inversion",
+            str(inv),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["blend-mask-0.png", "blend-mask-1.png", "edit-0-a-blue-circle.png", "edit-1-a-green-circle.png", "grid.png", "input.png", "reconstruction.png"]
+    assert names == [
+        "blend-mask-0.png",
+        "blend-mask-1.png",
+        "edit-0-a-blue-circle.png",
+        "edit-1-a-green-circle.png",
+        "grid.png",
+        "input.png",
+        "reconstruction.png",
+    ]
     out = capsys.readouterr().out
     assert "image 60x48, centre-cropped to 48x48, resized to 32x32" in out and "inversion saved to" in out
-    rc = main(["edit", "--model", str(model_dir), "--inversion", str(inv), "--source", "a red circle", "--target", "a green circle", "--reweight", "green=2", "--out", str(tmp_path / "again")])
+    rc = main(
+        [
+            "edit",
+            "--model",
+            str(model_dir),
+            "--inversion",
+            str(inv),
+            "--source",
+            "a red circle",
+            "--target",
+            "a green circle",
+            "--reweight",
+            "green=2",
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "again" / "edit-0-a-green-circle.png").is_file()
 
 
@@ -63,6 +102,8 @@ def test_studio_edit_errors_name_the_fix(model_dir, tmp_path, capsys, extra, mes
     image = str(_image(tmp_path / "in.png"))
     extra = [image if a == "IMG" else a for a in extra]
     target = [] if "--target" in extra else ["--target", "a blue circle"]
-    rc = main(["edit", "--model", str(model_dir), "--source", "a red circle", "--steps", "2", "--out", str(tmp_path / "o"), *target, *extra])
+    rc = main(
+        ["edit", "--model", str(model_dir), "--source", "a red circle", "--steps", "2", "--out", str(tmp_path / "o"), *target, *extra]
+    )
     assert rc == 2
     assert message in capsys.readouterr().err

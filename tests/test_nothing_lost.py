@@ -84,8 +84,18 @@ def test_checkpoint_by_wall_time_as_well_as_by_steps(tmp_path):
     w = torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.SGD([w], lr=0.1)
     cancel = threading.Event()
-    loop = TrainLoop("toy", 10, {"w": w}, {"opt": opt}, checkpoint_dir=tmp_path, every=1000, checkpoint_seconds=0.0, cancel=cancel,
-                     progress=False, callback=lambda info: cancel.set() if info["step"] == 4 else None)  # fmt: skip
+    loop = TrainLoop(
+        "toy",
+        10,
+        {"w": w},
+        {"opt": opt},
+        checkpoint_dir=tmp_path,
+        every=1000,
+        checkpoint_seconds=0.0,
+        cancel=cancel,
+        progress=False,
+        callback=lambda info: cancel.set() if info["step"] == 4 else None,
+    )
     with pytest.raises(Exception, match="cancelled at step 4"):
         for _step, _rng, _gen in loop:
             w.grad = torch.ones(3)
@@ -109,7 +119,9 @@ def test_sigint_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_o
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the run
 
     with pytest.raises(Interrupted, match=r"stopped by SIGINT at step 3 of 6.*run the same command again") as err:
-        erase(build_tiny_pipe(), Concept("a triangle"), "esd-x", config=TINY, checkpoint_dir=tmp_path, callback=interrupt_at_3, progress=False)
+        erase(
+            build_tiny_pipe(), Concept("a triangle"), "esd-x", config=TINY, checkpoint_dir=tmp_path, callback=interrupt_at_3, progress=False
+        )
     assert str(tmp_path / "checkpoint.safetensors") in str(err.value)
     assert signal.getsignal(signal.SIGINT) is before  # the old handler is back
     assert all(is_event(e) and e["stage"] == "esd-x" and e["total"] == 6 for e in seen) and [e["step"] for e in seen] == [1, 2, 3]
@@ -181,9 +193,17 @@ class CountingJudge:
 def test_evaluation_reports_progress_per_prompt_and_per_attack_step(tiny_pipe):
     from erasers.evaluate import EvalConfig, EvalSpec, evaluate
 
-    spec = EvalSpec("triangle", {"direct": ["a triangle", "a red triangle"], "synonym": ["a wedge"]}, [("a red square", {"shape": "square"})])
-    config = EvalConfig(seeds=2, attack="unlearndiffatk", attack_prompts=2, num_inference_steps=2, batch_size=3,
-                        attack_overrides={"num_inference_steps": 2, "timesteps": (500,), "iterations": 2, "num_tokens": 1})  # fmt: skip
+    spec = EvalSpec(
+        "triangle", {"direct": ["a triangle", "a red triangle"], "synonym": ["a wedge"]}, [("a red square", {"shape": "square"})]
+    )
+    config = EvalConfig(
+        seeds=2,
+        attack="unlearndiffatk",
+        attack_prompts=2,
+        num_inference_steps=2,
+        batch_size=3,
+        attack_overrides={"num_inference_steps": 2, "timesteps": (500,), "iterations": 2, "num_tokens": 1},
+    )
     never = type("Never", (CountingJudge,), {"shows": lambda self, images, concept: np.zeros(len(images), dtype=bool)})()
     seen = []
     report = evaluate(tiny_pipe, tiny_pipe, spec, never, config, callback=seen.append, progress=False)
@@ -194,11 +214,19 @@ def test_evaluation_reports_progress_per_prompt_and_per_attack_step(tiny_pipe):
     erasure = by_stage["evaluation: erasure"]
     # 2 forms x 2 models; direct: 4 images in 2 batches, synonym: 2 in 1 -> (2 + 2 + 1 + 1) x 2 steps
     assert [e["step"] for e in erasure] == list(range(1, 13)) and {e["total"] for e in erasure} == {12}
-    assert {(e["form"], e["model"]) for e in erasure} == {("direct", "original"), ("direct", "erased"), ("synonym", "original"), ("synonym", "erased")}
+    assert {(e["form"], e["model"]) for e in erasure} == {
+        ("direct", "original"),
+        ("direct", "erased"),
+        ("synonym", "original"),
+        ("synonym", "erased"),
+    }
     assert by_stage["evaluation: utility"][-1]["step"] == by_stage["evaluation: utility"][-1]["total"] == 2 * 2
     steps = [e for e in by_stage["unlearndiffatk"] if e.get("phase") == "step"]
     assert [(e["attack_prompt"], e["step"]) for e in steps] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert all(e["attack_prompts"] == 2 for e in by_stage["unlearndiffatk"])
-    assert [(e["step"], e["total"], e["prompt"]) for e in by_stage["evaluation: attack"]] == [(1, 2, "a triangle"), (2, 2, "a red triangle")]
+    assert [(e["step"], e["total"], e["prompt"]) for e in by_stage["evaluation: attack"]] == [
+        (1, 2, "a triangle"),
+        (2, 2, "a red triangle"),
+    ]
     assert [e["phase"] for e in by_stage["evaluation"]] == ["erasure", "utility", "attack"]
     assert report["attack"]["n"] == 2 and report["erasure"]["direct"]["images"] == 4

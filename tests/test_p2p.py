@@ -181,7 +181,9 @@ def test_local_blend_mask_covers_the_object(tok):
 
     # attention that does point at the object: the blend words' tokens take a large share of the
     # attention of the cells of a 3x3 square (rows 2-4, columns 1-3) of an 8x8 map, little elsewhere
-    c = make_controller(tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(8, 8), cross_replace_steps=0.0, blend_words=("circle", "circle"))
+    c = make_controller(
+        tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(8, 8), cross_replace_steps=0.0, blend_words=("circle", "circle")
+    )
     obj = torch.zeros(8, 8, dtype=torch.bool)
     obj[2:5, 1:4] = True
     probs = torch.full((2, 2, 64, 77), 1.0 / 77)  # cond rows (source, target), heads, queries, tokens
@@ -198,7 +200,9 @@ def test_local_blend_mask_covers_the_object(tok):
     out = c.end_step(x, 3)
     assert torch.equal(out[1, 0].bool(), obj) and torch.equal(out[0], x[0])  # the target changes only inside the mask
     # on SD's 16x16 maps the official 3x3 max-pool widens the mask by one cell
-    c16 = make_controller(tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(64, 64), cross_replace_steps=0.0, blend_words="circle")
+    c16 = make_controller(
+        tok, "a red circle", ["a blue circle"], 10, cfg=True, latent_hw=(64, 64), cross_replace_steps=0.0, blend_words="circle"
+    )
     probs16 = torch.full((2, 2, 256, 77), 1.0 / 77)
     probs16[:, :, 16 * 8 + 8, 3] = 0.9
     c16.blend.accumulate(probs16, (16, 16))
@@ -263,7 +267,14 @@ def test_raises_when_no_layer_is_hooked(tiny_pipe, monkeypatch):
 
     monkeypatch.setattr(editing, "install", lambda unet: 2)  # the processors never get installed
     with pytest.raises(RuntimeError, match="hooked no attention layer"):
-        edit(tiny_pipe, _image(), "a red circle", "a blue circle", "negative-prompt", inversion_config=NegativePromptConfig(num_inference_steps=3))
+        edit(
+            tiny_pipe,
+            _image(),
+            "a red circle",
+            "a blue circle",
+            "negative-prompt",
+            inversion_config=NegativePromptConfig(num_inference_steps=3),
+        )
 
 
 def test_explicit_probabilities_only_where_needed(tiny_pipe):
@@ -275,15 +286,30 @@ def test_explicit_probabilities_only_where_needed(tiny_pipe):
 
     torch.manual_seed(0)
     tiny_pipe.unet = UNet2DConditionModel(  # cross-attention at 8x8 and 4x4
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
-        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
-    )  # fmt: skip
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+    )
     inv = invert(tiny_pipe, _image(), "a red circle", "negative-prompt", NegativePromptConfig(num_inference_steps=6))
     names = {n[: -len(".processor")]: n for n in tiny_pipe.unet.attn_processors}
     side8 = {n for n in names if n.endswith("attn2") and (n.startswith("down_blocks.0") or n.startswith("up_blocks.1"))}
 
     # a local blend and no cross replacement: every cross layer on the first step (to find the 8x8 maps), then only those
-    c = make_controller(tiny_pipe.tokenizer, "a red circle", ["a blue circle"], 6, cfg=True, latent_hw=(8, 8), cross_replace_steps=0.0, blend_words=("red", "blue"))
+    c = make_controller(
+        tiny_pipe.tokenizer,
+        "a red circle",
+        ["a blue circle"],
+        6,
+        cfg=True,
+        latent_hw=(8, 8),
+        cross_replace_steps=0.0,
+        blend_words=("red", "blue"),
+    )
     sample_from_inversion(tiny_pipe, inv, ["a red circle", "a blue circle"], c)
     assert c.blend.side == 8
     assert {n for s, n in c.explicit_layers if s == 0} == {n for n in names if n.endswith("attn2")}

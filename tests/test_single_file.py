@@ -53,8 +53,15 @@ def tiny_v2_pipe():
     pipe = build_tiny_pipe(seed=1, prediction_type="v_prediction")
     torch.manual_seed(1)
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
     )
     pipe.text_encoder = CLIPTextModel(config)
     pipe.tokenizer = CLIPTokenizer.from_pretrained(str(ROOT / "assets" / "tokenizer"), pad_token="!")
@@ -86,16 +93,18 @@ def test_export_uses_the_original_ldm_names(tiny_pipe, tmp_path):
     assert all(k.startswith(prefixes) for k in keys)
     assert len(keys) == sum(len(getattr(tiny_pipe, n).state_dict()) for n in ("unet", "vae", "text_encoder"))
     # Down block 0 (cross-attention, 1 layer): resnet, transformer, then the downsampler in its own slot.
-    assert {"model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
-            "model.diffusion_model.input_blocks.1.1.proj_in.weight",
-            "model.diffusion_model.input_blocks.2.0.op.weight",
-            "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
-            "model.diffusion_model.output_blocks.1.1.conv.weight",  # up block 0 has no attention: upsampler at .1
-            "model.diffusion_model.output_blocks.3.1.transformer_blocks.0.attn1.to_q.weight",
-            "model.diffusion_model.out.2.weight",
-            "first_stage_model.decoder.up.2.upsample.conv.weight",  # LDM counts decoder blocks from the bottom
-            "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight",
-            "cond_stage_model.transformer.text_model.final_layer_norm.weight"} <= keys
+    assert {
+        "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+        "model.diffusion_model.input_blocks.2.0.op.weight",
+        "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+        "model.diffusion_model.output_blocks.1.1.conv.weight",  # up block 0 has no attention: upsampler at .1
+        "model.diffusion_model.output_blocks.3.1.transformer_blocks.0.attn1.to_q.weight",
+        "model.diffusion_model.out.2.weight",
+        "first_stage_model.decoder.up.2.upsample.conv.weight",  # LDM counts decoder blocks from the bottom
+        "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight",
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+    } <= keys
     assert not [k for k in keys if any(name in k for name in ("down_blocks", "up_blocks", "mid_block.", "resnets"))]
     assert not [k for k in keys if k.startswith("first_stage_model.") and ("to_q" in k or "group_norm" in k)]
     assert q.ndim == 4 and q.shape[2:] == (1, 1)  # LDM's VAE attention is a 1x1 convolution
@@ -120,13 +129,22 @@ def test_single_file_round_trip_v2_open_clip(tmp_path):
     "kw",
     [
         # three blocks, plain block first, two layers per block, two transformer layers, linear projection
-        dict(block_out_channels=(16, 32, 32), layers_per_block=2, transformer_layers_per_block=2, use_linear_projection=True,
-             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+        dict(
+            block_out_channels=(16, 32, 32),
+            layers_per_block=2,
+            transformer_layers_per_block=2,
+            use_linear_projection=True,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
         # four blocks as in SD (cross-attention everywhere but the lowest resolution), three layers per block
-        dict(block_out_channels=(16, 16, 32, 32), layers_per_block=3, attention_head_dim=(2, 4, 4, 8),
-             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+        dict(
+            block_out_channels=(16, 16, 32, 32),
+            layers_per_block=3,
+            attention_head_dim=(2, 4, 4, 8),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        ),
     ],
 )
 def test_unet_export_is_the_inverse_of_diffusers_import_for_any_layout(kw):
@@ -146,8 +164,13 @@ def test_models_outside_the_sd_family_are_refused_by_name(tiny_pipe, tmp_path):
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16, norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=8,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         class_embed_type="timestep",
     )
     with pytest.raises(ConversionError, match="class_embed_type='timestep'"):
