@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--method", choices=("uce", "rece"), default="uce")
     ap.add_argument("--reg-scales", default="0.1,0.001", help="RECE regular_scale values")
     ap.add_argument("--epochs", type=int, default=3, help="RECE epochs (each judged)")
+    ap.add_argument("--base", default="{}", help="RECE: JSON of config fields on top of the official ones, e.g. '{\"preserve_scale\": 1.0}'")
+    ap.add_argument("--name", default=None, help="results file name (default uce_sweep[_retain] / rece_sweep)")
     args = ap.parse_args()
     concepts = args.concepts.split(",")
     judge = get_judge("toy")
@@ -99,7 +101,7 @@ def main():
     lines += ["", f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to the larger erase_scale):", ""]
     lines.append(f"- `uce`: {preset} (mean erasure {best[3]:.0%})" if best else "- none met the criterion")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
-    write_results("uce_sweep" if args.retain == "none" else "uce_sweep_retain", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
+    write_results(args.name or ("uce_sweep" if args.retain == "none" else "uce_sweep_retain"), {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
 
 
 def rece_sweep(args, concepts, judge, original, t0):
@@ -110,7 +112,8 @@ def rece_sweep(args, concepts, judge, original, t0):
     for reg in [float(x) for x in args.reg_scales.split(",")]:
         for name in concepts:
             pipe = load_pipeline("toy")
-            config = RECEConfig(epochs=args.epochs, regular_scale=reg, uce_erase_scale=TOY_PRESETS["uce"]["erase_scale"])
+            config = RECEConfig(**{**json.loads(args.base), "epochs": args.epochs, "regular_scale": reg,
+                                   "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]})
             retain = others_of(name) if args.retain == "others" else []
 
             def judged(info, pipe=pipe, name=name, reg=reg):
@@ -131,9 +134,10 @@ def rece_sweep(args, concepts, judge, original, t0):
             key = (round(erasure, 3), -ep)
             if best is None or key > best[0]:
                 best = (key, reg, ep, erasure)
-    preset = {"regular_scale": best[1], "epochs": best[2], "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]} if best else None
+    preset = {**json.loads(args.base), "regular_scale": best[1], "epochs": best[2], "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]} if best else None
     lines = [
-        f"RECE sweep on the toy model (concepts: {', '.join(concepts)}; step 0 = the UCE toy preset; other RECE settings official; quick evaluation as "
+        f"RECE sweep on the toy model (concepts: {', '.join(concepts)}; step 0 = the UCE toy preset; RECE settings official"
+        f"{', except ' + args.base if args.base != '{}' else ''}; quick evaluation as "
         f"the UCE sweep; preserve set: {'the other concepts of the kind and' if args.retain == 'others' else 'only'} '').",
         "",
         "Original model: " + ", ".join(f"{c} shown {original[c][0]:.0%}, others correct {original[c][1]:.0%}" for c in concepts) + ".",
@@ -146,7 +150,7 @@ def rece_sweep(args, concepts, judge, original, t0):
     lines += ["", f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to fewer epochs):", ""]
     lines.append(f"- `rece`: {preset} (mean erasure {best[3]:.0%})" if best else "- none met the criterion")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
-    write_results("rece_sweep", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
+    write_results(args.name or "rece_sweep", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,5 @@ def test_uce_erases_a_toy_triangle_and_keeps_the_other_shapes(judge):
     after_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
     assert result.stats["unet_evals"] == 0
     assert before_rate >= 0.8
-    print(f"triangle shown {before_rate:.0%} -> {after_rate:.0%}; other shapes correct {before_keep:.0%} -> {after_keep:.0%}")
     assert after_rate <= 0.4, (before_rate, after_rate)
     assert after_keep >= 0.8 * before_keep, (before_keep, after_keep)
