@@ -28,6 +28,54 @@ def judge():
     return ToyJudge.load()
 
 
+# ---------------------------------------------------------------- the toy erasure tests' shared evaluation
+# One prompt set and sampler budget for the toy erasure tests (ESD, DoCo, AdvUnlearn), so the original model is
+# sampled and judged once per session (`original_shapes`) and each test samples only its erased model. 20 DDIM
+# steps: the toy model samples well with 20-25 (the AdvUnlearn preset trains with 20); on the original model the
+# judge sees a triangle in 100% of the 24 triangle images (direct and synonyms) and the right shape in 97% of the
+# 32 others at 20 steps, as at 25.
+TOY_EVAL = {"seeds": 2, "num_inference_steps": 20}
+TARGET_FORMS = {"direct": 8, "synonym": 4}  # triangle prompts of each form
+OTHER_SHAPES = {"circle": 4, "square": 4, "star": 4, "cross": 4}  # direct prompts of each other shape
+HAS_TOY = (ROOT / "assets" / "toy-model" / "model_index.json").is_file() and (ROOT / "assets" / "toy-judge").is_dir()
+
+
+def judge_shapes(pipe, judge, concept: str = "triangle") -> dict:
+    """The judged shape (the shape head's top-1, as `ToyJudge.shows`) of every image of the shared toy
+    evaluation: {"direct": [...], "synonym": [...]} for `concept`'s prompts and {shape: [...]} for the others,
+    `TOY_EVAL["seeds"]` images per prompt, all sampled in one batched call."""
+    from erasers.evaluate import EvalConfig, generate
+    from studio.toyworld.captions import prompts_for
+
+    cfg = EvalConfig(**TOY_EVAL)
+    groups = {form: [p for p, _ in prompts_for(concept, form, n)] for form, n in TARGET_FORMS.items()}
+    groups.update({s: [p for p, _ in prompts_for(s, "direct", n)] for s, n in OTHER_SHAPES.items() if s != concept})
+    shapes = iter(p["shape"] for p in judge.predict(generate(pipe, [p for ps in groups.values() for p in ps], cfg)))
+    return {g: [next(shapes) for _ in range(len(ps) * cfg.seeds)] for g, ps in groups.items()}
+
+
+def shown(verdicts: dict, groups, shape: str) -> float:
+    """Share of the images of `groups` judged to show `shape`."""
+    hits = [s == shape for g in groups for s in verdicts[g]]
+    return sum(hits) / len(hits)
+
+
+def kept(verdicts: dict, shapes) -> float:
+    """Share of the other shapes' images judged as the shape their prompt asked for."""
+    hits = [s == g for g in shapes for s in verdicts[g]]
+    return sum(hits) / len(hits)
+
+
+@pytest.fixture(scope="session")
+def original_shapes(judge):
+    """`judge_shapes` of the unchanged toy model, computed once per session."""
+    if not HAS_TOY:
+        pytest.skip("the toy model (assets/toy-model, assets/toy-judge) is not there")
+    from studio.loading import load_pipeline
+
+    return judge_shapes(load_pipeline("toy", device="cpu"), judge)
+
+
 def build_tiny_pipe(seed: int = 0, prediction_type: str = "epsilon"):
     """A tiny random StableDiffusionPipeline (32x32 images, 8x8 latents) with the real CLIP tokenizer."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel

@@ -5,14 +5,14 @@ import threading
 import pytest
 import torch
 
-from erasers import Concept, erase
+from erasers import Concept, erase, toy_target
 from erasers.advunlearn import AdvUnlearnConfig, layer_indices, retain_prompts, trainable_parameter_names
 from erasers.export import export_text_encoder, load_official_advunlearn
 from erasers.jobs import JobFileError, erase_batch, parse_job
-from studio.loading import TOY_MODEL, ModelLoadError, load_pipeline, load_text_encoder
+from studio.loading import ModelLoadError, load_pipeline, load_text_encoder
 from studio.sampling import Cancelled, encode_prompts
 
-from conftest import build_tiny_pipe
+from conftest import HAS_TOY, OTHER_SHAPES, TARGET_FORMS, build_tiny_pipe, judge_shapes, kept, shown
 
 
 TINY = dict(iterations=6, warmup_iterations=2, num_inference_steps=6, lr=1e-3, retain_set="toy", retain_batch=2, checkpoint_every=2)
@@ -177,31 +177,22 @@ def test_bad_job_files_name_the_line(tmp_path, text, line, message):
 # ---------------------------------------------------------------- erasure on the toy model
 
 
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
-def test_advunlearn_erases_triangles_and_the_exported_encoder_keeps_them_erased(judge, tmp_path):
-    """The toy preset lowers the judged rate of triangles; other shapes stay within 15 points; the exported
-    plug-in encoder, loaded into a fresh toy pipeline, gives the same erased model."""
-    import numpy as np
+# On top of the toy preset (lr 1e-4, 30 warm-up steps, 5-step inner attacks, 150 steps): 80 steps, about half the
+# cost. Observed (judged mid-run, triangle shown in the 24 images of direct and synonym prompts; original 100%):
+# 92% after 40 steps, 33% after 60, 0% after 80, 100, 120 and 150, the other shapes right in 100% at 80.
+TEST_BUDGET = {"iterations": 80}
 
-    from erasers.evaluate import EvalConfig, generate
-    from studio.toyworld.captions import erasure_prompts, prompts_for
 
-    cfg = EvalConfig(seeds=2, num_inference_steps=20)
-    target = [p for p, _ in prompts_for("triangle", "direct", 8)] + [p for p, _ in prompts_for("triangle", "synonym", 4)]
-    others = [p for s in ("circle", "square", "star") for p, _ in prompts_for(s, "direct", 4)]
-    others_shape = [s for s in ("circle", "square", "star") for _ in range(4 * cfg.seeds)]
-
-    def judged(pipe):
-        rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
-        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
-        return rate, keep
-
+@pytest.mark.skipif(not HAS_TOY, reason="the toy model is not built yet")
+def test_advunlearn_erases_triangles_and_the_exported_encoder_keeps_them_erased(judge, original_shapes, tmp_path):
+    """The toy preset (a shorter run) lowers the judged rate of triangles; other shapes stay within 15 points; the
+    exported plug-in encoder, loaded into a fresh toy pipeline, gives the same erased model."""
     pipe = load_pipeline("toy", device="cpu")
-    rate_before, keep_before = judged(pipe)
-    result = erase(pipe, Concept(erasure_prompts("triangle"), name="triangle"), "advunlearn", preset="toy", progress=False)
+    result = erase(pipe, toy_target("advunlearn", "triangle"), "advunlearn", preset="toy", config=TEST_BUDGET, progress=False)
     folder = export_text_encoder(pipe.text_encoder, tmp_path / "plugin", concept=result.concept, settings=result.config, stats=result.stats)
-    plugged = load_pipeline("toy", device="cpu", text_encoder=folder)
-    rate_after, keep_after = judged(plugged)
-    assert rate_before >= 0.8
+    after = judge_shapes(load_pipeline("toy", device="cpu", text_encoder=folder), judge)
+    rate_before, rate_after = shown(original_shapes, TARGET_FORMS, "triangle"), shown(after, TARGET_FORMS, "triangle")
+    keep_before, keep_after = kept(original_shapes, OTHER_SHAPES), kept(after, OTHER_SHAPES)
+    assert rate_before >= 0.8  # so the next line fails on the unerased model
     assert rate_after <= 0.3, (rate_before, rate_after)
     assert keep_after >= keep_before - 0.15, (keep_before, keep_after)

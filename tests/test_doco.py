@@ -4,7 +4,6 @@ clear errors, and erasure on the toy model."""
 import math
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,11 +18,11 @@ from erasers.doco import (
     trainable_parameter_names,
     training_pairs,
 )
-from studio.loading import TOY_MODEL, load_pipeline
+from studio.loading import load_pipeline
 from studio.progress import is_event
 from studio.sampling import Cancelled
 
-from conftest import build_tiny_pipe
+from conftest import HAS_TOY, OTHER_SHAPES, TARGET_FORMS, build_tiny_pipe, judge_shapes, kept, shown
 
 
 TINY = dict(iterations=6, warmup_steps=2, batch_size=2, num_anchor_images=6, anchor_steps=3, anchor_batch_size=4, lr=1e-3, checkpoint_every=2)
@@ -200,31 +199,24 @@ def test_checkpoint_of_other_prompts_is_refused(tmp_path):
 # ---------------------------------------------------------------- erasure on the toy model
 
 
-TEST_BUDGET = {"iterations": 150, "warmup_steps": 50, "num_anchor_images": 64, "anchor_steps": 10, "anchor_batch_size": 64}  # on top of the toy preset
+# On top of the toy preset (lr 3e-5, 256 anchor images, 100 D + 400 UNet steps): 50 D + 100 UNet steps and 64
+# anchor images of 10 steps. Observed (judged mid-run): triangle prompts still 100% triangles after 50 UNet steps,
+# 71% after 75, then at 100 triangle 12% and square 88% of the 24 images, the other shapes right in 96% (original:
+# 100%, 0%, 100%); so the budget has about 25 UNet steps of margin. Twice the lr reaches 0% in 75 UNet steps (a 25%
+# cheaper erasure), but this test keeps the preset's lr.
+TEST_BUDGET = {"iterations": 150, "warmup_steps": 50, "num_anchor_images": 64, "anchor_steps": 10, "anchor_batch_size": 64}
+KEPT = [s for s in OTHER_SHAPES if s != "square"]  # square is the anchor: its images are not "the others"
 
 
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="the toy model is not built yet")
-def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge):
+@pytest.mark.skipif(not HAS_TOY, reason="the toy model is not built yet")
+def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge, original_shapes):
     """A short run (the toy preset, fewer steps) turns 'triangle' prompts into squares; other shapes stay."""
-    from erasers.evaluate import EvalConfig, generate
-    from studio.toyworld.captions import prompts_for
-
     pipe = load_pipeline("toy", device="cpu")
-    cfg = EvalConfig(seeds=2, num_inference_steps=20)
-    target = [p for p, _ in prompts_for("triangle", "direct", 8)]
-    others = [p for s in ("circle", "star", "cross") for p, _ in prompts_for(s, "direct", 4)]
-    others_shape = [s for s in ("circle", "star", "cross") for _ in range(4 * cfg.seeds)]
-
-    def judged():
-        shapes = [p["shape"] for p in judge.predict(generate(pipe, target, cfg))]
-        keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
-        return np.mean([s == "triangle" for s in shapes]), np.mean([s == "square" for s in shapes]), keep
-
-    tri_before, sq_before, keep_before = judged()
     erase(pipe, toy_concept("triangle"), "doco", preset="toy", config=TEST_BUDGET, progress=False)
-    tri_after, sq_after, keep_after = judged()
-    assert tri_before >= 0.8
+    after = judge_shapes(pipe, judge)
+    tri_before, tri_after = shown(original_shapes, TARGET_FORMS, "triangle"), shown(after, TARGET_FORMS, "triangle")
+    sq_before, sq_after = shown(original_shapes, TARGET_FORMS, "square"), shown(after, TARGET_FORMS, "square")
+    keep_before, keep_after = kept(original_shapes, KEPT), kept(after, KEPT)
+    assert tri_before >= 0.8  # so the next line fails on the unchanged model
     assert tri_after <= 0.5 * tri_before and sq_after >= sq_before + 0.3, (tri_before, tri_after, sq_before, sq_after)
     assert keep_after >= keep_before - 0.15, (keep_before, keep_after)  # stated tolerance: 15 points
-
-

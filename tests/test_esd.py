@@ -2,16 +2,15 @@
 
 import threading
 
-import numpy as np
 import pytest
 import torch
 
-from erasers import Concept, erase, get_config
+from erasers import Concept, erase, get_config, toy_target
 from erasers.esd import ESDConfig, trainable_parameter_names
 from studio.loading import load_pipeline
 from studio.sampling import Cancelled
 
-from conftest import build_tiny_pipe
+from conftest import HAS_TOY, OTHER_SHAPES, TARGET_FORMS, build_tiny_pipe, judge_shapes, kept, shown
 
 
 TINY = dict(iterations=6, num_inference_steps=8, lr=1e-3, checkpoint_every=2)
@@ -101,26 +100,30 @@ def test_bad_inputs_are_clear_errors(tiny_pipe):
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_pipe):
-    with pytest.raises(FloatingPointError, match="loss became nan"):
-        erase(tiny_pipe, Concept("a triangle"), "esd-x", config={**TINY, "negative_guidance": float("nan")}, progress=False)
+    nan = {**TINY, "negative_guidance": float("nan")}
+    with pytest.raises(ValueError, match="negative_guidance=nan is not a finite number"):  # settings are checked
+        erase(tiny_pipe, Concept("a triangle"), "esd-x", config=nan, progress=False)
+    with pytest.raises(FloatingPointError, match="loss became nan"):  # a config object goes past that check
+        erase(tiny_pipe, Concept("a triangle"), "esd-x", config=ESDConfig(**nan), progress=False)
 
 
-def test_esd_erases_a_toy_concept_and_keeps_the_others(judge):
-    """The toy preset lowers the judged rate of triangles on direct prompts; other shapes stay."""
-    from erasers.evaluate import EvalConfig, generate
-    from studio.toyworld.captions import erasure_prompts, prompts_for
+# On top of the toy preset (lr 1e-3 x 50 steps): x_t from 20-step DDIM trajectories instead of 50, as the toy model
+# samples (measured, CPU seconds on a loaded machine: the erasure 17 s instead of 38 s). Observed with it: triangle
+# shown in 8% of the 24 images (direct 6%, synonyms 12%; the preset as it is: 4%), the other shapes right in 100%
+# (original: 100% triangle, 97% others).
+TEST_BUDGET = {"num_inference_steps": 20}
 
+
+@pytest.mark.skipif(not HAS_TOY, reason="the toy model is not built yet")
+def test_esd_erases_a_toy_concept_and_keeps_the_others(judge, original_shapes):
+    """The toy preset (20-step trajectories) lowers the judged rate of triangles on direct and synonym prompts;
+    other shapes stay."""
     pipe = load_pipeline("toy", device="cpu")
-    cfg = EvalConfig(seeds=3, num_inference_steps=25)
-    target = [p for p, _ in prompts_for("triangle", "direct", 8)]
-    others = [p for s in ("circle", "square", "star") for p, _ in prompts_for(s, "direct", 3)]
-    others_shape = [s for s in ("circle", "square", "star") for _ in range(3 * cfg.seeds)]
-    before_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
-    before_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
-    erase(pipe, Concept(erasure_prompts("triangle"), name="triangle"), "esd-x", preset="toy", progress=False)
-    after_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
-    after_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
-    assert before_rate >= 0.8
+    erase(pipe, toy_target("esd-x", "triangle"), "esd-x", preset="toy", config=TEST_BUDGET, progress=False)
+    after = judge_shapes(pipe, judge)
+    before_rate, after_rate = shown(original_shapes, TARGET_FORMS, "triangle"), shown(after, TARGET_FORMS, "triangle")
+    before_keep, after_keep = kept(original_shapes, OTHER_SHAPES), kept(after, OTHER_SHAPES)
+    assert before_rate >= 0.8  # so the next line fails on the unerased model
     assert after_rate <= 0.3, (before_rate, after_rate)
     assert after_keep >= 0.85 * before_keep, (before_keep, after_keep)
 
