@@ -30,6 +30,8 @@ METHODS = {
     "esd-all": ("esd", "ESDConfig", {"train_method": "esd-all"}),
     "advunlearn": ("advunlearn", "AdvUnlearnConfig", {}),
     "doco": ("doco", "DoCoConfig", {}),
+    "uce": ("uce", "UCEConfig", {}),
+    "rece": ("rece", "RECEConfig", {}),
 }
 PRESETS = ("official", "toy")  # the paper's defaults, or the toy world's (a module's TOY_PRESETS)
 
