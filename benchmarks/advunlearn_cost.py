@@ -29,7 +29,11 @@ from studio.judges import get_judge
 from studio.loading import load_pipeline
 
 
-SCHEDULES = {"ours (default)": "advunlearn", "ours, 3 attack steps": "advunlearn-3-attack-steps", "official schedule": "advunlearn-official-schedule"}
+SCHEDULES = {
+    "ours (default)": "advunlearn",
+    "ours, 3 attack steps": "advunlearn-3-attack-steps",
+    "official schedule": "advunlearn-official-schedule",
+}
 
 
 def step_cost(method_name: str, concept: str, steps: int) -> dict:
@@ -39,7 +43,9 @@ def step_cost(method_name: str, concept: str, steps: int) -> dict:
     pipe = load_pipeline("toy")
     stamps = []
     t0 = time.perf_counter()
-    result = erase(pipe, toy_target(method, concept), method, config=config, progress=False, callback=lambda info: stamps.append(time.perf_counter()))
+    result = erase(
+        pipe, toy_target(method, concept), method, config=config, progress=False, callback=lambda info: stamps.append(time.perf_counter())
+    )
     return {"unet_evals_per_step": result.stats["unet_evals"] / steps, "seconds_per_step": (time.perf_counter() - t0) / steps}
 
 
@@ -109,8 +115,14 @@ def main():
             f"{e['alias']['erasure_success']:.0%} | {r['utility']['retained_ratio']:.2f} |"
         )
     if all(wide.values()):
-        lines += ["", f"UnlearnDiffAtk over {args.asr_prompts} direct prompts (same budget) against the same erased models: "
-                  + ", ".join(f"{label} ASR {w['asr']:.0%} (pre {w['pre_asr']:.0%}; {w['unet_evals']:,} attack UNet evals)" for label, w in wide.items()) + "."]
+        lines += [
+            "",
+            f"UnlearnDiffAtk over {args.asr_prompts} direct prompts (same budget) against the same erased models: "
+            + ", ".join(
+                f"{label} ASR {w['asr']:.0%} (pre {w['pre_asr']:.0%}; {w['unet_evals']:,} attack UNet evals)" for label, w in wide.items()
+            )
+            + ".",
+        ]
     lines += [
         "",
         f"Ours / official: {ratio_evals:.2f} of the UNet evaluations over the whole run, "

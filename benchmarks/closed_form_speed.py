@@ -48,8 +48,13 @@ def toy_runs(judge_it: bool) -> dict:
     rows = {}
     target = Concept(erasure_prompts(CONCEPT), name=CONCEPT)
     runs = [
-        ("uce", lambda p: uce.erase(p, Concept(erasure_prompts(CONCEPT), retain=others_of(CONCEPT), name=CONCEPT), uce.UCEConfig(), progress=False),
-         "official settings, other shapes preserved"),
+        (
+            "uce",
+            lambda p: uce.erase(
+                p, Concept(erasure_prompts(CONCEPT), retain=others_of(CONCEPT), name=CONCEPT), uce.UCEConfig(), progress=False
+            ),
+            "official settings, other shapes preserved",
+        ),
         ("rece", lambda p: rece.erase(p, target, rece.RECEConfig(), progress=False), "official settings (3 epochs)"),
         ("esd-x", lambda p: esd.erase(p, target, get_config("esd-x", "toy"), progress=False), "toy preset (lr 1e-3, 50 iterations)"),
     ]
@@ -86,11 +91,17 @@ def sd_runs() -> dict:
     layers = uce.kv_layers(pipe.unet)
     original = {n: l.weight.detach().clone() for n, l in layers.items()}
     concept = Concept(["a photo of a church"], name="church")
-    rows = {"build_seconds": build, "kv_matrices": len(layers), "kv_parameters": sum(w.numel() for w in original.values()),
-            "unet_parameters": sum(p.numel() for p in pipe.unet.parameters())}
-    for name, run in [("uce", lambda: uce.erase(pipe, concept, uce.UCEConfig(), progress=False)),
-                      ("uce (rewrite rows)", lambda: uce.erase(pipe, concept, uce.UCEConfig.rewrite(), progress=False)),
-                      ("rece", lambda: rece.erase(pipe, concept, rece.RECEConfig(), progress=False))]:
+    rows = {
+        "build_seconds": build,
+        "kv_matrices": len(layers),
+        "kv_parameters": sum(w.numel() for w in original.values()),
+        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+    }
+    for name, run in [
+        ("uce", lambda: uce.erase(pipe, concept, uce.UCEConfig(), progress=False)),
+        ("uce (rewrite rows)", lambda: uce.erase(pipe, concept, uce.UCEConfig.rewrite(), progress=False)),
+        ("rece", lambda: rece.erase(pipe, concept, rece.RECEConfig(), progress=False)),
+    ]:
         with torch.no_grad():
             for n, l in layers.items():
                 l.weight.copy_(original[n])
@@ -114,7 +125,9 @@ def main():
         f"Closed-form erasers on the CPU, OMP_NUM_THREADS={threads} (torch threads {torch.get_num_threads()}); the machine was loaded "
         "(one of its 2 cores trains a model), so absolute times are pessimistic. Time = the erase call only.",
         "",
-        f"Toy model, concept \"{CONCEPT}\"" + ("" if args.no_judge else " (judged: 8 direct prompts x 2 seeds, DDIM 25 steps; retained: other shapes' prompts)") + ":",
+        f'Toy model, concept "{CONCEPT}"'
+        + ("" if args.no_judge else " (judged: 8 direct prompts x 2 seeds, DDIM 25 steps; retained: other shapes' prompts)")
+        + ":",
         "",
         "| method | settings | seconds | UNet evaluations | ESD-x time / this | concept shown | retained |",
         "|---|---|---|---|---|---|---|",
@@ -131,19 +144,23 @@ def main():
             "",
             f"SD v1.4 architecture, random weights ({sd['kv_matrices']} K/V matrices, {sd['kv_parameters'] / 1e6:.1f} M of the UNet's "
             f"{sd['unet_parameters'] / 1e6:.0f} M parameters; the full fp32 UNet and text encoder were built in {sd['build_seconds']:.0f} s, not timed), "
-            "concept \"a photo of a church\":",
+            'concept "a photo of a church":',
             "",
             "| method | seconds | matrices changed |",
             "|---|---|---|",
         ]
         for m in ("uce", "uce (rewrite rows)", "rece"):
             lines.append(f"| {m} | {sd[m]['seconds']:.2f} | {sd[m]['changed']} |")
-    targets = [f"toy UCE {toy['uce']['seconds']:.3f} s and RECE {toy['rece']['seconds']:.3f} s (target <= 1 s)",
-               f"ESD-x / UCE {ratios['uce']:.0f}x, ESD-x / RECE {ratios['rece']:.0f}x (target >= 100x)"]
+    targets = [
+        f"toy UCE {toy['uce']['seconds']:.3f} s and RECE {toy['rece']['seconds']:.3f} s (target <= 1 s)",
+        f"ESD-x / UCE {ratios['uce']:.0f}x, ESD-x / RECE {ratios['rece']:.0f}x (target >= 100x)",
+    ]
     if sd:
         targets.insert(1, f"SD-architecture UCE {sd['uce']['seconds']:.2f} s and RECE {sd['rece']['seconds']:.2f} s (target <= 10 s)")
     lines += ["", "Targets: " + "; ".join(targets) + "."]
-    write_results("closed_form_speed", {"omp_num_threads": threads, "toy": toy, "sd_v1_architecture": sd, "esd_over": ratios}, "\n".join(lines))
+    write_results(
+        "closed_form_speed", {"omp_num_threads": threads, "toy": toy, "sd_v1_architecture": sd, "esd_over": ratios}, "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _util import write_results  # noqa: E402
-from erasers.doco import DoCoConfig, NoiseSchedule, PatchDiscriminator, anchor_latents, bce, toy_concept, training_pairs  # noqa: E402
+from erasers.doco import DoCoConfig, NoiseSchedule, PatchDiscriminator, anchor_latents, bce, toy_target, training_pairs  # noqa: E402
 from studio.loading import load_pipeline  # noqa: E402
 from studio.sampling import encode_prompts  # noqa: E402
 
 
 def main() -> None:
     pipe = load_pipeline("toy", device="cpu")
-    pairs = training_pairs(toy_concept("triangle"))
+    pairs = training_pairs(toy_target("triangle"))
     z = anchor_latents(pipe, [a for a, _ in pairs], DoCoConfig(num_anchor_images=128, anchor_batch_size=64), progress=False)[0]
     which = torch.arange(len(z)) % len(pairs)
     with torch.no_grad():
@@ -43,7 +43,10 @@ def main() -> None:
         fake = schedule.x0(pipe.unet(x, t, encoder_hidden_states=e_target[which[idx]]).sample, x, t)
         return real, fake
 
-    lines = ["Relative distance |x0(target prompt) - x0(anchor prompt)| / |x0(anchor prompt)| of the original toy model, 64 anchor latents:", ""]
+    lines = [
+        "Relative distance |x0(target prompt) - x0(anchor prompt)| / |x0(anchor prompt)| of the original toy model, 64 anchor latents:",
+        "",
+    ]
     lines += ["| t | 50 | 200 | 400 | 600 | 800 | 950 |", "|---|---|---|---|---|---|---|"]
     cells = []
     for t0 in (50, 200, 400, 600, 800, 950):

@@ -2,7 +2,7 @@
 
 SD's defaults (2000 steps of which 1000 discriminator-only, lr 6e-6 x batch 8, 1000 anchor images) are for an
 860M-parameter UNet on a GPU. For each setting and concept (a shape, triangle -> square, and a style,
-striped -> solid; `erasers.doco.toy_concept`), one run trains to the largest budget and is measured at every
+striped -> solid; `erasers.doco.toy_target`), one run trains to the largest budget and is measured at every
 budget on the way (DoCo has no schedule that depends on the total, so step k of a longer run is a run of k steps):
 
   * erasure: share of images that the judge does NOT read as the concept, on its direct, synonym and alias
@@ -99,7 +99,9 @@ def shared_anchors(toy, config) -> Path:
     from erasers.doco import anchor_latents, training_pairs
     from studio.loading import load_pipeline
 
-    tag = hashlib.sha1(json.dumps([toy.anchors, config.num_anchor_images, config.anchor_steps, config.anchor_guidance, config.seed]).encode()).hexdigest()[:10]
+    tag = hashlib.sha1(
+        json.dumps([toy.anchors, config.num_anchor_images, config.anchor_steps, config.anchor_guidance, config.seed]).encode()
+    ).hexdigest()[:10]
     path = RUNS / f"anchors-{tag}.safetensors"
     if not path.is_file():
         anchor_latents(load_pipeline("toy", device="cpu"), [a for a, _ in training_pairs(toy)], config, cache=path)
@@ -109,14 +111,14 @@ def shared_anchors(toy, config) -> Path:
 def run(concept: str, overrides: dict, judge) -> list:
     """One run to warm-up + max(BUDGETS) steps, measured after warm-up + each budget."""
     from erasers import erase, get_config
-    from erasers.doco import ANCHOR_CACHE, toy_concept
+    from erasers.doco import ANCHOR_CACHE, toy_target
     from studio.loading import load_pipeline
 
     rid = key(concept, overrides)
     done = {r["budget"] for r in records() if r["id"] == rid}
     if done >= set(BUDGETS):
         return [r for r in records() if r["id"] == rid]
-    toy = toy_concept(concept)
+    toy = toy_target(concept)
     warmup = overrides["warmup_steps"]
     config = get_config("doco", "official", {**overrides, "iterations": warmup + max(BUDGETS)})
     folder = RUNS / rid
@@ -134,7 +136,10 @@ def run(concept: str, overrides: dict, judge) -> list:
         t = time.time()
         from safetensors.torch import save_file
 
-        save_file({n: p.detach().contiguous() for n, p in pipe.unet.named_parameters() if p.requires_grad}, str(folder / f"weights-{budget}.safetensors"))
+        save_file(
+            {n: p.detach().contiguous() for n, p in pipe.unet.named_parameters() if p.requires_grad},
+            str(folder / f"weights-{budget}.safetensors"),
+        )
         scores = judged(pipe, concept, judge)
         clock["eval"] += time.time() - t
         forms = {f: scores[f] for f in ("direct", "synonym", "alias")}
@@ -161,7 +166,10 @@ def run(concept: str, overrides: dict, judge) -> list:
 
     result = erase(pipe, toy, "doco", config=config, checkpoint_dir=folder, callback=measure, progress=False)
     with JSONL.open("a") as f:  # the run's cost, once
-        f.write(json.dumps({"eval": EVAL_VERSION, "id": rid, "concept": concept, "overrides": overrides, "budget": None, "stats": result.stats}) + "\n")
+        f.write(
+            json.dumps({"eval": EVAL_VERSION, "id": rid, "concept": concept, "overrides": overrides, "budget": None, "stats": result.stats})
+            + "\n"
+        )
     return [r for r in records() if r["id"] == rid]
 
 
@@ -180,10 +188,18 @@ def remeasure(judge) -> None:
         pipe.unet.load_state_dict(load_file(str(weights)), strict=False)
         scores = judged(pipe, old["concept"], judge)
         forms = {f: scores[f] for f in ("direct", "synonym", "alias")}
-        record = {**old, "eval": EVAL_VERSION, "id": key(old["concept"], old["overrides"]), "weights_of": old["id"], "erasure": forms,
-                  "erasure_mean": float(np.mean(list(forms.values()))), "original_erasure": {f: orig[f] for f in forms},
-                  "retained": scores["retained"], "retained_original": orig["retained"],
-                  "retained_ratio": scores["retained"] / max(orig["retained"], 1e-9)}
+        record = {
+            **old,
+            "eval": EVAL_VERSION,
+            "id": key(old["concept"], old["overrides"]),
+            "weights_of": old["id"],
+            "erasure": forms,
+            "erasure_mean": float(np.mean(list(forms.values()))),
+            "original_erasure": {f: orig[f] for f in forms},
+            "retained": scores["retained"],
+            "retained_original": orig["retained"],
+            "retained_ratio": scores["retained"] / max(orig["retained"], 1e-9),
+        }
         with JSONL.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps({k: record[k] for k in ("concept", "overrides", "budget", "erasure", "retained_ratio")}), flush=True)
@@ -206,20 +222,27 @@ def choose(rows: list):
 
 
 def table_lines(rows: list) -> list:
-    lines = ["| concept | overrides | UNet steps | direct | synonyms | aliases | mean | retained (ratio) | D loss |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| concept | overrides | UNet steps | direct | synonyms | aliases | mean | retained (ratio) | D loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     firsts = {}
     for r in rows:
         firsts.setdefault(r["concept"], r)
     for c, r in firsts.items():
         o = r["original_erasure"]
-        lines.append(f"| {c} | original model | 0 | {o['direct']:.0%} | {o['synonym']:.0%} | {o['alias']:.0%} | "
-                     f"{np.mean(list(o.values())):.0%} | {r['retained_original']:.0%} (1.00) | - |")
+        lines.append(
+            f"| {c} | original model | 0 | {o['direct']:.0%} | {o['synonym']:.0%} | {o['alias']:.0%} | "
+            f"{np.mean(list(o.values())):.0%} | {r['retained_original']:.0%} (1.00) | - |"
+        )
     skip = ("num_anchor_images", "anchor_batch_size", "checkpoint_every")
     for r in sorted(rows, key=lambda r: (r["concept"], json.dumps(r["overrides"], sort_keys=True), r["budget"])):
         e = r["erasure"]
         ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k not in skip)
-        lines.append(f"| {r['concept']} | {ov} | {r['budget']} | {e['direct']:.0%} | {e['synonym']:.0%} | {e['alias']:.0%} | "
-                     f"{r['erasure_mean']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) | {r['d_loss']:.2f} |")
+        lines.append(
+            f"| {r['concept']} | {ov} | {r['budget']} | {e['direct']:.0%} | {e['synonym']:.0%} | {e['alias']:.0%} | "
+            f"{r['erasure_mean']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) | {r['d_loss']:.2f} |"
+        )
     return lines
 
 
@@ -242,13 +265,23 @@ def write_table() -> None:
         ov, budget, per = chosen
         preset = {k: v for k, v in ov.items() if k not in ("anchor_batch_size", "checkpoint_every")}
         preset["iterations"] = ov["warmup_steps"] + budget
-        lines += ["", f"Chosen: `{json.dumps(preset)}` (mean erasure "
-                  + ", ".join(f"{c} {r['erasure_mean']:.0%} at ratio {r['retained_ratio']:.2f}" for c, r in per.items()) + ")."]
+        lines += [
+            "",
+            f"Chosen: `{json.dumps(preset)}` (mean erasure "
+            + ", ".join(f"{c} {r['erasure_mean']:.0%} at ratio {r['retained_ratio']:.2f}" for c, r in per.items())
+            + ").",
+        ]
     first = [r for r in records(1) if r.get("budget") is not None]
     if first:
-        lines += ["", "## First pass (superseded)", "",
-                  "The same stage-1 runs measured with 4 retain prompts per concept (16 images for a style, 6 points per image:",
-                  "too coarse at the 0.90 line), kept for the record.", "", *table_lines(first)]
+        lines += [
+            "",
+            "## First pass (superseded)",
+            "",
+            "The same stage-1 runs measured with 4 retain prompts per concept (16 images for a style, 6 points per image:",
+            "too coarse at the 0.90 line), kept for the record.",
+            "",
+            *table_lines(first),
+        ]
     MD.write_text("\n".join(lines) + "\n")
 
 

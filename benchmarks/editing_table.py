@@ -158,10 +158,18 @@ def official_null_text(pipe, image, prompt, *, steps=50, guidance=7.5, inner=10,
     from inversion.common import fingerprint, model_resolution, scheduler_config
 
     return InversionResult(
-        method="null-text", prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, latent_T=latents[-1].detach().clone(),
-        image_latent=z0, scheduler_config=scheduler_config(pipe), null_embeddings=torch.cat(nulls), resolution=model_resolution(pipe),
-        fingerprint=fingerprint(pipe), stats={"seconds": seconds},
-    )  # fmt: skip
+        method="null-text",
+        prompt=prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latent_T=latents[-1].detach().clone(),
+        image_latent=z0,
+        scheduler_config=scheduler_config(pipe),
+        null_embeddings=torch.cat(nulls),
+        resolution=model_resolution(pipe),
+        fingerprint=fingerprint(pipe),
+        stats={"seconds": seconds},
+    )
 
 
 # ---------------------------------------------------------------- the toy world's images, prompts and masks
@@ -228,7 +236,11 @@ def run(args) -> dict:
         record["mask_estimator_iou"] = iou(object_mask(item["image"]), item["mask"])
 
         # official loops first on even images, ours first on odd ones: drift of the machine's load cancels out
-        order = ["official", "official-frozen", *METHODS, STRICT, EMPTY] if n % 2 == 0 else [EMPTY, STRICT, *METHODS, "official", "official-frozen"]
+        order = (
+            ["official", "official-frozen", *METHODS, STRICT, EMPTY]
+            if n % 2 == 0
+            else [EMPTY, STRICT, *METHODS, "official", "official-frozen"]
+        )
         if args.skip_official:
             order = [m for m in order if not m.startswith("official")]
         inversions = {}
@@ -238,7 +250,9 @@ def run(args) -> dict:
             if name.startswith("official"):
                 inv = official_null_text(pipe, image, item["prompt"], steps=args.steps, frozen=name == "official-frozen")
             elif name == STRICT:
-                inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6))
+                inv = invert(
+                    pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6)
+                )
             elif name == EMPTY:
                 inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, null_init="empty"))
             else:
@@ -249,7 +263,9 @@ def run(args) -> dict:
                 record["speed"][name]["adam_steps"] = int(sum(inv.stats["inner_steps"]))
             inversions[name] = inv
             rec, _ = reconstruct(pipe, inv)
-            record["reconstruction"][f"null-text (official loop{', frozen' if name == 'official-frozen' else ''})" if name.startswith("official") else name] = {
+            record["reconstruction"][
+                f"null-text (official loop{', frozen' if name == 'official-frozen' else ''})" if name.startswith("official") else name
+            ] = {
                 "psnr": psnr(rec, image),
                 "ssim": ssim(rec, image),
             }
@@ -291,11 +307,25 @@ def run(args) -> dict:
                     out.reconstruction.save(folder / f"{item['seed']}-{method}-reconstruction.png")
         # LocalBlend's mask on the toy: the shape word's map for a colour edit (direct inversion)
         new = swap(item["labels"], "colour", item["seed"])
-        out = edit(pipe, None, item["prompt"], TEMPLATE.format(**{**item["labels"], "colour": new}), "direct", inversion=inversions["direct"], blend_words=item["labels"]["shape"])
+        out = edit(
+            pipe,
+            None,
+            item["prompt"],
+            TEMPLATE.format(**{**item["labels"], "colour": new}),
+            "direct",
+            inversion=inversions["direct"],
+            blend_words=item["labels"]["shape"],
+        )
         mask = out.blend_mask[0]
-        record["blend_mask"] = {"object_covered": float((mask & item["mask"]).sum() / item["mask"].sum()), "image_fraction": float(mask.mean())}
+        record["blend_mask"] = {
+            "object_covered": float((mask & item["mask"]).sum() / item["mask"].sum()),
+            "image_fraction": float(mask.mean()),
+        }
         results["images"].append(record)
-        print(f"image {n + 1}/{len(items)} ({item['prompt']}): " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in record["speed"].items()), flush=True)
+        print(
+            f"image {n + 1}/{len(items)} ({item['prompt']}): " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in record["speed"].items()),
+            flush=True,
+        )
     counter.close()
     results["summary"] = summarise(results["images"])
     return results
@@ -321,7 +351,9 @@ def summarise(records: list) -> dict:
     for ref in ("official", "official-frozen"):
         if ref in records[0]["speed"]:
             total = sum(r["speed"][ref]["seconds"] for r in records)
-            ratios[ref] = {m: total / sum(r["speed"][m]["seconds"] for r in records) for m in records[0]["speed"] if not m.startswith("official")}
+            ratios[ref] = {
+                m: total / sum(r["speed"][m]["seconds"] for r in records) for m in records[0]["speed"] if not m.startswith("official")
+            }
     edits = {}
     for method in records[0]["edits"]:
         edits[method] = {}
@@ -400,9 +432,16 @@ def markdown(results: dict) -> str:
         "",
     ]
     for method, table in s["edits"].items():
-        lines += [f"### {'null-text (official loop)' if method == 'official' else method}", "", "| edit | changed | kept | changed and kept | mask IoU | seconds |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {'null-text (official loop)' if method == 'official' else method}",
+            "",
+            "| edit | changed | kept | changed and kept | mask IoU | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
         for attribute, v in table.items():
-            lines.append(f"| {attribute} | {v['changed']:.2f} | {v['kept']:.2f} | {v['changed_and_kept']:.2f} | {v['iou']:.2f} | {v['seconds']:.2f} |")
+            lines.append(
+                f"| {attribute} | {v['changed']:.2f} | {v['kept']:.2f} | {v['changed_and_kept']:.2f} | {v['iou']:.2f} | {v['seconds']:.2f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -415,7 +454,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cross", type=float, default=EditConfig.cross_replace_steps)
     p.add_argument("--self", dest="self_steps", type=float, default=EditConfig.self_replace_steps)
-    p.add_argument("--blend", action="store_true", help="local blend on the shape words for object edits (its mask is most of the image on the toy)")
+    p.add_argument(
+        "--blend", action="store_true", help="local blend on the shape words for object edits (its mask is most of the image on the toy)"
+    )
     p.add_argument("--skip-official", action="store_true", help="leave out the official null-text loop (quick runs)")
     p.add_argument("--save-images", default=None, help="folder for the edits and reconstructions")
     p.add_argument("--quick", action="store_true", help="2 images: a check of the machinery, not a result")

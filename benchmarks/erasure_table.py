@@ -93,7 +93,9 @@ def table(rows, original_rates) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c, rates in original_rates.items():
-        lines.append(f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | 0 | - | - | - |")
+        lines.append(
+            f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | 0 | - | - | - |"
+        )
     for r in rows:
         e, a, u = r["erasure"], r["attack"], r["utility"]
         kid_cell = f"{u['kid_x1000']:.1f}" if u.get("kid_estimator") == KID_ESTIMATOR else "-"
@@ -107,7 +109,9 @@ def table(rows, original_rates) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--methods", default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery")
+    ap.add_argument(
+        "--methods", default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery"
+    )
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--attack-prompts", type=int, default=10)
     ap.add_argument("--fresh", action="store_true")

@@ -79,8 +79,18 @@ def main():
         erase(pipe, Concept(erasure_prompts(name), name=name), method, config=config, callback=at_budget, progress=False)
         for b in budgets:
             rate, acc = measured[b]
-            rows.append({"method": method, "concept": name, "lr": lr, "iterations": b, "concept_rate": rate, "retained": acc,
-                         "retained_ratio": acc / max(original[name][1], 1e-9), "seconds_full_run": time.time() - start})
+            rows.append(
+                {
+                    "method": method,
+                    "concept": name,
+                    "lr": lr,
+                    "iterations": b,
+                    "concept_rate": rate,
+                    "retained": acc,
+                    "retained_ratio": acc / max(original[name][1], 1e-9),
+                    "seconds_full_run": time.time() - start,
+                }
+            )
             print(json.dumps(rows[-1]))
 
     presets = {}
@@ -105,10 +115,20 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['concept']} | {r['lr']:g} | {r['iterations']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) |")
-    lines += ["", f"Presets (max mean erasure with retained >= {args.keep:.0%} of the original's on both concepts; ties to the smaller budget):", ""]
+        lines.append(
+            f"| {r['method']} | {r['concept']} | {r['lr']:g} | {r['iterations']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) |"
+        )
+    lines += [
+        "",
+        f"Presets (max mean erasure with retained >= {args.keep:.0%} of the original's on both concepts; ties to the smaller budget):",
+        "",
+    ]
     for m, p in presets.items():
-        lines.append(f"- `{m}`: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items() if k != "mean_erasure") + f" (mean erasure {p['mean_erasure']:.0%})")
+        lines.append(
+            f"- `{m}`: "
+            + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items() if k != "mean_erasure")
+            + f" (mean erasure {p['mean_erasure']:.0%})"
+        )
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
     lines.insert(1, f"Settings on top of the official defaults: {args.base}." if args.base != "{}" else "")
     write_results(args.name, {"args": vars(args), "original": original, "rows": rows, "presets": presets}, "\n".join(lines))

@@ -45,14 +45,22 @@ def main():
     for name, method, overrides in (
         ("esd-x", "esd-x", {"iterations": args.steps, "seed": 0}),
         ("advunlearn (our default)", "advunlearn", {"iterations": args.steps, "warmup_iterations": 0}),
-        ("advunlearn (official schedule)", "advunlearn", {"iterations": args.steps, "warmup_iterations": 0, "attack_steps": 30, "attack_method": "pgd", "reuse_targets": False}),
+        (
+            "advunlearn (official schedule)",
+            "advunlearn",
+            {"iterations": args.steps, "warmup_iterations": 0, "attack_steps": 30, "attack_method": "pgd", "reuse_targets": False},
+        ),
     ):
         pipe = random_sd_pipeline("v1", dtype=dtype, device="cuda")
         if method == "advunlearn":
             pipe.text_encoder.to(torch.float32)  # trained in fp32, as the official code
         per_step = []
         cfg = get_config(method, "official", overrides)
-        result, seconds, peak = measure(lambda: erase(pipe, concept, method, config=cfg, progress=False, callback=lambda i: per_step.append(time.perf_counter())))
+        result, seconds, peak = measure(
+            lambda pipe=pipe: erase(
+                pipe, concept, method, config=cfg, progress=False, callback=lambda i: per_step.append(time.perf_counter())
+            )
+        )
         steps = [b - a for a, b in zip(per_step, per_step[1:])]
         results[name] = {
             "seconds_total": round(seconds, 2),

@@ -60,16 +60,32 @@ def sd14_pipeline(device, dtype, resolution=512):
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-            )  # fmt: skip
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
         )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
     tokenizer = CLIPTokenizer.from_pretrained(str(ROOT / "assets" / "tokenizer"))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 
@@ -79,7 +95,9 @@ def test_image(resolution):
 
     from studio.toyworld.render import render
 
-    return Image.fromarray(render({"shape": "star", "colour": "red", "style": "striped", "background": "light"}, seed=0).image).resize((resolution, resolution), Image.LANCZOS)
+    return Image.fromarray(render({"shape": "star", "colour": "red", "style": "striped", "background": "light"}, seed=0).image).resize(
+        (resolution, resolution), Image.LANCZOS
+    )
 
 
 def measure(fn, device):
@@ -121,19 +139,35 @@ def main(argv=None) -> int:
     pipe = sd14_pipeline(device, half, args.resolution)
     cfg = NullTextConfig(num_inference_steps=args.steps, num_inner_steps=args.inner, early_stop_epsilon=-1.0, early_stop_slope=0.0)
     inv, seconds, peak = measure(lambda: invert(pipe, image, prompt, "null-text", cfg), device)
-    rows["null-text (ours), worst case: all inner steps"] = {"seconds": seconds, "peak_gib": peak, "adam_steps": int(sum(inv.stats["inner_steps"])), "pipeline_dtype": str(half)}
-    for name, method, cfg in [("negative-prompt", "negative-prompt", NegativePromptConfig(args.steps)), ("direct", "direct", DirectInversionConfig(args.steps))]:
+    rows["null-text (ours), worst case: all inner steps"] = {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "adam_steps": int(sum(inv.stats["inner_steps"])),
+        "pipeline_dtype": str(half),
+    }
+    for name, method, cfg in [
+        ("negative-prompt", "negative-prompt", NegativePromptConfig(args.steps)),
+        ("direct", "direct", DirectInversionConfig(args.steps)),
+    ]:
         inv, seconds, peak = measure(lambda: invert(pipe, image, prompt, method, cfg), device)
         rows[name] = {"seconds": seconds, "peak_gib": peak, "pipeline_dtype": str(half)}
-    out, seconds, peak = measure(lambda: edit(pipe, None, prompt, "a striped blue star on a light background", inversion=inv, blend_words="star"), device)
-    rows["prompt-to-prompt edit (direct inversion, replace + local blend)"] = {"seconds": seconds, "peak_gib": peak, "pipeline_dtype": str(half)}
+    out, seconds, peak = measure(
+        lambda: edit(pipe, None, prompt, "a striped blue star on a light background", inversion=inv, blend_words="star"), device
+    )
+    rows["prompt-to-prompt edit (direct inversion, replace + local blend)"] = {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "pipeline_dtype": str(half),
+    }
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
     if not args.skip_official:
         pipe = sd14_pipeline(device, torch.float32, args.resolution)  # the notebook loads SD v1.4 in fp32
-        (inv, seconds, peak) = measure(lambda: official_null_text(pipe, image, prompt, steps=args.steps, inner=args.inner, epsilon=-1.0), device)
+        (inv, seconds, peak) = measure(
+            lambda: official_null_text(pipe, image, prompt, steps=args.steps, inner=args.inner, epsilon=-1.0), device
+        )
         rows["null-text, official notebook loop, worst case"] = {"seconds": seconds, "peak_gib": peak, "pipeline_dtype": "torch.float32"}
 
     info = {

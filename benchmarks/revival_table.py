@@ -65,7 +65,9 @@ def model_path(model: str, concept: str, log=print) -> str | None:
         log(f"erasing {concept} with {model} (toy preset) -> {folder}")
         pipe = load_pipeline("toy")
         t0 = time.time()
-        result = erase(pipe, toy_target(model, concept), model, preset="toy", checkpoint_dir=MODELS / f"{model}--{concept}.checkpoint", progress=True)
+        result = erase(
+            pipe, toy_target(model, concept), model, preset="toy", checkpoint_dir=MODELS / f"{model}--{concept}.checkpoint", progress=True
+        )
         result.stats["wall_seconds"] = round(time.time() - t0, 1)
         result.save(folder, pipe, base_model="toy")
     return str(folder)
@@ -89,7 +91,9 @@ def probe_config(kind: str, component: str | None, budget: str):
     return kind, probes.get_config(kind, budget=budget)
 
 
-def run_cell(model: str, concept: str, kind: str, component: str | None, budget: str, judge, *, fresh=False, cached_only=False, log=print) -> dict | None:
+def run_cell(
+    model: str, concept: str, kind: str, component: str | None, budget: str, judge, *, fresh=False, cached_only=False, log=print
+) -> dict | None:
     name = cell_name(model, concept, kind, component, budget)
     path = CELLS / f"{name}.json"
     if path.is_file() and not fresh:
@@ -104,7 +108,15 @@ def run_cell(model: str, concept: str, kind: str, component: str | None, budget:
     pipe = load_pipeline(folder)
     extra = {"checkpoint_dir": CHECKPOINTS / name} if probe == "relearning" else {}
     result = probes.run_probe(probe, pipe, concept, config, judge=judge, progress=True, **extra)
-    cell = {"model": model, "concept": concept, "kind": kind, "component": component, "budget": budget, "path": str(folder), **result.as_dict()}
+    cell = {
+        "model": model,
+        "concept": concept,
+        "kind": kind,
+        "component": component,
+        "budget": budget,
+        "path": str(folder),
+        **result.as_dict(),
+    }
     CELLS.mkdir(parents=True, exist_ok=True)
     grid = result.grid(title=f"{model} / {concept}: {kind}" + (f" ({component})" if component else ""))
     if grid is not None:
@@ -143,7 +155,9 @@ def cost(c: dict) -> str:
 def table(cells: list, budget: str) -> str:
     by = {(c["model"], c["concept"], c["kind"], c.get("component")): c for c in cells}
     concepts = list(dict.fromkeys(c["concept"] for c in cells))
-    models = list(dict.fromkeys(c["model"] for c in cells if c["model"] not in REFERENCES)) + [r for r in REFERENCES if any(c["model"] == r for c in cells)]
+    models = list(dict.fromkeys(c["model"] for c in cells if c["model"] not in REFERENCES)) + [
+        r for r in REFERENCES if any(c["model"] == r for c in cells)
+    ]
     out = [
         f"Revival probes on the toy model (budget: {budget}). Rates: judged concept rate, share (k/n) [95% Wilson interval]. "
         "Cost: UNet evaluations / wall seconds on 2 shared CPU cores.",
@@ -157,7 +171,11 @@ def table(cells: list, budget: str) -> str:
             if not rows:
                 continue
             steps = sorted({p["step"] for c in rows for p in c["measurements"]["curve"]})
-            out += ["", f"### Relearning, k = {kind.split('-k')[1]} images (fine-tuning the component the eraser changed; the references in each)", ""]
+            out += [
+                "",
+                f"### Relearning, k = {kind.split('-k')[1]} images (fine-tuning the component the eraser changed; the references in each)",
+                "",
+            ]
             out.append("| model | component | " + " | ".join(f"s={s}" for s in steps) + " | steps to 50% | ratio to oracle | cost |")
             out.append("|" + "---|" * (len(steps) + 5))
             for model in models:
@@ -174,7 +192,11 @@ def table(cells: list, budget: str) -> str:
                         ratio = NO_ORACLE
                     else:
                         ratio = compare(_R(c), oracle).get("ratio_text", "-")
-                    out.append(f"| {model} | {c['component']} | " + " | ".join(curve.get(x, "-") for x in steps) + f" | {reach} | {ratio} | {cost(c)} |")
+                    out.append(
+                        f"| {model} | {c['component']} | "
+                        + " | ".join(curve.get(x, "-") for x in steps)
+                        + f" | {reach} | {ratio} | {cost(c)} |"
+                    )
         rows = {c["model"]: c for c in cells if c["concept"] == concept and c["kind"] == "inversion" and not c.get("missing")}
         if rows:
             methods = list(dict.fromkeys(m for c in rows.values() for m in c["measurements"]["methods"]))
@@ -184,7 +206,10 @@ def table(cells: list, budget: str) -> str:
             for model in models:
                 if model in rows:
                     ms = rows[model]["measurements"]
-                    cellsx = " | ".join(f"{ms['methods'][m]['psnr']:.1f} dB | {rate(ms['methods'][m]['rate'])}" if m in ms["methods"] else "- | -" for m in methods)
+                    cellsx = " | ".join(
+                        f"{ms['methods'][m]['psnr']:.1f} dB | {rate(ms['methods'][m]['rate'])}" if m in ms["methods"] else "- | -"
+                        for m in methods
+                    )
                     out.append(f"| {model} | {cellsx} | {ms['vae_roundtrip_psnr']:.1f} dB | {cost(rows[model])} |")
         rows = {c["model"]: c for c in cells if c["concept"] == concept and c["kind"] == "completion" and not c.get("missing")}
         if rows:
@@ -195,7 +220,9 @@ def table(cells: list, budget: str) -> str:
             for model in models:
                 if model in rows:
                     cs = rows[model]["measurements"]["cells"]
-                    out.append(f"| {model} | " + " | ".join(rate(cs[k]["rate"]) if k in cs else "-" for k in keys) + f" | {cost(rows[model])} |")
+                    out.append(
+                        f"| {model} | " + " | ".join(rate(cs[k]["rate"]) if k in cs else "-" for k in keys) + f" | {cost(rows[model])} |"
+                    )
         rows = {c["model"]: c for c in cells if c["concept"] == concept and c["kind"] == "inpainting" and not c.get("missing")}
         if rows:
             out += ["", "### Inpainting: half of a render masked, filled by latent blending", ""]
@@ -209,7 +236,10 @@ def table(cells: list, budget: str) -> str:
                     out.append(f"| {model} | {f('concept')} | {f('empty')} | {rate(ms['context_only'])} | {cost(rows[model])} |")
         erased = [m for m in models if m not in REFERENCES and erase_stats(m, concept)]
         if erased:
-            parts = [f"{m} {erase_stats(m, concept).get('unet_evals', 0):,} UNet evals / {erase_stats(m, concept).get('seconds', 0):.0f} s" for m in erased]
+            parts = [
+                f"{m} {erase_stats(m, concept).get('unet_evals', 0):,} UNet evals / {erase_stats(m, concept).get('seconds', 0):.0f} s"
+                for m in erased
+            ]
             out += ["", "Erasure cost (toy preset): " + ", ".join(parts) + "."]
     return "\n".join(out)
 
@@ -235,28 +265,47 @@ def main():
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--probes", default=",".join(KINDS), help=f"some of {', '.join(KINDS)} ('relearning' = both k)")
     ap.add_argument("--references", default="original,oracle", help="original and/or oracle ('none' for neither)")
-    ap.add_argument("--budget", choices=list(probes.BUDGETS), default="default", help="'small': a few images and steps per probe (probes.SMALL), minutes; 'medium': probes.MEDIUM")
+    ap.add_argument(
+        "--budget",
+        choices=list(probes.BUDGETS),
+        default="default",
+        help="'small': a few images and steps per probe (probes.SMALL), minutes; 'medium': probes.MEDIUM",
+    )
     ap.add_argument("--fresh", action="store_true", help="recompute the cells of this run")
     ap.add_argument("--cached", action="store_true", help="only the cells already computed (rewrite the table)")
     ap.add_argument("--plan", action="store_true", help="print the cells still to run and their planned UNet evaluations; run nothing")
     args = ap.parse_args()
     methods = parse(args.methods, METHODS, "methods")
-    concepts = [probes.common.toy_concept(c).name for c in args.concepts.split(",") if c.strip()]
+    concepts = [probes.common.erasable_concept(c).name for c in args.concepts.split(",") if c.strip()]
     kinds = parse(args.probes, KINDS, "probes")
     refs = parse(args.references, REFERENCES, "references")
     judge = probes.default_judge()
     jobs = plan(methods, concepts, kinds, refs)
     print(f"{len(jobs)} cells ({args.budget} budget)")
     if args.plan:
-        todo = [j for j in jobs if not (CELLS / f"{cell_name(*j, args.budget)}.json").is_file() and not (j[0] == "oracle" and model_path("oracle", j[1]) is None)]
+        todo = [
+            j
+            for j in jobs
+            if not (CELLS / f"{cell_name(*j, args.budget)}.json").is_file()
+            and not (j[0] == "oracle" and model_path("oracle", j[1]) is None)
+        ]
         evals = sum(probe_config(kind, comp, args.budget)[1].planned_unet_evals() for _, _, kind, comp in todo)
         erase = sorted({(m, c) for m, c, _, _ in todo if m not in REFERENCES and not (MODELS / f"{m}--{c}" / "erasure.json").is_file()})
         print(f"{len(todo)} cells to run, {evals:,} planned UNet evaluations (probes only); erasures to run first: {erase or 'none'}")
         return
     cells = []
     for i, (model, concept, kind, component) in enumerate(jobs):
-        c = run_cell(model, concept, kind, component, args.budget, judge, fresh=args.fresh, cached_only=args.cached,
-                     log=lambda s, i=i: print(f"[{i + 1}/{len(jobs)}] {s}", flush=True))  # fmt: skip
+        c = run_cell(
+            model,
+            concept,
+            kind,
+            component,
+            args.budget,
+            judge,
+            fresh=args.fresh,
+            cached_only=args.cached,
+            log=lambda s, i=i: print(f"[{i + 1}/{len(jobs)}] {s}", flush=True),
+        )
         if c is not None:
             cells.append(c)
     name = "revival_table" if args.budget == "default" else f"revival_table_{args.budget}"

@@ -9,7 +9,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from _util import write_results
@@ -36,7 +35,9 @@ def main():
 
     def diffusers():
         gens = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
-        return torch.from_numpy(pipe(prompts, generator=gens, num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np").images)
+        return torch.from_numpy(
+            pipe(prompts, generator=gens, num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np").images
+        )
 
     a, b = ours(), diffusers()  # warm-up, and the same images
     same = float((a.permute(0, 2, 3, 1) - b).abs().max())

@@ -50,11 +50,15 @@ def main():
     ap.add_argument("--rewrite-scales", default="1,10", help="erase_scales tried with the 2025 rewrite's last_token rows")
     ap.add_argument("--lamb", type=float, default=0.5)
     ap.add_argument("--keep", type=float, default=0.9)
-    ap.add_argument("--retain", choices=("none", "others"), default="none", help="preserve set: '' only, or also the other concepts of the kind")
+    ap.add_argument(
+        "--retain", choices=("none", "others"), default="none", help="preserve set: '' only, or also the other concepts of the kind"
+    )
     ap.add_argument("--method", choices=("uce", "rece"), default="uce")
     ap.add_argument("--reg-scales", default="0.1,0.001", help="RECE regular_scale values")
     ap.add_argument("--epochs", type=int, default=3, help="RECE epochs (each judged)")
-    ap.add_argument("--base", default="{}", help="RECE: JSON of config fields on top of the official ones, e.g. '{\"preserve_scale\": 1.0}'")
+    ap.add_argument(
+        "--base", default="{}", help="RECE: JSON of config fields on top of the official ones, e.g. '{\"preserve_scale\": 1.0}'"
+    )
     ap.add_argument("--name", default=None, help="results file name (default uce_sweep[_retain] / rece_sweep)")
     args = ap.parse_args()
     concepts = args.concepts.split(",")
@@ -63,17 +67,31 @@ def main():
     original = {c: quick_eval(load_pipeline("toy"), c, judge) for c in concepts}
     if args.method == "rece":
         return rece_sweep(args, concepts, judge, original, t0)
-    settings = [("last_to_end", float(s)) for s in args.scales.split(",")] + [("last_token", float(s)) for s in args.rewrite_scales.split(",")]
+    settings = [("last_to_end", float(s)) for s in args.scales.split(",")] + [
+        ("last_token", float(s)) for s in args.rewrite_scales.split(",")
+    ]
     rows = []
     for policy, scale in settings:
         for name in concepts:
             pipe = load_pipeline("toy")
-            config = UCEConfig(token_policy=policy, erase_scale=scale, lamb=args.lamb, preserve_scale=None if policy == "last_to_end" else 1.0)
+            config = UCEConfig(
+                token_policy=policy, erase_scale=scale, lamb=args.lamb, preserve_scale=None if policy == "last_to_end" else 1.0
+            )
             retain = others_of(name) if args.retain == "others" else []
             result = erase(pipe, Concept(erasure_prompts(name), retain=retain, name=name), config, progress=False)
             rate, acc = quick_eval(pipe, name, judge)
-            rows.append({"token_policy": policy, "erase_scale": scale, "lamb": args.lamb, "concept": name, "concept_rate": rate,
-                         "retained": acc, "retained_ratio": acc / max(original[name][1], 1e-9), "erase_seconds": result.stats["seconds"]})
+            rows.append(
+                {
+                    "token_policy": policy,
+                    "erase_scale": scale,
+                    "lamb": args.lamb,
+                    "concept": name,
+                    "concept_rate": rate,
+                    "retained": acc,
+                    "retained_ratio": acc / max(original[name][1], 1e-9),
+                    "erase_seconds": result.stats["seconds"],
+                }
+            )
             print(json.dumps(rows[-1]))
 
     best = None
@@ -97,11 +115,21 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['token_policy']} | {r['erase_scale']:g} | {r['concept']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) | {r['erase_seconds']:.3f} |")
-    lines += ["", f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to the larger erase_scale):", ""]
+        lines.append(
+            f"| {r['token_policy']} | {r['erase_scale']:g} | {r['concept']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) | {r['erase_seconds']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to the larger erase_scale):",
+        "",
+    ]
     lines.append(f"- `uce`: {preset} (mean erasure {best[3]:.0%})" if best else "- none met the criterion")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
-    write_results(args.name or ("uce_sweep" if args.retain == "none" else "uce_sweep_retain"), {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))
+    write_results(
+        args.name or ("uce_sweep" if args.retain == "none" else "uce_sweep_retain"),
+        {"args": vars(args), "original": original, "rows": rows, "preset": preset},
+        "\n".join(lines),
+    )
 
 
 def rece_sweep(args, concepts, judge, original, t0):
@@ -112,15 +140,29 @@ def rece_sweep(args, concepts, judge, original, t0):
     for reg in [float(x) for x in args.reg_scales.split(",")]:
         for name in concepts:
             pipe = load_pipeline("toy")
-            config = RECEConfig(**{**json.loads(args.base), "epochs": args.epochs, "regular_scale": reg,
-                                   "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]})
+            config = RECEConfig(
+                **{
+                    **json.loads(args.base),
+                    "epochs": args.epochs,
+                    "regular_scale": reg,
+                    "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"],
+                }
+            )
             retain = others_of(name) if args.retain == "others" else []
 
             def judged(info, pipe=pipe, name=name, reg=reg):
                 if info["stage"] == "rece":
                     rate, acc = quick_eval(pipe, name, judge)
-                    rows.append({"regular_scale": reg, "epochs": info["step"], "concept": name, "concept_rate": rate, "retained": acc,
-                                 "retained_ratio": acc / max(original[name][1], 1e-9)})
+                    rows.append(
+                        {
+                            "regular_scale": reg,
+                            "epochs": info["step"],
+                            "concept": name,
+                            "concept_rate": rate,
+                            "retained": acc,
+                            "retained_ratio": acc / max(original[name][1], 1e-9),
+                        }
+                    )
                     print(json.dumps(rows[-1]))
 
             rece_erase(pipe, Concept(erasure_prompts(name), retain=retain, name=name), config, callback=judged, progress=False)
@@ -134,7 +176,11 @@ def rece_sweep(args, concepts, judge, original, t0):
             key = (round(erasure, 3), -ep)
             if best is None or key > best[0]:
                 best = (key, reg, ep, erasure)
-    preset = {**json.loads(args.base), "regular_scale": best[1], "epochs": best[2], "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]} if best else None
+    preset = (
+        {**json.loads(args.base), "regular_scale": best[1], "epochs": best[2], "uce_erase_scale": TOY_PRESETS["uce"]["erase_scale"]}
+        if best
+        else None
+    )
     lines = [
         f"RECE sweep on the toy model (concepts: {', '.join(concepts)}; step 0 = the UCE toy preset; RECE settings official"
         f"{', except ' + args.base if args.base != '{}' else ''}; quick evaluation as "
@@ -146,8 +192,14 @@ def rece_sweep(args, concepts, judge, original, t0):
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['regular_scale']:g} | {r['epochs']} | {r['concept']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) |")
-    lines += ["", f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to fewer epochs):", ""]
+        lines.append(
+            f"| {r['regular_scale']:g} | {r['epochs']} | {r['concept']} | {r['concept_rate']:.0%} | {r['retained']:.0%} ({r['retained_ratio']:.2f}) |"
+        )
+    lines += [
+        "",
+        f"Preset (max mean erasure with retained >= {args.keep:.0%} of the original's on every concept; ties to fewer epochs):",
+        "",
+    ]
     lines.append(f"- `rece`: {preset} (mean erasure {best[3]:.0%})" if best else "- none met the criterion")
     lines.append(f"\nTotal time {time.time() - t0:.0f} s.")
     write_results(args.name or "rece_sweep", {"args": vars(args), "original": original, "rows": rows, "preset": preset}, "\n".join(lines))

@@ -172,12 +172,12 @@ def eval_config(
 
 
 def toy_target(method: str, name: str):
-    """The toy world's erasure target (a `Concept`) for concept `name`: its erasure prompts (name,
-    synonyms, colour variants); DoCo also needs anchors ("a triangle" -> "a square", with anchor captions)."""
-    if _module(method).__name__.endswith(".doco"):
-        from .doco import toy_concept
-
-        return toy_concept(name)
+    """The toy world's erasure target (a `Concept`) for concept `name`: its erasure prompts, and what the
+    method also needs where its module says so with a `toy_target(name)` of its own (DoCo: anchors, "a
+    triangle" -> "a square" with anchor captions; UCE and RECE: the other concepts of the kind preserved)."""
+    own = getattr(_module(method), "toy_target", None)
+    if own is not None:
+        return own(name)
     from studio.toyworld.captions import erasure_prompts
 
     from .base import Concept

@@ -295,7 +295,7 @@ def training_pairs(concept: Concept) -> list:
         raise ValueError(
             f"DoCo needs anchor prompts for {concept.name!r}: what the concept should look like instead, e.g. "
             "Concept(['a triangle'], anchors=['a square', 'a red square', ...]); for the toy world, "
-            "erasers.doco.toy_concept('triangle') builds one"
+            "erasers.doco.toy_target('triangle') builds one"
         )
     anchor_word, target_word = word_swap(concept.anchors[0], concept.prompts[0])
     to_target, to_anchor = _phrase_pattern(anchor_word.split()), _phrase_pattern(target_word.split())
@@ -602,7 +602,7 @@ TOY_ANCHORS = {"shape": ("square", "circle"), "colour": ("blue", "red"), "style"
 TOY_EVAL_PROMPTS = 10  # the first prompts of each form are the evaluation's; the toy anchors skip them
 
 
-def toy_concept(name: str, anchor: str | None = None, n_prompts: int | None = None) -> Concept:
+def toy_target(name: str, anchor: str | None = None, n_prompts: int | None = None) -> Concept:
     """A toy-world DoCo concept: erase `name` toward `anchor` (default: a square for shapes, "solid" for styles,
     blue for colours; the other one of each pair when `name` is the default itself).
 

@@ -89,7 +89,9 @@ class UCEConfig:
         if self.token_policy not in TOKEN_POLICIES:
             raise ValueError(f"unknown UCE token_policy {self.token_policy!r}; use one of {', '.join(TOKEN_POLICIES)}")
         if self.lamb < 0 or self.erase_scale < 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
-            raise ValueError(f"UCE needs lamb, erase_scale and preserve_scale >= 0 (got {self.lamb}, {self.erase_scale}, {self.preserve_scale})")
+            raise ValueError(
+                f"UCE needs lamb, erase_scale and preserve_scale >= 0 (got {self.lamb}, {self.erase_scale}, {self.preserve_scale})"
+            )
         self.preserve = (self.preserve,) if isinstance(self.preserve, str) else tuple(self.preserve)
 
     @classmethod
@@ -186,8 +188,21 @@ def row_pairs(pipe, prompts: list, guides: list, preserve: list, policy: str, em
     return (torch.cat(C) if C else empty, torch.cat(G) if G else empty, torch.cat(P) if P else empty)
 
 
-def edit_layers(layers: dict, C: torch.Tensor, G: torch.Tensor, P: torch.Tensor, *, lamb, erase_scale, preserve_scale,
-                stage="uce", callback=None, cancel=None, progress=False, collect=True) -> tuple[dict, torch.Tensor]:
+def edit_layers(
+    layers: dict,
+    C: torch.Tensor,
+    G: torch.Tensor,
+    P: torch.Tensor,
+    *,
+    lamb,
+    erase_scale,
+    preserve_scale,
+    stage="uce",
+    callback=None,
+    cancel=None,
+    progress=False,
+    collect=True,
+) -> tuple[dict, torch.Tensor]:
     """Apply the closed form to every layer in place: W <- W + (W (G - C)ᵀ) K_e, the solution of §0.3 with
     W_ref = the layer's current W, erase rows (C, W G) and preserve rows (P, W P).
 
@@ -207,7 +222,9 @@ def edit_layers(layers: dict, C: torch.Tensor, G: torch.Tensor, P: torch.Tensor,
     bar = tqdm(names, desc=stage.upper(), disable=not progress, leave=False)
     for k, name in enumerate(bar):
         if is_cancelled(cancel):
-            raise Cancelled(f"{stage} cancelled at layer {k} of {len(names)}; nothing was saved (the pipeline's first {k} layers are edited)")
+            raise Cancelled(
+                f"{stage} cancelled at layer {k} of {len(names)}; nothing was saved (the pipeline's first {k} layers are edited)"
+            )
         lin = layers[name]
         if len(C):
             w = lin.weight.detach().double().cpu()  # (d_out, d)
@@ -285,7 +302,9 @@ def resolve(pipe, concept, config) -> tuple[Concept, list, list]:
     kept = {p.lower() for p in preserve}
     for p, g in zip(concept.prompts, guides):
         if p.lower() in kept:
-            raise ValueError(f"{p!r} is both erased and preserved; remove it from the preserve set (Concept.retain or the config's preserve)")
+            raise ValueError(
+                f"{p!r} is both erased and preserved; remove it from the preserve set (Concept.retain or the config's preserve)"
+            )
         if p.lower() == g.lower():
             raise ValueError(f"{p!r} is its own guide, so the edit would change nothing; give another guide (anchor) or ''")
     return concept, guides, preserve
@@ -295,7 +314,9 @@ def preserve_weight(config_scale, preserve: list) -> float:
     return max(0.1, 1.0 / len(preserve)) if config_scale is None and preserve else (1.0 if config_scale is None else float(config_scale))
 
 
-def erase(pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True) -> ErasureResult:
+def erase(
+    pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+) -> ErasureResult:
     """Erase `concept` (a Concept, or a list of them: one solve) from `pipe.unet`'s K/V in place; see the module docstring.
 
     `checkpoint_dir` is accepted for the common interface and unused: the edit is one solve, with nothing to resume."""
@@ -305,8 +326,19 @@ def erase(pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None
     s_p = preserve_weight(config.preserve_scale, preserve)
     C, G, P = row_pairs(pipe, concept.prompts, guides, preserve, config.token_policy)
     layers = kv_layers(pipe.unet, config.with_to_k)
-    weights, _ = edit_layers(layers, C, G, P, lamb=config.lamb, erase_scale=config.erase_scale, preserve_scale=s_p,
-                             stage="uce", callback=callback, cancel=cancel, progress=progress)
+    weights, _ = edit_layers(
+        layers,
+        C,
+        G,
+        P,
+        lamb=config.lamb,
+        erase_scale=config.erase_scale,
+        preserve_scale=s_p,
+        stage="uce",
+        callback=callback,
+        cancel=cancel,
+        progress=progress,
+    )
     stats = {
         "steps": len(layers),
         "seconds": round(time.perf_counter() - t0, 4),
@@ -318,7 +350,9 @@ def erase(pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None
         "guides": guides,
         "preserve": preserve,
     }
-    result_concept = Concept(concept.prompts, anchors=[g for g in guides] if any(guides) else [], retain=list(concept.retain), name=concept.name)
+    result_concept = Concept(
+        concept.prompts, anchors=[g for g in guides] if any(guides) else [], retain=list(concept.retain), name=concept.name
+    )
     return ErasureResult("uce", result_concept, config_dict(config), "unet", weights, stats)
 
 
@@ -329,11 +363,11 @@ def erase(pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None
 # Preserving the other concepts of the kind (Concept.retain = ["a circle", "a square", ...], the toy analogue
 # of the official art setting that preserves every other artist; uce_sweep_retain.md) gives erase_scale 0.3,
 # mean erasure 56% (triangle 25% shown at 94% retained; striped stays hard, 62%). Use it with that retain set:
-# `toy_concept(name)` builds it. The rewrite's last_token rows erase nothing on the toy at any scale.
+# `toy_target(name)` builds it. The rewrite's last_token rows erase nothing on the toy at any scale.
 TOY_PRESETS: dict = {"uce": {"erase_scale": 0.3}}
 
 
-def toy_concept(name: str) -> Concept:
+def toy_target(name: str) -> Concept:
     """The toy world's UCE/RECE target for concept `name`: its erasure prompts, with the other concepts of its
     kind preserved (see TOY_PRESETS)."""
     from studio.toyworld.captions import erasure_prompts

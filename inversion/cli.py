@@ -18,6 +18,16 @@ from . import METHODS
 from .options import parse_blend, parse_reweight
 
 
+class DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless its help already says it (or it has none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def register(sub) -> None:
     from studio.cli import add_model_args
 
@@ -25,7 +35,7 @@ def register(sub) -> None:
         "edit",
         help="edit a real image: invert it, then change the prompt (prompt-to-prompt)",
         description="Invert an image (null-text, negative-prompt, direct or DDIM inversion) and edit it with prompt-to-prompt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnce,
     )
     add_model_args(p)
     p.add_argument(

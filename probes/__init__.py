@@ -98,9 +98,9 @@ def run_probe(name: str, pipe, concept: str, config=None, *, judge=None, callbac
         config = get_config(name, config)
     elif not isinstance(config, config_class(name)):
         raise ValueError(f"probe {name!r} takes a {PROBES[name][1]}, got a {type(config).__name__}")
-    from .common import toy_concept
+    from .common import erasable_concept
 
-    concept = toy_concept(concept).name  # a synonym names the same concept; unknown names fail here
+    concept = erasable_concept(concept).name  # a synonym names the same concept; unknown names fail here
     return module.run(pipe, concept, config, judge=judge, callback=callback, cancel=cancel, progress=progress, **kwargs)
 
 

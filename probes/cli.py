@@ -29,14 +29,32 @@ def register(sub) -> None:
     )
     p.add_argument("--erased", required=True, help="the erased model: a folder written by `studio erase` (or 'toy' for the original)")
     p.add_argument("--concept", required=True, help="the toy concept that was erased (e.g. triangle, striped)")
-    p.add_argument("--probes", default="relearning,inversion", help="comma-separated probes: " + ", ".join(("relearning", "inversion", "completion", "inpainting")))
-    p.add_argument("--oracle", default=None, help="the oracle's folder, or 'auto' (assets/toy-oracle-CONCEPT); probed the same way, for the ratio")
+    p.add_argument(
+        "--probes",
+        default="relearning,inversion",
+        help="comma-separated probes: " + ", ".join(("relearning", "inversion", "completion", "inpainting")),
+    )
+    p.add_argument(
+        "--oracle", default=None, help="the oracle's folder, or 'auto' (assets/toy-oracle-CONCEPT); probed the same way, for the ratio"
+    )
     p.add_argument("--original", action="store_true", help="also probe the original model (the erased model's base)")
     p.add_argument("--k", default="4", help="relearning: comma-separated numbers of images (e.g. 4,16)")
-    p.add_argument("--component", choices=RegistryChoices("probes.relearning", "COMPONENTS"), metavar="COMPONENT", default=None,
-                   help="relearning: what to fine-tune (%(choices)s); default: what the eraser changed (erasure.json), else cross-attention")  # fmt: skip
-    p.add_argument("--budget", choices=("default", "medium", "small"), default="default", help="'small': a few images and steps, to try it in a minute; 'medium': 25 DDIM steps, fewer judged images")
-    p.add_argument("--set", action="append", default=[], metavar="PROBE.KEY=VALUE", help="a probe setting, e.g. relearning.lr=3e-4 (repeatable)")
+    p.add_argument(
+        "--component",
+        choices=RegistryChoices("probes.relearning", "COMPONENTS"),
+        metavar="COMPONENT",
+        default=None,
+        help="relearning: what to fine-tune (%(choices)s); default: what the eraser changed (erasure.json), else cross-attention",
+    )
+    p.add_argument(
+        "--budget",
+        choices=("default", "medium", "small"),
+        default="default",
+        help="'small': a few images and steps, to try it in a minute; 'medium': 25 DDIM steps, fewer judged images",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="PROBE.KEY=VALUE", help="a probe setting, e.g. relearning.lr=3e-4 (repeatable)"
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     add_threads_arg(p)
     p.add_argument("--out", default=None, help="output folder (default outputs/probe-CONCEPT)")
@@ -106,10 +124,10 @@ def models_to_probe(args) -> dict:
 
 def cmd_probe(args) -> int:
     import probes
-    from probes.common import toy_concept
+    from probes.common import erasable_concept
     from studio.cli import claim_folder, check_folder, set_threads
 
-    concept = toy_concept(args.concept).name
+    concept = erasable_concept(args.concept).name
     names = parse_list(args.probes, "probes")
     bad = [n for n in names if n not in probes.PROBES]
     if bad:
@@ -119,7 +137,14 @@ def cmd_probe(args) -> int:
     configs = {n: probes.get_config(n, sets[n], budget=args.budget) for n in names if n != "relearning"}
     models = models_to_probe(args)
     component = args.component or probes.component_for(models.get("erased", "toy"))
-    relearning = {k: probes.get_config("relearning", {**sets.get("relearning", {}), "images": k, "component": component}, budget=args.budget) for k in ks} if "relearning" in names else {}
+    relearning = (
+        {
+            k: probes.get_config("relearning", {**sets.get("relearning", {}), "images": k, "component": component}, budget=args.budget)
+            for k in ks
+        }
+        if "relearning" in names
+        else {}
+    )
     out = Path(args.out or f"outputs/probe-{concept}")
     check_folder(out, OUT_NAMES)
     set_threads(args.threads)
@@ -145,7 +170,9 @@ def cmd_probe(args) -> int:
             key = probe_key(name, config)
             bar.set_postfix_str(f"{label} {key}")
             extra = {"checkpoint_dir": out / "checkpoints" / f"{label}-{key}"} if name == "relearning" else {}
-            result = probes.run_probe(name, pipe, concept, config, judge=judge, callback=lambda e: bar.set_postfix_str(f"{label} {describe(e)}"[:80]), **extra)
+            result = probes.run_probe(
+                name, pipe, concept, config, judge=judge, callback=lambda e: bar.set_postfix_str(f"{label} {describe(e)}"[:80]), **extra
+            )
             entry["results"][key] = result.as_dict()
             grids[f"{label}-{key}"] = result.grid(title=f"{label}: {key} / {concept}")
             bar.update(1)

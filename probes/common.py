@@ -29,7 +29,7 @@ from studio.stats import Rate, format_rate
 # ---------------------------------------------------------------- the concept
 
 
-def toy_concept(name: str):
+def erasable_concept(name: str):
     """The toy concept called `name` (a `ToyConcept`); a clear ValueError for anything else, and for backgrounds."""
     from studio.toyworld.grammar import concept
 
@@ -41,7 +41,7 @@ def toy_concept(name: str):
 
 def names_concept(text: str, name: str) -> bool:
     """Whether `text` names concept `name` by its base word or a synonym (whole words)."""
-    c = toy_concept(name)
+    c = erasable_concept(name)
     return any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text.lower()) for w in c.words)
 
 
@@ -66,7 +66,7 @@ def concept_renders(name: str, k: int, seed: int = 0) -> list:
     from studio.toyworld.captions import caption
     from studio.toyworld.render import render
 
-    c = toy_concept(name)
+    c = erasable_concept(name)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"the probe needs at least one image of the concept, got k={k!r}; use e.g. k=4")
     rng = np.random.default_rng([seed, 31337])
@@ -89,7 +89,7 @@ def eval_prompts(name: str, n: int) -> list:
     """The first `n` of the concept's direct evaluation prompts (the robustness report's own set)."""
     from studio.toyworld.captions import prompts_for
 
-    return [p for p, _ in prompts_for(toy_concept(name).name, "direct", n)]
+    return [p for p, _ in prompts_for(erasable_concept(name).name, "direct", n)]
 
 
 # ---------------------------------------------------------------- the budget
@@ -194,7 +194,9 @@ def generate(pipe, prompts: list, seeds: list, *, steps: int, guidance: float, b
         if is_cancelled(cancel):
             raise Cancelled("probe cancelled while sampling")
         chunk = jobs[i : i + batch_size]
-        out = sample(pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=steps, guidance_scale=guidance, cancel=cancel)
+        out = sample(
+            pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=steps, guidance_scale=guidance, cancel=cancel
+        )
         images += out.images
         if counter is not None:
             counter.add(len(chunk) * steps * (2 if guidance > 1.0 else 1))
@@ -203,7 +205,7 @@ def generate(pipe, prompts: list, seeds: list, *, steps: int, guidance: float, b
 
 def judged(judge, images, name: str) -> Rate:
     """How many of `images` the judge says show concept `name`."""
-    shown = np.asarray(judge.shows(images, toy_concept(name).name), dtype=bool)
+    shown = np.asarray(judge.shows(images, erasable_concept(name).name), dtype=bool)
     return Rate(int(shown.sum()), int(len(shown)))
 
 
@@ -263,8 +265,15 @@ class ProbeResult:
             images += [im for im, _ in cells]
             captions += [cap for _, cap in cells]
         labels = self.grid_cols + [""] * (cols - len(self.grid_cols))
-        return make_grid(images, len(self.grid_rows), cols, row_labels=[r for r, _ in self.grid_rows], col_labels=labels, captions=captions,
-                         title=title or f"{self.probe} / {self.concept}")  # fmt: skip
+        return make_grid(
+            images,
+            len(self.grid_rows),
+            cols,
+            row_labels=[r for r, _ in self.grid_rows],
+            col_labels=labels,
+            captions=captions,
+            title=title or f"{self.probe} / {self.concept}",
+        )
 
 
 def rate_text(d: dict) -> str:

@@ -22,7 +22,21 @@ import torch
 from studio.images import psnr
 from studio.sampling import ddim_scheduler
 
-from .common import Counter, ProbeResult, check_level, check_positive, concept_renders, decode, denoise, embed, emit, encode, judged, rate_text, timestep_index
+from .common import (
+    Counter,
+    ProbeResult,
+    check_level,
+    check_positive,
+    concept_renders,
+    decode,
+    denoise,
+    embed,
+    emit,
+    encode,
+    judged,
+    rate_text,
+    timestep_index,
+)
 
 
 PROMPT_MODES = ("concept", "empty")
@@ -47,7 +61,9 @@ class CompletionConfig:
         self.prompts = tuple(self.prompts)
         bad = [p for p in self.prompts if p not in PROMPT_MODES]
         if bad or not self.prompts or not self.noise_levels:
-            raise ValueError(f"prompts must be some of {PROMPT_MODES} and noise_levels not empty, got {self.prompts!r}, {self.noise_levels!r}")
+            raise ValueError(
+                f"prompts must be some of {PROMPT_MODES} and noise_levels not empty, got {self.prompts!r}, {self.noise_levels!r}"
+            )
 
     def planned_unet_evals(self, pipe=None) -> int:
         """Exact with `pipe` (its schedule decides the starting steps); SD's schedule otherwise."""
@@ -58,11 +74,15 @@ class CompletionConfig:
         timesteps, n_train = list(scheduler.timesteps), scheduler.config.num_train_timesteps
         per_mode = {"concept": 2 if self.guidance_scale > 1.0 else 1, "empty": 1}
         return sum(
-            self.images * (len(timesteps) - timestep_index(timesteps, level, n_train)) * per_mode[p] for level in self.noise_levels for p in self.prompts
+            self.images * (len(timesteps) - timestep_index(timesteps, level, n_train)) * per_mode[p]
+            for level in self.noise_levels
+            for p in self.prompts
         )
 
 
-def run(pipe, concept: str, config: CompletionConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_) -> ProbeResult:
+def run(
+    pipe, concept: str, config: CompletionConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_
+) -> ProbeResult:
     """Diffusion completion of k renders of `concept` by `pipe`; see the module docstring."""
     cfg = config or CompletionConfig()
     renders = concept_renders(concept, cfg.images, cfg.seed)
@@ -91,8 +111,17 @@ def run(pipe, concept: str, config: CompletionConfig | None = None, *, judge=Non
         x_t = scheduler.add_noise(z0, noise, torch.full((len(renders),), int(t), dtype=torch.long))
         for mode in cfg.prompts:
             w = cfg.guidance_scale if mode == "concept" else 1.0
-            z = denoise(pipe, x_t, cond[mode], uncond if w > 1.0 else None, num_inference_steps=cfg.num_inference_steps, guidance_scale=w,
-                        start=start, counter=counter, cancel=cancel)  # fmt: skip
+            z = denoise(
+                pipe,
+                x_t,
+                cond[mode],
+                uncond if w > 1.0 else None,
+                num_inference_steps=cfg.num_inference_steps,
+                guidance_scale=w,
+                start=start,
+                counter=counter,
+                cancel=cancel,
+            )
             images = decode(pipe, z)
             key = f"{level:g}/{mode}"
             cells[key] = {

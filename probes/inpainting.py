@@ -88,7 +88,9 @@ def latent_mask(masks: list, latent_hw: tuple) -> torch.Tensor:
     return (torch.nn.functional.adaptive_max_pool2d(m, latent_hw) > 0).float()
 
 
-def run(pipe, concept: str, config: InpaintingConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_) -> ProbeResult:
+def run(
+    pipe, concept: str, config: InpaintingConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_
+) -> ProbeResult:
     """Latent-blending inpainting of half of k renders of `concept` by `pipe`; see the module docstring."""
     cfg = config or InpaintingConfig()
     renders = concept_renders(concept, cfg.images, cfg.seed)
@@ -122,8 +124,17 @@ def run(pipe, concept: str, config: InpaintingConfig | None = None, *, judge=Non
     for j, mode in enumerate(cfg.prompts):
         w = cfg.guidance_scale if mode == "concept" else 1.0
         # the first step starts from pure noise everywhere; blending sets the known region from the next timestep on
-        z = denoise(pipe, start, cond[mode], uncond if w > 1.0 else None, num_inference_steps=cfg.num_inference_steps, guidance_scale=w,
-                    blend=blend, counter=counter, cancel=cancel)  # fmt: skip
+        z = denoise(
+            pipe,
+            start,
+            cond[mode],
+            uncond if w > 1.0 else None,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=w,
+            blend=blend,
+            counter=counter,
+            cancel=cancel,
+        )
         images = decode(pipe, z)
         cells[mode] = {
             "prompt": mode,

@@ -72,7 +72,9 @@ def _invert(pipe, image, prompt: str, method: str, cfg: InversionProbeConfig, ca
     if method == "ddim":
         config = DDIMInversionConfig(num_inference_steps=cfg.num_inference_steps, guidance_scale=1.0, inversion_guidance=1.0)
     elif method == "null-text":
-        config = NullTextConfig(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.null_text_guidance, num_inner_steps=cfg.null_text_inner_steps)
+        config = NullTextConfig(
+            num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.null_text_guidance, num_inner_steps=cfg.null_text_inner_steps
+        )
     else:
         config = None
     inv = invert(pipe, image, prompt, method, config, cancel=cancel)
@@ -81,7 +83,9 @@ def _invert(pipe, image, prompt: str, method: str, cfg: InversionProbeConfig, ca
     return inv, recon, evals
 
 
-def run(pipe, concept: str, config: InversionProbeConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_) -> ProbeResult:
+def run(
+    pipe, concept: str, config: InversionProbeConfig | None = None, *, judge=None, callback=None, cancel=None, progress=False, **_
+) -> ProbeResult:
     """Invert and reconstruct k renders of `concept` with `pipe`; see the module docstring."""
     cfg = config or InversionProbeConfig()
     renders = concept_renders(concept, cfg.images, cfg.seed)
@@ -131,14 +135,19 @@ def run(pipe, concept: str, config: InversionProbeConfig | None = None, *, judge
     shows = {m: judge.shows(recons[m], concept) for m in cfg.methods}
     for i, r in enumerate(renders[:6]):
         cells = [(r.image, "input"), (roundtrip[i], f"{psnr(roundtrip[i], r.image):.1f} dB")]
-        cells += [(recons[m][i], f"{measurements['methods'][m]['psnr_each'][i]:.1f} dB, {'yes' if shows[m][i] else 'no'}") for m in cfg.methods]
+        cells += [
+            (recons[m][i], f"{measurements['methods'][m]['psnr_each'][i]:.1f} dB, {'yes' if shows[m][i] else 'no'}") for m in cfg.methods
+        ]
         result.grid_rows.append((r.prompt, cells))
     return result
 
 
 def format_result(result: ProbeResult) -> str:
     m = result.measurements
-    parts = [f"{name}: PSNR {v['psnr']:.1f} dB, concept {rate_text(v['rate'])}, z_T mean square {v['latent_mean_square']:.2f}" for name, v in m["methods"].items()]
+    parts = [
+        f"{name}: PSNR {v['psnr']:.1f} dB, concept {rate_text(v['rate'])}, z_T mean square {v['latent_mean_square']:.2f}"
+        for name, v in m["methods"].items()
+    ]
     return f"inversion: {'; '.join(parts)} (VAE round trip {m['vae_roundtrip_psnr']:.1f} dB; renders judged {rate_text(m['renders'])})."
 
 

@@ -62,7 +62,9 @@ class RelearningConfig:
     images: int = 4  # k: rendered images of the concept (with captions), 4 and 16 in the table
     checkpoints: tuple = (0, 10, 25, 50, 100, 200)  # s: steps after which the concept rate is judged; the last is the run's length
     component: str = DEFAULT_COMPONENT  # one of COMPONENTS; `component_for(folder)` reads an erased model's
-    lr: float = 3e-4  # Adam; on the toy ESD-x erasure of triangle the concept came back to 50% after 25 steps (1e-4: 38% at 100; 1e-3: 8 steps)
+    lr: float = (
+        3e-4  # Adam; on the toy ESD-x erasure of triangle the concept came back to 50% after 25 steps (1e-4: 38% at 100; 1e-3: 8 steps)
+    )
     batch_size: int = 4  # images per step (drawn from the k, with replacement when k < batch)
     prompts: int = 8  # direct prompts of the concept judged at each checkpoint
     seeds: int = 4  # images per prompt
@@ -130,7 +132,9 @@ def component_for(model, default: str | None = DEFAULT_COMPONENT) -> str | None:
     if method == "doco" and info.get("config", {}).get("parameter_group") == "full-weight":
         return "unet-all"
     if method not in METHOD_COMPONENTS:
-        raise ValueError(f"{marker} names method {method!r}, for which relearning knows no component; pass component= (one of {', '.join(COMPONENTS)})")
+        raise ValueError(
+            f"{marker} names method {method!r}, for which relearning knows no component; pass component= (one of {', '.join(COMPONENTS)})"
+        )
     return METHOD_COMPONENTS[method]
 
 
@@ -169,7 +173,18 @@ def compare(result: ProbeResult, oracle: ProbeResult | dict | None) -> dict:
     return out
 
 
-def run(pipe, concept: str, config: RelearningConfig | None = None, *, judge=None, oracle=None, checkpoint_dir=None, callback=None, cancel=None, progress=False) -> ProbeResult:
+def run(
+    pipe,
+    concept: str,
+    config: RelearningConfig | None = None,
+    *,
+    judge=None,
+    oracle=None,
+    checkpoint_dir=None,
+    callback=None,
+    cancel=None,
+    progress=False,
+) -> ProbeResult:
     """Fine-tune `config.component` of `pipe` on k renders of `concept`, judging the concept rate at
     each checkpoint; see the module docstring. `oracle`: the oracle's result of the same probe, for
     the ratio. The pipeline's weights are put back afterwards unless `keep_weights`."""
@@ -301,7 +316,12 @@ def run(pipe, concept: str, config: RelearningConfig | None = None, *, judge=Non
         config_dict(cfg),
         {"curve": curve, "prompts": prompts, "seeds": seeds, "captions": [r.caption for r in renders], "final_loss": stats["final_loss"]},
         summary,
-        {"unet_evals": stats["unet_evals"], "seconds": stats["seconds"], "training_steps": cfg.steps, "resumed_from": stats["resumed_from"]},
+        {
+            "unet_evals": stats["unet_evals"],
+            "seconds": stats["seconds"],
+            "training_steps": cfg.steps,
+            "resumed_from": stats["resumed_from"],
+        },
     )
     result.summary.update(compare(result, oracle))
     result.weights = final  # the fine-tuned tensors of the component (not serialised)
@@ -323,4 +343,14 @@ def format_result(result: ProbeResult) -> str:
     return f"relearning ({s['component']}, k={s['images']}): {curve}. {reach}{ratio}."
 
 
-__all__ = ["COMPONENTS", "METHOD_COMPONENTS", "RelearningConfig", "compare", "component_for", "component_parameters", "format_result", "run", "steps_to"]
+__all__ = [
+    "COMPONENTS",
+    "METHOD_COMPONENTS",
+    "RelearningConfig",
+    "compare",
+    "component_for",
+    "component_parameters",
+    "format_result",
+    "run",
+    "steps_to",
+]

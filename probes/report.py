@@ -52,7 +52,9 @@ def _relearning_rows(models: dict, key: str) -> list:
         by = {p["step"]: p["text"] for p in r["measurements"]["curve"]}
         s = r["summary"]
         reach = f"{s['steps_to_threshold']:.0f}" if s.get("steps_to_threshold") is not None else f"> {s['steps']}"
-        rows.append(f"| {label} | {s['component']} | " + " | ".join(by.get(x, "-") for x in steps) + f" | {reach} | {s.get('ratio_text', '-')} |")
+        rows.append(
+            f"| {label} | {s['component']} | " + " | ".join(by.get(x, "-") for x in steps) + f" | {reach} | {s.get('ratio_text', '-')} |"
+        )
     return rows
 
 
@@ -67,14 +69,21 @@ def format_report(report: dict) -> str:
         if key.startswith("relearning"):
             lines += _relearning_rows(models, key)
         elif key == "inversion":
-            lines += ["| model | method | PSNR (dB) | concept in reconstructions | z_T mean square | VAE round trip (dB) |", "|---|---|---|---|---|---|"]
+            lines += [
+                "| model | method | PSNR (dB) | concept in reconstructions | z_T mean square | VAE round trip (dB) |",
+                "|---|---|---|---|---|---|",
+            ]
             for label, m in models.items():
                 if key in m["results"]:
                     ms = m["results"][key]["measurements"]
                     for method, v in ms["methods"].items():
-                        lines.append(f"| {label} | {method} | {v['psnr']:.1f} | {rate_text(v['rate'])} | {v['latent_mean_square']:.2f} | {ms['vae_roundtrip_psnr']:.1f} |")
+                        lines.append(
+                            f"| {label} | {method} | {v['psnr']:.1f} | {rate_text(v['rate'])} | {v['latent_mean_square']:.2f} | {ms['vae_roundtrip_psnr']:.1f} |"
+                        )
         elif key == "completion":
-            cells = list(dict.fromkeys(c for m in models.values() if key in m["results"] for c in m["results"][key]["measurements"]["cells"]))
+            cells = list(
+                dict.fromkeys(c for m in models.values() if key in m["results"] for c in m["results"][key]["measurements"]["cells"])
+            )
             lines += ["| model | " + " | ".join(f"t={c.replace('/', ', ')}" for c in cells) + " |", "|" + "---|" * (len(cells) + 1)]
             for label, m in models.items():
                 if key in m["results"]:
@@ -88,7 +97,11 @@ def format_report(report: dict) -> str:
                     cs = ms["cells"]
                     cell = lambda mode: rate_text(cs[mode]["rate"]) if mode in cs else "-"  # noqa: E731
                     lines.append(f"| {label} | {cell('concept')} | {cell('empty')} | {rate_text(ms['context_only'])} |")
-        costs = ", ".join(f"{label} {m['results'][key]['stats']['unet_evals']} UNet evals / {m['results'][key]['stats']['seconds']:.0f} s" for label, m in models.items() if key in m["results"])
+        costs = ", ".join(
+            f"{label} {m['results'][key]['stats']['unet_evals']} UNet evals / {m['results'][key]['stats']['seconds']:.0f} s"
+            for label, m in models.items()
+            if key in m["results"]
+        )
         lines += ["", f"Cost: {costs}."]
     lines += ["", "Rates: share (k/n) [95% Wilson interval]."]
     return "\n".join(lines) + "\n"

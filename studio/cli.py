@@ -442,6 +442,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from .sampling import Cancelled  # a stopped job (torch is loaded by then); say what was kept, no trace
+
+        if not isinstance(e, Cancelled):
+            raise
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

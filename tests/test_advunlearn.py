@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from erasers import Concept, erase, toy_target
-from erasers.advunlearn import AdvUnlearnConfig, layer_indices, retain_prompts, trainable_parameter_names
+from erasers.advunlearn import layer_indices, retain_prompts, trainable_parameter_names
 from erasers.export import export_text_encoder, load_official_advunlearn
-from erasers.jobs import JobFileError, erase_batch, parse_job
 from studio.loading import ModelLoadError, load_pipeline, load_text_encoder
 from studio.sampling import Cancelled, encode_prompts
 
@@ -48,8 +47,16 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     straight = erase(build_tiny_pipe(), Concept("a triangle"), "advunlearn", config=TINY, progress=False)
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        erase(build_tiny_pipe(), Concept("a triangle"), "advunlearn", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if info["step"] == 4 else None)
+        erase(
+            build_tiny_pipe(),
+            Concept("a triangle"),
+            "advunlearn",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            cancel=cancel,
+            progress=False,
+            callback=lambda info: cancel.set() if info["step"] == 4 else None,
+        )
     resumed = erase(build_tiny_pipe(), Concept("a triangle"), "advunlearn", config=TINY, checkpoint_dir=tmp_path, progress=False)
     assert resumed.stats["resumed_from"] == 4
     assert all(torch.equal(w, resumed.weights[n]) for n, w in straight.weights.items())
@@ -85,7 +92,9 @@ def test_export_round_trip_and_plug_into_a_fresh_pipeline(tmp_path):
         assert torch.equal(p, dict(loaded.named_parameters())[n]), n
     base = build_tiny_pipe()
     base.save_pretrained(tmp_path / "base")
-    plugged = StableDiffusionPipeline.from_pretrained(str(tmp_path / "base"), text_encoder=loaded, safety_checker=None, requires_safety_checker=False)
+    plugged = StableDiffusionPipeline.from_pretrained(
+        str(tmp_path / "base"), text_encoder=loaded, safety_checker=None, requires_safety_checker=False
+    )
     torch.testing.assert_close(encode_prompts(plugged, "a triangle"), encode_prompts(pipe, "a triangle"))
     ours = load_pipeline(tmp_path / "base", device="cpu", text_encoder=folder)
     torch.testing.assert_close(encode_prompts(ours, "a triangle"), encode_prompts(pipe, "a triangle"))
@@ -115,63 +124,6 @@ def test_official_releases_load_behind_the_pickle_opt_in(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(Exception):
         load_official_advunlearn(tmp_path / "bad.pt", build_tiny_pipe(seed=1).text_encoder, allow_pickle=True)
-
-
-JOB = """model = "{model}"
-out = "{out}"
-
-[[concept]]
-name = "tri"
-prompts = ["a triangle"]
-method = "esd-x"
-config = {{ iterations = 4, num_inference_steps = 6, lr = 1e-3, checkpoint_every = 2 }}
-
-[[concept]]
-name = "star"
-prompts = ["a star"]
-method = "advunlearn"
-export = true
-config = {{ iterations = 4, warmup_iterations = 1, num_inference_steps = 6, lr = 1e-3, retain_set = "toy", retain_batch = 2, checkpoint_every = 2 }}
-"""
-
-
-def test_batch_resumes_without_redoing_finished_concepts(tmp_path):
-    build_tiny_pipe().save_pretrained(tmp_path / "base")
-    job = tmp_path / "job.toml"
-    job.write_text(JOB.format(model=tmp_path / "base", out=tmp_path / "out"))
-    settings, entries = parse_job(job)
-    cancel = threading.Event()
-    kill_star = lambda info: cancel.set() if info["concept"] == "star" and info["step"] == 2 else None  # noqa: E731
-    with pytest.raises(Cancelled):
-        erase_batch(entries, settings["out"], settings["model"], callback=kill_star, cancel=cancel, progress=False)
-    tri_done = (tmp_path / "out" / "tri" / "done.json").stat().st_mtime_ns
-    summary = erase_batch(entries, settings["out"], settings["model"], progress=False)
-    assert [s["status"] for s in summary] == ["skipped", "done"]
-    assert (tmp_path / "out" / "tri" / "done.json").stat().st_mtime_ns == tri_done  # not redone
-    assert summary[1]["stats"]["resumed_from"] == 2
-    assert (tmp_path / "out" / "star" / "plugin" / "model.safetensors").is_file()
-    straight = erase(load_pipeline(tmp_path / "base", device="cpu"), Concept("a star"), "advunlearn", config=entries[1].config, progress=False)
-    resumed = load_text_encoder(tmp_path / "out" / "star" / "model" / "text_encoder")
-    params = dict(resumed.named_parameters())
-    assert all(torch.equal(w, params[n]) for n, w in straight.weights.items())
-
-
-@pytest.mark.parametrize(
-    "text, line, message",
-    [
-        ('[[concept]]\nprompts = ["a triangle"]\nmethod = "esd-z"\n', 3, "unknown method 'esd-z'"),
-        ('[[concept]]\nprompts = ["a triangle"]\n\n[[concept]]\nprompts = []\n', 5, "at least one non-empty prompt"),
-        ('[[concept]]\nprompts = ["a triangle"]\nconfig = { learning_rate = 1 }\n', 3, "has no setting learning_rate"),
-        ('[[concept]]\nprompts = ["a triangle"]\ncolour = "red"\n', 3, "unknown key 'colour'"),
-        ('[[concept]\nprompts = ["a triangle"]\n', 1, "not valid TOML"),
-    ],
-)
-def test_bad_job_files_name_the_line(tmp_path, text, line, message):
-    job = tmp_path / "job.toml"
-    job.write_text(text)
-    with pytest.raises(JobFileError, match=message) as err:
-        parse_job(job)
-    assert f"line {line}" in str(err.value)
 
 
 # ---------------------------------------------------------------- erasure on the toy model

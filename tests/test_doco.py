@@ -14,7 +14,7 @@ from erasers.doco import (
     PatchDiscriminator,
     concept_preserving_gradient,
     discriminator_blocks,
-    toy_concept,
+    toy_target,
     trainable_parameter_names,
     training_pairs,
 )
@@ -25,7 +25,9 @@ from studio.sampling import Cancelled
 from conftest import HAS_TOY, OTHER_SHAPES, TARGET_FORMS, build_tiny_pipe, judge_shapes, kept, shown
 
 
-TINY = dict(iterations=6, warmup_steps=2, batch_size=2, num_anchor_images=6, anchor_steps=3, anchor_batch_size=4, lr=1e-3, checkpoint_every=2)
+TINY = dict(
+    iterations=6, warmup_steps=2, batch_size=2, num_anchor_images=6, anchor_steps=3, anchor_batch_size=4, lr=1e-3, checkpoint_every=2
+)
 SQUARES = Concept(["a triangle"], anchors=["a square", "a red square", "a striped square on a dark background"])
 
 
@@ -84,7 +86,9 @@ def test_parameter_groups(tiny_pipe):
     kv = trainable_parameter_names(tiny_pipe.unet, "cross-attn")
     assert kv and all(n.split(".")[-2] in ("to_k", "to_v") and ".attn2." in n for n in kv)
     assert len(trainable_parameter_names(tiny_pipe.unet, "full-weight")) == len(list(tiny_pipe.unet.parameters()))
-    result = erase(tiny_pipe, SQUARES, "doco", config={**TINY, "parameter_group": "full-weight", "iterations": 3, "warmup_steps": 1}, progress=False)
+    result = erase(
+        tiny_pipe, SQUARES, "doco", config={**TINY, "parameter_group": "full-weight", "iterations": 3, "warmup_steps": 1}, progress=False
+    )
     assert len(result.weights) == len(list(tiny_pipe.unet.parameters())) and "conv_in.weight" in result.weights
 
 
@@ -97,7 +101,7 @@ def test_training_pairs_swap_the_anchor_word_for_the_target_word():
         ("a big square, blue", "a big Triangle, blue"),
     ]
     assert training_pairs(Concept(["nudity"], anchors=["clothed", "a clothed person"]))[1] == ("a clothed person", "a nudity person")
-    toy = toy_concept("striped")
+    toy = toy_target("striped")
     assert toy.prompts == ["a striped shape"] and toy.anchors[0] == "a solid shape" and len(toy.anchors) == 41
     assert all(a.replace("solid", "striped") == t for a, t in training_pairs(toy))
 
@@ -120,7 +124,7 @@ def test_bad_inputs_are_clear_errors(tiny_pipe):
     with pytest.raises(ValueError, match="warmup_steps <= iterations"):
         DoCoConfig(iterations=10, warmup_steps=20)
     with pytest.raises(ValueError, match="must be another shape"):
-        toy_concept("triangle", anchor="red")
+        toy_target("triangle", anchor="red")
 
 
 def test_defaults_are_the_official_readme():
@@ -179,8 +183,16 @@ def test_cancel_while_generating_anchors_keeps_the_finished_ones(tmp_path):
     straight = erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, progress=False)
     cancel = threading.Event()
     with pytest.raises(Cancelled, match="anchor images"):
-        erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if info["stage"] == "anchor images" else None)
+        erase(
+            build_tiny_pipe(),
+            SQUARES,
+            "doco",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            cancel=cancel,
+            progress=False,
+            callback=lambda info: cancel.set() if info["stage"] == "anchor images" else None,
+        )
     assert (tmp_path / ANCHOR_CACHE).is_file() and not (tmp_path / "checkpoint.safetensors").exists()
     resumed = erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
     assert all(torch.equal(w, resumed.weights[n]) for n, w in straight.weights.items())
@@ -189,8 +201,16 @@ def test_cancel_while_generating_anchors_keeps_the_finished_ones(tmp_path):
 def test_checkpoint_of_other_prompts_is_refused(tmp_path):
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        erase(build_tiny_pipe(), SQUARES, "doco", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if info["stage"] == "doco" else None)
+        erase(
+            build_tiny_pipe(),
+            SQUARES,
+            "doco",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            cancel=cancel,
+            progress=False,
+            callback=lambda info: cancel.set() if info["stage"] == "doco" else None,
+        )
     other = Concept(["a star"], anchors=["a square"])
     with pytest.raises(ValueError, match="other settings"):
         erase(build_tiny_pipe(), other, "doco", config=TINY, checkpoint_dir=tmp_path, progress=False)
@@ -212,7 +232,7 @@ KEPT = [s for s in OTHER_SHAPES if s != "square"]  # square is the anchor: its i
 def test_doco_moves_triangles_toward_squares_and_keeps_the_others(judge, original_shapes):
     """A short run (the toy preset, fewer steps) turns 'triangle' prompts into squares; other shapes stay."""
     pipe = load_pipeline("toy", device="cpu")
-    erase(pipe, toy_concept("triangle"), "doco", preset="toy", config=TEST_BUDGET, progress=False)
+    erase(pipe, toy_target("triangle"), "doco", preset="toy", config=TEST_BUDGET, progress=False)
     after = judge_shapes(pipe, judge)
     tri_before, tri_after = shown(original_shapes, TARGET_FORMS, "triangle"), shown(after, TARGET_FORMS, "triangle")
     sq_before, sq_after = shown(original_shapes, TARGET_FORMS, "square"), shown(after, TARGET_FORMS, "square")

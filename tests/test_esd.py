@@ -46,7 +46,16 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     cancel = threading.Event()
     stop_at_3 = lambda info: cancel.set() if info["step"] == 3 else None  # noqa: E731
     with pytest.raises(Cancelled):
-        erase(build_tiny_pipe(), Concept("a triangle"), "esd-u", config=TINY, checkpoint_dir=tmp_path, callback=stop_at_3, cancel=cancel, progress=False)
+        erase(
+            build_tiny_pipe(),
+            Concept("a triangle"),
+            "esd-u",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            callback=stop_at_3,
+            cancel=cancel,
+            progress=False,
+        )
     resumed = erase(build_tiny_pipe(), Concept("a triangle"), "esd-u", config=TINY, checkpoint_dir=tmp_path, progress=False)
     assert resumed.stats["resumed_from"] == 3
     for n, w in straight.weights.items():
@@ -59,8 +68,16 @@ def test_resume_survives_a_pipe_that_was_already_changed(tmp_path):
     pipe = build_tiny_pipe()
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        erase(pipe, Concept("a triangle"), "esd-x", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set() if info["step"] == 2 else None)
+        erase(
+            pipe,
+            Concept("a triangle"),
+            "esd-x",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            cancel=cancel,
+            progress=False,
+            callback=lambda info: cancel.set() if info["step"] == 2 else None,
+        )
     resumed = erase(pipe, Concept("a triangle"), "esd-x", config=TINY, checkpoint_dir=tmp_path, progress=False)
     assert all(torch.equal(w, resumed.weights[n]) for n, w in straight.weights.items())
 
@@ -68,8 +85,16 @@ def test_resume_survives_a_pipe_that_was_already_changed(tmp_path):
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        erase(build_tiny_pipe(), Concept("a triangle"), "esd-x", config=TINY, checkpoint_dir=tmp_path, cancel=cancel, progress=False,
-              callback=lambda info: cancel.set())
+        erase(
+            build_tiny_pipe(),
+            Concept("a triangle"),
+            "esd-x",
+            config=TINY,
+            checkpoint_dir=tmp_path,
+            cancel=cancel,
+            progress=False,
+            callback=lambda info: cancel.set(),
+        )
     with pytest.raises(ValueError, match="other settings"):
         erase(build_tiny_pipe(), Concept("a triangle"), "esd-x", config={**TINY, "lr": 5e-3}, checkpoint_dir=tmp_path, progress=False)
 
@@ -134,5 +159,9 @@ def test_toy_target_gives_doco_its_anchors_and_the_others_the_erasure_prompts():
     esd, doco = toy_target("esd-x", "triangle"), toy_target("doco", "triangle")
     assert esd.name == "triangle" and not esd.anchors and any("triangle" in p for p in esd.prompts)
     assert doco.anchors and all("triangle" not in a for a in doco.anchors)
+    for method in ("uce", "rece"):  # the closed forms preserve the other shapes (their toy presets assume it)
+        target = toy_target(method, "triangle")
+        assert target.prompts == esd.prompts and not any("triangle" in p for p in target.retain)
+        assert {"a circle", "a square"} <= set(target.retain)
     with pytest.raises(ValueError, match="unknown erasure method"):
         toy_target("esd-q", "triangle")

@@ -230,3 +230,17 @@ def test_evaluation_reports_progress_per_prompt_and_per_attack_step(tiny_pipe):
     ]
     assert [e["phase"] for e in by_stage["evaluation"]] == ["erasure", "utility", "attack"]
     assert report["attack"]["n"] == 2 and report["erasure"]["direct"]["images"] == 4
+
+
+def test_the_cli_reports_a_stopped_job_in_one_line(monkeypatch, capsys):
+    """A job stopped by a signal (after its checkpoint) or cancelled ends with its message, not a stack trace."""
+    import studio.cli
+    from erasers.base import Interrupted
+
+    def stopped(args):
+        raise Interrupted("esd-x stopped by SIGINT at step 3 of 6; run the same command again to resume from there")
+
+    monkeypatch.setattr(studio.cli, "cmd_generate", stopped)
+    assert studio.cli.main(["generate", "--prompt", "a red triangle"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("stopped: esd-x stopped by SIGINT") and "run the same command again" in err and "Traceback" not in err

@@ -69,7 +69,9 @@ def test_an_oracle_folder_loads_as_a_complete_pipeline(tmp_path, toy_pipe):
     folder = tmp_path / "toy-oracle-triangle"
     save_text_encoder(toy_pipe.text_encoder, folder / "text_encoder")
     toy_pipe.unet.save_pretrained(folder / "unet", safe_serialization=True)
-    (folder / "oracle.json").write_text(json.dumps({"kind": "oracle", "base_model": "toy", "components": ["text_encoder", "unet"], "without": "triangle"}))
+    (folder / "oracle.json").write_text(
+        json.dumps({"kind": "oracle", "base_model": "toy", "components": ["text_encoder", "unet"], "without": "triangle"})
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["oracle.json", "text_encoder", "unet"]
     pipe = load_pipeline(folder, device="cpu")
     assert pipe.vae.config.scaling_factor == toy_pipe.vae.config.scaling_factor

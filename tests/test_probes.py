@@ -84,7 +84,9 @@ def test_a_killed_relearning_run_resumes_exactly(tmp_path, judge):
             stop.set()
 
     with pytest.raises(Cancelled):
-        probes.run_probe("relearning", build_tiny_pipe(), "triangle", config, judge=judge, checkpoint_dir=tmp_path, callback=kill_at_5, cancel=stop)
+        probes.run_probe(
+            "relearning", build_tiny_pipe(), "triangle", config, judge=judge, checkpoint_dir=tmp_path, callback=kill_at_5, cancel=stop
+        )
     assert (tmp_path / "checkpoint.safetensors").is_file()
     resumed = probes.run_probe("relearning", build_tiny_pipe(), "triangle", config, judge=judge, checkpoint_dir=tmp_path)
     assert resumed.stats["resumed_from"] == 5
@@ -143,13 +145,19 @@ def test_inversion_of_renders_with_the_original_toy_model_reconstructs_them(toy_
 
 def test_completion_and_inpainting_report_rates_with_costs(toy_pipe, judge):
     events = []
-    comp = probes.run_probe("completion", toy_pipe, "triangle", probes.get_config("completion", budget="small"), judge=judge, callback=events.append)
+    comp = probes.run_probe(
+        "completion", toy_pipe, "triangle", probes.get_config("completion", budget="small"), judge=judge, callback=events.append
+    )
     cells = comp.measurements["cells"]
     assert set(cells) == {"0.5/concept", "0.5/empty"}
     assert all(c["rate"]["n"] == 2 for c in cells.values())
     assert cells["0.5/concept"]["rate"]["k"] >= 1  # the original finishes its own concept
-    assert comp.stats["unet_evals"] == probes.get_config("completion", budget="small").planned_unet_evals(toy_pipe) == 2 * 6 * 2 + 2 * 6  # 6 of 10 steps from t=501
-    inp = probes.run_probe("inpainting", toy_pipe, "triangle", probes.get_config("inpainting", budget="small"), judge=judge, callback=events.append)
+    assert (
+        comp.stats["unet_evals"] == probes.get_config("completion", budget="small").planned_unet_evals(toy_pipe) == 2 * 6 * 2 + 2 * 6
+    )  # 6 of 10 steps from t=501
+    inp = probes.run_probe(
+        "inpainting", toy_pipe, "triangle", probes.get_config("inpainting", budget="small"), judge=judge, callback=events.append
+    )
     assert set(inp.measurements["cells"]) == {"concept", "empty"}
     assert inp.measurements["context_only"]["n"] == 2
     assert 0.2 < inp.measurements["masked_share"] < 0.8
@@ -232,7 +240,9 @@ def run_cli(argv):
 
 def test_studio_probe_writes_report_and_grids(tmp_path):
     out = tmp_path / "probe"
-    assert run_cli(["--erased", "toy", "--concept", "wedge", "--probes", "completion,inpainting", "--budget", "small", "--out", str(out)]) == 0
+    assert (
+        run_cli(["--erased", "toy", "--concept", "wedge", "--probes", "completion,inpainting", "--budget", "small", "--out", str(out)]) == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["concept"] == "triangle"  # a synonym names the concept
     results = report["models"]["original"]["results"]

@@ -26,8 +26,16 @@ def _objective(x, Ws, Wps, c, derivation, lam, reg_item, t):
     return fit + lam * (first + second)
 
 
-@pytest.mark.parametrize("derivation, reg_item", [("close_regzero", "1st"), ("close_standardreg", "1st"), ("close_surrogatereg", "1st"),
-                                                  ("close_surrogatereg", "2nd"), ("close_surrogatereg", "both")])
+@pytest.mark.parametrize(
+    "derivation, reg_item",
+    [
+        ("close_regzero", "1st"),
+        ("close_standardreg", "1st"),
+        ("close_surrogatereg", "1st"),
+        ("close_surrogatereg", "2nd"),
+        ("close_surrogatereg", "both"),
+    ],
+)
 def test_derived_embedding_is_the_minimiser_of_its_objective(derivation, reg_item):
     g = torch.Generator().manual_seed(0)
     d = 6
@@ -140,7 +148,7 @@ def test_model_selection_with_the_toy_judge_keeps_an_improving_epoch():
     keeps an epoch only if it lowers the concept rate while the others lose <= 0.1 accuracy, and restores it."""
     pipe = load_pipeline("toy", device="cpu")
     config = RECEConfig(epochs=2, selection="judge", selection_prompts=4, selection_seeds=1, selection_steps=10)
-    result = erase(pipe, uce.toy_concept("triangle"), config, progress=False)
+    result = erase(pipe, uce.toy_target("triangle"), config, progress=False)
     history = result.stats["epochs"]
     assert history[0]["epoch"] == 0 and all("concept_rate" in h and "retained" in h for h in history)
     assert result.stats["unet_evals"] > 0

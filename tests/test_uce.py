@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from erasers import Concept
-from erasers.uce import TOY_PRESETS, UCEConfig, toy_concept, closed_form, edit_layers, erase, kv_layers, last_word_index, resolve, row_pairs
+from erasers.uce import TOY_PRESETS, UCEConfig, toy_target, closed_form, edit_layers, erase, kv_layers, last_word_index, resolve, row_pairs
 from studio.loading import load_pipeline
 from studio.progress import is_event
 from studio.sampling import Cancelled, encode_prompts
@@ -42,7 +42,9 @@ def test_closed_form_equals_the_gradient_descent_minimiser():
     W_gd = descend(W_ref, 0.5, rows, steps=5000)
     assert torch.allclose(W_star, W_gd, atol=1e-8), (W_star - W_gd).abs().max()
     # and it is a minimum: any perturbation raises the objective
-    assert objective(W_star, W_ref, 0.5, rows) < objective(W_star + 1e-3 * torch.randn(5, 6, generator=g, dtype=torch.float64), W_ref, 0.5, rows)
+    assert objective(W_star, W_ref, 0.5, rows) < objective(
+        W_star + 1e-3 * torch.randn(5, 6, generator=g, dtype=torch.float64), W_ref, 0.5, rows
+    )
 
 
 def test_rank_one_shortcut_and_the_limits_of_the_note():
@@ -216,7 +218,7 @@ def test_uce_erases_a_toy_triangle_and_keeps_the_other_shapes(judge):
     others_shape = [s for s in ("circle", "square", "star") for _ in range(3 * cfg.seeds)]
     before_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()
     before_keep = np.mean([p["shape"] == s for p, s in zip(judge.predict(generate(pipe, others, cfg)), others_shape)])
-    target_concept = toy_concept("triangle")
+    target_concept = toy_target("triangle")
     assert target_concept.prompts == erasure_prompts("triangle") and "a circle" in target_concept.retain
     result = erase(pipe, target_concept, UCEConfig(**TOY_PRESETS["uce"]), progress=False)
     after_rate = judge.shows(generate(pipe, target, cfg), "triangle").mean()

@@ -317,11 +317,8 @@ class EraseTab:
                 result = job.result
             except Cancelled:
                 done = steps_done[-1] if steps_done else 0
-                yield {
-                    "status": status(
-                        done, config.iterations, f"Cancelled at step {done} of {config.iterations}; nothing was kept.", "cancelled"
-                    )
-                }
+                total = (latest or {}).get("total") or getattr(config, "iterations", None) or max(done, 1)
+                yield {"status": status(done, total, f"Cancelled at step {done} of {total}; nothing was kept.", "cancelled")}
                 return
             yield from self.after(form, state, result, pipe, prompts, steps, guidance, ecfg, cancel)
 

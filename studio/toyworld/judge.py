@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from ..paths import TOY_JUDGE
 from .grammar import concept
 from .models import HEADS, JudgeNet
 
 
-DEFAULT_JUDGE = Path(__file__).resolve().parents[2] / "assets" / "toy-judge"
+DEFAULT_JUDGE = TOY_JUDGE
 
 
 def to_judge_input(images) -> torch.Tensor:

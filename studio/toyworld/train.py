@@ -32,15 +32,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..paths import ASSETS, TOKENIZER
 from ..text_encoder import save_text_encoder
 from .captions import caption
 from .grammar import NONE, concept
 from .models import HEADS, JudgeNet, build_scheduler, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .render import render
-
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-TOKENIZER = ASSETS / "tokenizer"
 
 
 @dataclass

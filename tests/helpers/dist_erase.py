@@ -15,8 +15,14 @@ from erasers import Concept, erase  # noqa: E402
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
-result = erase(build_tiny_pipe(), Concept("a triangle"), "esd-x", config={"iterations": 4, "num_inference_steps": 6, "lr": 1e-3, "checkpoint_every": 2},
-               checkpoint_dir=out / "checkpoint", progress=False)
+result = erase(
+    build_tiny_pipe(),
+    Concept("a triangle"),
+    "esd-x",
+    config={"iterations": 4, "num_inference_steps": 6, "lr": 1e-3, "checkpoint_every": 2},
+    checkpoint_dir=out / "checkpoint",
+    progress=False,
+)
 import torch.distributed as dist  # noqa: E402
 
 rank = dist.get_rank() if dist.is_initialized() else 0
