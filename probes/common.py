@@ -186,20 +186,11 @@ def denoise(
 
 def generate(pipe, prompts: list, seeds: list, *, steps: int, guidance: float, batch_size: int = 64, counter=None, cancel=None) -> list:
     """Images for every (prompt, seed) pair, prompt-major, drawn by `studio.sampling.sample` in batches."""
-    from studio.sampling import sample
+    from studio.sampling import sample_many
 
-    jobs = [(p, s) for p in prompts for s in seeds]
-    images = []
-    for i in range(0, len(jobs), batch_size):
-        if is_cancelled(cancel):
-            raise Cancelled("probe cancelled while sampling")
-        chunk = jobs[i : i + batch_size]
-        out = sample(
-            pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=steps, guidance_scale=guidance, cancel=cancel
-        )
-        images += out.images
-        if counter is not None:
-            counter.add(len(chunk) * steps * (2 if guidance > 1.0 else 1))
+    images = sample_many(pipe, prompts, seeds, batch_size=batch_size, num_inference_steps=steps, guidance_scale=guidance, cancel=cancel)
+    if counter is not None:
+        counter.add(len(images) * steps * (2 if guidance > 1.0 else 1))
     return images
 
 

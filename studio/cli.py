@@ -239,7 +239,7 @@ def cmd_generate(args) -> int:
     out = ensure_writable(args.out)
 
     from .images import make_grid
-    from .sampling import check_prompt, check_settings, sample
+    from .sampling import check_prompt, check_settings
 
     pipe = load_from_args(args)
     for p in prompts:
@@ -247,27 +247,25 @@ def cmd_generate(args) -> int:
     check_settings(pipe, args.steps, args.guidance, args.height, args.width, force=args.force)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, s) for p in prompts for s in seeds]
-    images = []
     t0 = time.time()
     from tqdm.auto import tqdm
 
-    n_batches = -(-len(jobs) // args.batch_size)
-    with tqdm(total=n_batches * args.steps, desc="generating", unit="step") as bar:
-        for i in range(0, len(jobs), args.batch_size):
-            chunk = jobs[i : i + args.batch_size]
-            res = sample(
-                pipe,
-                [p for p, _ in chunk],
-                negative_prompt=args.negative_prompt,
-                seed=[s for _, s in chunk],
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                height=args.height,
-                width=args.width,
-                force=args.force,
-                callback=lambda info: bar.update(1),
-            )
-            images += res.images
+    from .sampling import sample_many
+
+    with tqdm(total=-(-len(jobs) // args.batch_size) * args.steps, desc="generating", unit="step") as bar:
+        images = sample_many(
+            pipe,
+            prompts,
+            seeds,
+            batch_size=args.batch_size,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
+            force=args.force,
+            callback=lambda info: bar.update(1),
+        )
     paths = []
     for k, ((p, s), im) in enumerate(zip(jobs, images)):
         path = out / f"{k // len(seeds):02d}-{slug(p)}-seed{s}.png"

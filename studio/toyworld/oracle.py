@@ -9,13 +9,12 @@ distribution of that attribute) and how well it still draws everything else, wit
 Wilson intervals, beside the same numbers for the shipped model when it is given.
 """
 
-import itertools
 import json
 from collections import Counter
 from pathlib import Path
 
 from ..paths import ASSETS
-from ..sampling import sample
+from ..sampling import sample_many
 from ..stats import Rate, format_rate
 from .captions import prompts_for
 from .grammar import ATTRIBUTES, concept
@@ -33,13 +32,8 @@ def oracle_info(path) -> dict:
     return json.loads(marker.read_text())
 
 
-def _images(pipe, prompts, seeds, steps, guidance, batch=64):
-    jobs = list(itertools.product(prompts, seeds))
-    images = []
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i : i + batch]
-        images += sample(pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=steps, guidance_scale=guidance).images
-    return images
+def _images(pipe, prompts, seeds, steps, guidance):
+    return sample_many(pipe, prompts, seeds, batch_size=64, num_inference_steps=steps, guidance_scale=guidance)
 
 
 def oracle_summary(pipe, judge, name: str, *, seeds: int = 4, prompts: int = 20, steps: int = 50, guidance: float = 7.5) -> dict:

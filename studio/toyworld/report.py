@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..sampling import sample
+from ..sampling import sample_many
 from .captions import article
 from .grammar import ATTRIBUTES, BACKGROUNDS, COLOURS, CONCEPTS, NONE, SHAPES, STYLES
 from .judge import ToyJudge
@@ -37,19 +37,9 @@ def judge_accuracy(judge: ToyJudge, n: int = 2000, seed: int = 10_000_019) -> di
     return {a: float(np.mean([p[a] == r.labels[a] for p, r in zip(preds, renders)])) for a in HEADS}
 
 
-def _generate(pipe, prompts, seeds, steps, guidance, batch=64):
-    images = []
-    jobs = [(p, s) for p in prompts for s in seeds]
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i : i + batch]
-        out = sample(pipe, [p for p, _ in chunk], seed=[s for _, s in chunk], num_inference_steps=steps, guidance_scale=guidance)
-        images += out.images
-    return images
-
-
 def fidelity(pipe, judge, cases: list, seeds, steps, guidance) -> dict:
     """cases: (prompt, {attribute: expected}); returns per-attribute share of images judged as asked."""
-    images = _generate(pipe, [c[0] for c in cases], seeds, steps, guidance)
+    images = sample_many(pipe, [c[0] for c in cases], seeds, batch_size=64, num_inference_steps=steps, guidance_scale=guidance)
     preds = judge.predict(images)
     hits: dict = {}
     for k, (_, asked) in enumerate(cases):
