@@ -113,9 +113,14 @@ def screenshot(page, name: str, readme: bool = True) -> Path:
     """Save a full-page screenshot once every visible image has loaded (a broken image fails the test)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.wait_for_function(
-        "Array.from(document.images).filter(i => i.offsetParent !== null).every(i => i.complete && i.naturalWidth > 0)", timeout=15_000
-    )
+    loaded = "Array.from(document.images).filter(i => i.offsetParent !== null).every(i => i.complete && i.naturalWidth > 0)"
+    try:  # a loaded machine can take a while to serve the images; a broken one never loads
+        page.wait_for_function(loaded, timeout=60_000)
+    except Exception:
+        broken = page.evaluate(
+            "Array.from(document.images).filter(i => i.offsetParent !== null && !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+        )
+        pytest.fail(f"images that did not load on the {name} page: {broken}")
     page.wait_for_timeout(300)  # let plots finish drawing
     page.screenshot(path=str(path), full_page=True)
     if SHOTS and readme:
