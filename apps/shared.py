@@ -266,7 +266,7 @@ class Studio:
         ]
 
     def check_model(self, model, text_encoder):
-        from inversion.common import model_resolution
+        from studio.latents import resolution as model_resolution
 
         t0 = time.time()
         pipe = self.load(model, text_encoder)
@@ -303,7 +303,7 @@ def sample(pipe, prompts, seeds, steps, guidance, cancel=None) -> list:
 def decode(pipe, latents):
     import torch
 
-    from studio.sampling import decode_latents, to_pil
+    from studio.latents import decode, to_pil
 
     with torch.no_grad():
-        return to_pil(decode_latents(pipe, latents))[0]
+        return to_pil(decode(pipe, latents))[0]

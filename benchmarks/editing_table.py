@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inversion import METHODS, EditConfig, InversionResult, edit, invert, reconstruct  # noqa: E402
-from inversion.common import decode_latents, embed, encode_image, to_pil  # noqa: E402
+from inversion.common import embed  # noqa: E402
+from studio.latents import decode as decode_latents, encode as encode_image, to_pil  # noqa: E402
 from inversion.null_text import NullTextConfig  # noqa: E402
 from studio.images import psnr, ssim  # noqa: E402
 from studio.toyworld.grammar import ATTRIBUTES  # noqa: E402

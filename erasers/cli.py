@@ -246,7 +246,8 @@ def cmd_attack(args) -> int:
     concept = toy_name(args.concept) if args.judge == "toy" else args.concept
     sets = attack_settings(args.attack, args.set)
     out = check_folder(args.out, known=ATTACK_NAMES)
-    from studio.sampling import check_prompt, decode_latents, to_pil
+    from studio.latents import decode, to_pil
+    from studio.sampling import check_prompt
 
     from . import attacks
 
@@ -259,7 +260,7 @@ def cmd_attack(args) -> int:
     res = attacks.run_attack(
         args.attack, victim, args.prompt, target, lambda images: judge.shows(images, concept), config=sets or None, seed=args.seed
     )
-    to_pil(decode_latents(original, target))[0].save(out / "target.png")
+    to_pil(decode(original, target))[0].save(out / "target.png")
     res.image.save(out / "attacked.png")
     (out / "attack.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
     print(f"prompt:             {res.prompt}")

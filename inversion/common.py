@@ -24,7 +24,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from PIL import Image
 
 from studio.images import fit_image, load_image
-from studio.latents import decode, encode, resolution, to_pil  # noqa: F401 (to_pil: re-exported)
+from studio.latents import resolution
 from studio.sampling import check_prompt, ddim_scheduler, encode_prompts
 
 from .result import InversionResult
@@ -64,7 +64,6 @@ def prepare_image(pipe, image, fit: str = "crop") -> tuple[Image.Image, str]:
 
 
 # the latent space is studio.latents' (one implementation); these names stay for the app while it moves
-encode_image, decode_latents, model_resolution = encode, decode, resolution
 
 
 @torch.no_grad()

@@ -44,7 +44,6 @@ __all__ = [
     "check_prompt",
     "check_settings",
     "ddim_scheduler",
-    "decode_latents",
     "encode_prompts",
     "generators",
     "guided_noise",
@@ -52,7 +51,6 @@ __all__ = [
     "is_cancelled",
     "sample",
     "sample_many",
-    "to_pil",
     "tokenize",
 ]
 
@@ -161,11 +159,6 @@ class SampleOutput:
     latents: torch.Tensor  # (B, 4, h, w), final (or partial, with stop_at) latents
     images: list | None  # PIL images, or None when output_type="latent"
     timesteps: list  # the timesteps that were run
-
-
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images `(B, 3, H, W)` in [0, 1]: `studio.latents.decode` (with the VAE's shift)."""
-    return decode(pipe.vae, latents)
 
 
 def guided_noise(unet, latents, t, cond, uncond, guidance_scale, scheduler=None):

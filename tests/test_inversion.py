@@ -164,7 +164,7 @@ def test_null_text_early_stop_and_warm_start(tiny_pipe):
 
 def test_direct_reconstructs_the_vae_ceiling(tiny_pipe):
     from inversion import DirectInversionConfig, invert, reconstruct
-    from inversion.common import decode_latents
+    from studio.latents import decode as decode_latents
 
     inv = invert(tiny_pipe, _image(), "a red circle", "direct", DirectInversionConfig(num_inference_steps=6))
     _, latents = reconstruct(tiny_pipe, inv)

@@ -31,7 +31,7 @@ def rendered():
 def ceiling(toy_pipe, rendered):
     from PIL import Image
 
-    from inversion.common import decode_latents, encode_image, to_pil
+    from studio.latents import decode as decode_latents, encode as encode_image, to_pil
     from studio.images import psnr
 
     z0 = encode_image(toy_pipe, Image.fromarray(rendered.image))

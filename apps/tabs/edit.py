@@ -205,7 +205,7 @@ class EditTab:
     def run(self, form, state, session):
         from inversion import INVERTERS
         from inversion import edit as edit_image
-        from inversion.common import decode_latents, model_resolution, to_pil
+        from studio.latents import decode, resolution, to_pil
         from studio.images import psnr
 
         picture = read_image(form.image)
@@ -234,7 +234,7 @@ class EditTab:
             "mask_cap": MASK_CAPTION,
         }
         pipe, label = self.studio.resolve(form.choice, form.model, form.text_encoder, state)
-        res = model_resolution(pipe)
+        res = resolution(pipe)
         small = min(picture.size) < res / 4
         if small:
             gr.Warning(f"the image is {picture.width}x{picture.height} px; it is upscaled to {res}x{res}, so there is little to invert")
@@ -245,7 +245,7 @@ class EditTab:
                 ev = as_event(info)
                 emit(("event", ev))
                 if ev["stage"] == "edit" and "denoised" in info and ((ev["step"] - 1) % preview_every == 0 or ev["step"] == steps):
-                    emit(("image", ev["step"], to_pil(decode_latents(pipe, info["denoised"][1:2].float()))[0]))
+                    emit(("image", ev["step"], to_pil(decode(pipe, info["denoised"][1:2].float()))[0]))
 
             return edit_image(
                 pipe,

@@ -93,7 +93,7 @@ class GenerateTab:
         c["cancel"].click(self.studio.canceller("generate"), None, None, api_name="cancel_generate", **light)
 
     def run(self, form, state, session):
-        from inversion.common import model_resolution
+        from studio.latents import resolution
 
         prompts = lines(form.prompts_text)
         if not prompts:
@@ -112,12 +112,13 @@ class GenerateTab:
             models.append((right, right_label, "right"))
         for p in prompts + ([form.negative] if form.negative else []):
             check_prompt(left.tokenizer, p)
-        judge = self.studio.judge("toy") if model_resolution(left) == 32 else None  # the toy world: say what the judge sees
+        judge = self.studio.judge("toy") if resolution(left) == 32 else None  # the toy world: say what the judge sees
         jobs = [(p, s) for p in prompts for s in seeds]
         preview_every = max(1, steps // 8)
 
         def work(emit, cancel):
-            from studio.sampling import decode_latents, sample, to_pil
+            from studio.latents import decode, to_pil
+            from studio.sampling import sample
 
             for m, (pipe, label, _) in enumerate(models):
 
@@ -125,7 +126,7 @@ class GenerateTab:
                     ev = as_event(info, "sampling")
                     emit((m, ev, None))
                     if (ev["step"] - 1) % preview_every == 0 and ev["step"] < steps and "denoised" in info:
-                        images = to_pil(decode_latents(pipe, info["denoised"]))
+                        images = to_pil(decode(pipe, info["denoised"]))
                         emit((m, ev, prompt_grid(images, prompts, seeds, f"{label} (step {ev['step']} / {steps})")))
 
                 res = sample(
