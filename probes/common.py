@@ -145,6 +145,14 @@ def timestep_index(timesteps, level: float, num_train_timesteps: int) -> int:
 
 
 @torch.no_grad()
+def finish(pipe, latents, mode: str, cond: dict, uncond, cfg, **kw) -> list:
+    """Denoise `latents` under prompt `mode` ("concept": guided at `cfg.guidance_scale`; "empty": unguided,
+    as an empty prompt has nothing to guide toward) and decode them: the completion and inpainting step."""
+    w = cfg.guidance_scale if mode == "concept" else 1.0
+    z = denoise(pipe, latents, cond[mode], uncond if w > 1.0 else None, num_inference_steps=cfg.num_inference_steps, guidance_scale=w, **kw)
+    return decode(pipe, z)
+
+
 def denoise(
     pipe,
     latents: torch.Tensor,

@@ -28,11 +28,10 @@ from .common import (
     check_level,
     check_positive,
     concept_renders,
-    decode,
-    denoise,
     embed,
     emit,
     encode,
+    finish,
     judged,
     rate_text,
     timestep_index,
@@ -110,19 +109,7 @@ def run(
         t = timesteps[start]
         x_t = scheduler.add_noise(z0, noise, torch.full((len(renders),), int(t), dtype=torch.long))
         for mode in cfg.prompts:
-            w = cfg.guidance_scale if mode == "concept" else 1.0
-            z = denoise(
-                pipe,
-                x_t,
-                cond[mode],
-                uncond if w > 1.0 else None,
-                num_inference_steps=cfg.num_inference_steps,
-                guidance_scale=w,
-                start=start,
-                counter=counter,
-                cancel=cancel,
-            )
-            images = decode(pipe, z)
+            images = finish(pipe, x_t, mode, cond, uncond, cfg, start=start, counter=counter, cancel=cancel)
             key = f"{level:g}/{mode}"
             cells[key] = {
                 "level": level,

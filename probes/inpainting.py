@@ -27,7 +27,7 @@ from PIL import Image
 
 from studio.sampling import ddim_scheduler, initial_latents
 
-from .common import Counter, ProbeResult, check_positive, concept_renders, decode, denoise, embed, emit, encode, judged, rate_text
+from .common import Counter, ProbeResult, check_positive, concept_renders, embed, emit, encode, finish, judged, rate_text
 
 
 SIDES = ("right", "left", "bottom", "top")
@@ -122,20 +122,8 @@ def run(
     cond = {"concept": embed(pipe, [r.prompt for r in renders]), "empty": uncond}
     cells, outputs = {}, {}
     for j, mode in enumerate(cfg.prompts):
-        w = cfg.guidance_scale if mode == "concept" else 1.0
         # the first step starts from pure noise everywhere; blending sets the known region from the next timestep on
-        z = denoise(
-            pipe,
-            start,
-            cond[mode],
-            uncond if w > 1.0 else None,
-            num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=w,
-            blend=blend,
-            counter=counter,
-            cancel=cancel,
-        )
-        images = decode(pipe, z)
+        images = finish(pipe, start, mode, cond, uncond, cfg, blend=blend, counter=counter, cancel=cancel)
         cells[mode] = {
             "prompt": mode,
             "rate": judged(judge, images, concept).as_dict(),

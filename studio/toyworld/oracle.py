@@ -32,17 +32,14 @@ def oracle_info(path) -> dict:
     return json.loads(marker.read_text())
 
 
-def _images(pipe, prompts, seeds, steps, guidance):
-    return sample_many(pipe, prompts, seeds, batch_size=64, num_inference_steps=steps, guidance_scale=guidance)
-
-
 def oracle_summary(pipe, judge, name: str, *, seeds: int = 4, prompts: int = 20, steps: int = 50, guidance: float = 7.5) -> dict:
     """Judged distribution on the concept's direct prompts, and the match rate on the other concepts'
     direct prompts of the same attribute (their own attribute judged as asked)."""
     c = concept(name)
     seed_list = list(range(2000, 2000 + seeds))
     asked = [p for p, _ in prompts_for(c.name, "direct", prompts)]
-    preds = judge.predict(_images(pipe, asked, seed_list, steps, guidance))
+    kw = dict(batch_size=64, num_inference_steps=steps, guidance_scale=guidance)
+    preds = judge.predict(sample_many(pipe, asked, seed_list, **kw))
     drawn = Counter(p[c.attribute] for p in preds)
     out = {
         "concept": c.name,
@@ -57,7 +54,7 @@ def oracle_summary(pipe, judge, name: str, *, seeds: int = 4, prompts: int = 20,
         if other == c.name:
             continue
         cases = prompts_for(other, "direct", max(4, prompts // 2))
-        got = judge.predict(_images(pipe, [p for p, _ in cases], seed_list, steps, guidance))
+        got = judge.predict(sample_many(pipe, [p for p, _ in cases], seed_list, **kw))
         k = sum(g[c.attribute] == other for g in got)
         out["others"][other] = Rate(k, len(got)).as_dict()
     k = sum(r["k"] for r in out["others"].values())
