@@ -21,7 +21,6 @@ import types
 import typing
 from dataclasses import MISSING, fields, replace
 
-
 # name -> (module, config class name, fixed config fields)
 METHODS = {
     "esd-x": ("esd", "ESDConfig", {"train_method": "esd-x"}),

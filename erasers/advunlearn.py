@@ -46,7 +46,6 @@ from studio.sampling import ddim_scheduler, encode_prompts, guided_noise, initia
 from .attacks import SoftPromptConfig, encode_with_prefix, soft_prompt_attack
 from .base import Concept, ErasureResult, TrainLoop, config_dict
 
-
 RETAIN_FILE = PROMPTS / "retain_coco_objects.txt"
 
 # the official --train_method names of partial encoders -> layer indices

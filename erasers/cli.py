@@ -25,7 +25,6 @@ from studio.paths import TOY_MODEL, slug
 
 from . import EVAL_BUDGETS, METHODS, PRESETS, check_settings, eval_config
 
-
 ATTACK_CHOICES = RegistryChoices("erasers.attacks", "ATTACKS")
 JUDGE_CHOICES = RegistryChoices("studio.judges", "JUDGES")
 EVAL_NAMES = {MARKER, "report.json", "report.md", "grid.png"}
@@ -63,11 +62,11 @@ def toy_name(text: str) -> str:
 
 def attack_settings(attack: str, pairs) -> dict:
     """--set / --attack-set for `attack`, checked against its config dataclass."""
-    from .attacks import ATTACK_CONFIGS
+    from .attacks import attack_configs
 
     sets = parse_sets(pairs)
     if sets:
-        check_settings(ATTACK_CONFIGS[attack], sets, attack)
+        check_settings(attack_configs()[attack], sets, attack)
     return sets
 
 

@@ -102,7 +102,6 @@ from studio.sampling import Cancelled, check_prompt, ddim_scheduler, encode_prom
 from .base import Concept, ErasureResult, TrainLoop, config_dict, freeze_all_but
 from .esd import FrozenUNet
 
-
 PARAMETER_GROUPS = ("cross-attn", "full-weight")
 SURGERIES = ("official", "pcgrad", "none")
 D_LR = {"object": 1e-4, "nudity": 1e-4, "style": 5e-4}  # the official README's --dlr per concept type

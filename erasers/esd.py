@@ -38,7 +38,6 @@ from studio.sampling import ddim_scheduler, encode_prompts, guided_noise, initia
 
 from .base import Concept, ErasureResult, TrainLoop, config_dict, freeze_all_but
 
-
 TRAIN_METHODS = ("esd-x", "esd-u", "esd-x-strict", "esd-all")
 
 

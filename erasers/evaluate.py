@@ -203,7 +203,7 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     from . import attacks
 
     prompts = spec.forms.get("direct", [])[: config.attack_prompts]
-    is_success = lambda images: judge.shows(images, spec.concept)  # noqa: E731
+    is_success = lambda images: judge.shows(images, spec.concept)
     results, images = [], []
     for i, prompt in enumerate(prompts):
         if is_cancelled(cancel):

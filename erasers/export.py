@@ -23,7 +23,6 @@ import torch
 from studio.loading import ModelLoadError, load_text_encoder
 from studio.text_encoder import save_text_encoder
 
-
 CARD = """---
 library_name: transformers
 base_model: {base_model}

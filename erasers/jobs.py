@@ -46,7 +46,6 @@ from studio.paths import inside, slug
 
 from . import METHODS, PRESETS, erase, get_config
 
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -250,9 +249,8 @@ def _erase_entry(entry: JobEntry, folder: Path, config, model: str, *, evaluate,
     report_md = None
     if evaluate:
         from studio.judges import get_judge
-        from studio.toyworld.grammar import find_concept
-
         from studio.loading import is_toy
+        from studio.toyworld.grammar import find_concept
 
         from . import eval_config
         from .evaluate import evaluate as run_eval

@@ -59,7 +59,6 @@ from studio.sampling import Cancelled, is_cancelled
 from . import uce
 from .base import ErasureResult, config_dict
 
-
 DERIVATIONS = ("close_regzero", "close_standardreg", "close_surrogatereg")
 REG_ITEMS = ("1st", "2nd", "both")
 SELECTIONS = ("last", "judge")
@@ -206,7 +205,8 @@ class _Validator:
     def __init__(self, pipe, prompts: list, config: RECEConfig):
         from studio.judges import get_judge
         from studio.toyworld.captions import prompts_for
-        from studio.toyworld.grammar import concept as toy_concept, concepts_of, find_concept
+        from studio.toyworld.grammar import concept as toy_concept
+        from studio.toyworld.grammar import concepts_of, find_concept
 
         names = list(dict.fromkeys(find_concept(p) for p in prompts))
         if None in names:

@@ -65,7 +65,6 @@ from studio.sampling import Cancelled, check_prompt, encode_prompts, is_cancelle
 
 from .base import Concept, ErasureResult, config_dict
 
-
 MODES = ("erase", "edit", "moderate")
 TOKEN_POLICIES = ("last_token", "last_to_end")
 

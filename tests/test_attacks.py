@@ -1,5 +1,6 @@
 """Attacks: prefix encoding, the soft-prompt attack, UnlearnDiffAtk, the baselines, ASR."""
 
+import importlib
 import json
 import threading
 
@@ -449,7 +450,7 @@ def test_attack_on_unerased_toy_model_succeeds_trivially(toy_pipe, judge):
 
 def test_unlearndiffatk_skips_a_decoded_prompt_over_77_tokens(pipe, monkeypatch):
     """Decoding and re-tokenising can change the token count; a prompt over 77 is never judged truncated."""
-    monkeypatch.setattr(attacks, "adversarial_text", lambda tok, ids, prompt: " ".join(["nudity"] * 40) + " " + prompt)
+    monkeypatch.setattr(importlib.import_module("erasers.attacks.unlearndiffatk"), "adversarial_text", lambda tok, ids, prompt: " ".join(["nudity"] * 40) + " " + prompt)
     config = UnlearnDiffAtkConfig(timesteps=(10, 990), iterations=1, **TINY)
     r = unlearndiffatk(pipe, "a red triangle", torch.zeros(1, 4, 8, 8), NEVER, config, progress=False)
     assert r.generations == 1 and not r.success and r.adversarial_prompt == "a red triangle"
