@@ -135,8 +135,13 @@ def get_config(method: str, preset: str = "official", overrides: dict | None = N
 
 def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "official", **kwargs):
     """Erase `concept` (a `Concept`) from `pipe` (in place) with `method`; `config` is a config object or a
-    dict of overrides. Returns an `ErasureResult`."""
+    dict of overrides; `stop_when=` (an `erasers.stopping.StopWhen`) stops an iterative method on a measured
+    target. Returns an `ErasureResult`."""
     module = _module(method)
+    if kwargs.get("stop_when") is not None:  # erase until erased (erasers.stopping): iterative methods only
+        from .stopping import check_method
+
+        check_method(method)
     if config is None or isinstance(config, dict):
         config = get_config(method, preset, config)
     return module.erase(pipe, concept, config, **kwargs)

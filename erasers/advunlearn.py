@@ -45,6 +45,7 @@ from studio.sampling import ddim_scheduler, encode_prompts, guided_noise, initia
 
 from .attacks import SoftPromptConfig, encode_with_prefix, soft_prompt_attack
 from .base import Concept, ErasureResult, TrainLoop, config_dict
+from .stopping import stop_rule
 
 RETAIN_FILE = PROMPTS / "retain_coco_objects.txt"
 
@@ -284,7 +285,15 @@ def attack(pipe, teacher: Teacher, state, attack_cfg, config, loop, prompt: str,
 
 
 def erase(
-    pipe, concept: Concept, config: AdvUnlearnConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+    pipe,
+    concept: Concept,
+    config: AdvUnlearnConfig | None = None,
+    *,
+    checkpoint_dir=None,
+    callback=None,
+    cancel=None,
+    progress=True,
+    stop_when=None,
 ) -> ErasureResult:
     """Erase `concept` by adversarially training `pipe.text_encoder` in place; see the module docstring."""
     config = config or AdvUnlearnConfig()
@@ -323,6 +332,7 @@ def erase(
         callback=callback,
         cancel=cancel,
         progress=progress,
+        stop=stop_rule(stop_when, pipe, concept),
         extra_modules={"attack": state},
         meta={"method": "advunlearn", "config": config_dict(config), "concept": concept.prompts},
     )

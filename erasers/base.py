@@ -16,6 +16,11 @@ checkpoint and ends with the same weights as an uninterrupted run (randomness is
 to resume. It reports through `callback` in the one progress shape of `studio.progress`:
 `{"stage": "esd-x", "step": 12, "total": 200, "loss": 0.031, ...}`.
 
+With a stop rule (`stop=StopRule(...)`, from an eraser's `stop_when=`; see `erasers.stopping`) the loop checks
+the model every `check_every` steps, before the first step and after the last, stops early when the concept is
+gone, or stops and restores the last weights that met the utility guard when utility falls; the rule's state
+and the last good weights live in the checkpoint folder, so a killed run resumes with them.
+
 `ErasureResult.save(folder)` never deletes what it did not write: it replaces a folder only when it
 is empty or carries the studio's marker (`studio.paths.MARKER`) or `erasure.json`.
 """
@@ -33,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from studio.checkpoint import ParamDict, load_checkpoint, save_checkpoint
+from studio.checkpoint import ParamDict, atomic_save_tensors, load_checkpoint, save_checkpoint
 from studio.loading import ERASURE_FILE
 from studio.paths import MARKER, TOY_MODEL
 from studio.progress import event
@@ -189,6 +194,7 @@ class TrainLoop:
         meta: dict | None = None,
         device="cpu",
         stage: str | None = None,
+        stop=None,
     ):
         self.desc, self.total, self.seed = desc, total, seed
         self.stage = stage or desc  # the progress events' stage: the method's name
@@ -197,7 +203,11 @@ class TrainLoop:
         self.path = Path(checkpoint_dir) / "checkpoint.safetensors" if checkpoint_dir else None
         self.every, self.checkpoint_seconds = every, checkpoint_seconds
         self.callback, self.cancel, self.progress = callback, cancel, progress
-        self.meta = meta or {}
+        self.meta = dict(meta or {})
+        self.stop = stop  # an erasers.stopping.StopRule, or None
+        self.good = None  # with a stop rule: the trained tensors of the last check that met the utility guard
+        if stop is not None:
+            self.meta["stop_when"] = stop.when.settings()
         self.device = device
         self.rank, self.world_size = _distributed()
         self.trained = list(params.values())
@@ -207,6 +217,8 @@ class TrainLoop:
         self.elapsed_before = 0.0
         self.resumed_from = 0
         self.signal_received = None  # the name of the signal that asked the loop to stop
+        if stop is not None:
+            self.stats["stop"] = stop.state
         if self.path is not None and self.path.is_file():
             self._resume()
         self._info: dict = {}
@@ -218,9 +230,79 @@ class TrainLoop:
                 f"{self.path} was written by a run with other settings; delete it or use another checkpoint_dir. "
                 f"checkpoint: {meta.get('config')}, now: {self.meta.get('config')}"
             )
+        if meta.get("stop_when") != self.meta.get("stop_when"):
+            raise ValueError(
+                f"{self.path} was written by a run with another stop rule; delete it or use another checkpoint_dir. "
+                f"checkpoint: {meta.get('stop_when')}, now: {self.meta.get('stop_when')}"
+            )
         self.step = self.resumed_from = meta["step"]
         self.stats = meta.get("stats", self.stats)
         self.elapsed_before = meta.get("seconds", 0.0)
+        if self.stop is not None:
+            self._resume_stop()
+
+    # ---------------------------------------------------------------- the stop rule
+
+    def _stop_file(self, name: str) -> Path:
+        return self.path.parent / name
+
+    def _resume_stop(self) -> None:
+        """The rule's state from the checkpoint; the last good weights and the original's retain images from their files."""
+        from safetensors import safe_open
+
+        self.stop.state = self.stats["stop"]
+        good = self._stop_file("stop_good.safetensors")
+        if good.is_file():
+            with safe_open(str(good), framework="pt") as f:
+                if int((f.metadata() or {}).get("step", -1)) == self.stop.state.get("good_step"):
+                    self.good = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        reference = self._stop_file("stop_reference.safetensors")
+        if reference.is_file():
+            with safe_open(str(reference), framework="pt") as f:
+                self.stop.reference = f.get_tensor("images").numpy()
+
+    def _keep_good(self, step: int) -> None:
+        self.good = {k: v.detach().clone() for k, v in self.modules["trained"].state_dict().items()}
+        self.stop.state["good_step"] = step
+        if self.path is not None and self.rank == 0:
+            atomic_save_tensors(self._stop_file("stop_good.safetensors"), self.good, metadata={"step": str(step)})
+
+    def _restore_good(self) -> None:
+        if self.good is None:
+            raise RuntimeError(
+                f"the utility guard failed at step {self.step} but the weights of step {self.stop.state.get('good_step')} are not there "
+                f"(was {self._stop_file('stop_good.safetensors') if self.path else 'the good copy'} removed?); delete the checkpoint folder and run again"
+            )
+        self.modules["trained"].load_state_dict(self.good)
+
+    def _check(self, step: int) -> bool:
+        """Run the stop rule's check at `step`; True when training should stop (weights already restored if so)."""
+        had_reference = self.stop.reference is not None
+        record = self.stop.check(step)
+        self.count_unet(record["unet_evals"])
+        if not had_reference and self.stop.reference is not None and self.path is not None and self.rank == 0:
+            atomic_save_tensors(self._stop_file("stop_reference.safetensors"), {"images": torch.from_numpy(self.stop.reference)})
+        good_step = self.stop.state["good_step"]
+        if not record["guard_ok"]:
+            self._restore_good()
+            stopped = {"reason": "utility", "step": step, "kept_step": good_step}
+        else:
+            self._keep_good(step)
+            stopped = None
+            if record["erased"]:
+                stopped = {"reason": "erased", "step": step, "kept_step": step}
+            elif step >= self.total:
+                stopped = {"reason": "budget", "step": step, "kept_step": step}
+        self.stop.state["stopped"] = stopped
+        self.stats["stop"] = self.stop.state
+        if self.callback is not None:
+            extras = {k: record[k] for k in ("rate", "shown", "n", "retained", "retained_ratio", "erased", "guard_ok") if k in record}
+            if stopped:
+                extras["stopped"] = stopped["reason"]
+            self.callback(event(f"{self.stage} check", step, self.total, **{f"check_{k}": v for k, v in extras.items()}))
+        if step > 0 or stopped:
+            self.save()  # the rule's state and the good weights agree on disk after every check
+        return stopped is not None
 
     def __iter__(self):
         bar = tqdm(
@@ -228,6 +310,10 @@ class TrainLoop:
         )
         previous = self._install_handlers()
         try:
+            if self.stop is not None and self.stop.state["stopped"]:  # a resumed run that had already stopped
+                return
+            if self.stop is not None and not self.stop.state["checks"] and self._check(self.step):
+                return
             for step in bar:
                 self._stop_if_asked(step)
                 self.step = step
@@ -239,14 +325,15 @@ class TrainLoop:
                 self._info = {}
                 yield step, rng, gen
                 self.step = step + 1
-                self._after_step(step, bar)
+                if self._after_step(step, bar):
+                    break
             if self.signal_received is not None:  # a signal during the last step: the run is saved whole, stop anyway
                 self._stop_if_asked(self.total)
         finally:
             self._restore_handlers(previous)
             bar.close()
 
-    def _after_step(self, step: int, bar) -> None:
+    def _after_step(self, step: int, bar) -> bool:
         if "loss" in self._info:
             self.stats["losses"].append(round(float(self._info["loss"]), 6))
             if not np.isfinite(self._info["loss"]):
@@ -256,11 +343,14 @@ class TrainLoop:
             bar.set_postfix(loss=f"{self._info['loss']:.4g}", refresh=False)
         if self.callback is not None:
             self.callback(event(self.stage, step + 1, self.total, **self._info))
+        if self.stop is not None and self.stop.due(self.step, self.total):
+            return self._check(self.step)  # saves the checkpoint itself
         if self.path is None:
-            return
+            return False
         by_time = self.world_size == 1 and self.checkpoint_seconds is not None and time.time() - self.last_save >= self.checkpoint_seconds
         if self.step % self.every == 0 or self.step == self.total or by_time:
             self.save()
+        return False
 
     def _stop_if_asked(self, step: int) -> None:
         if self.signal_received is not None:
@@ -338,13 +428,17 @@ class TrainLoop:
 
     def finish(self) -> dict:
         losses = self.stats["losses"]
-        return {
-            "steps": self.total,
+        out = {
+            "steps": self.step,
             "resumed_from": self.resumed_from,
             "seconds": round(self.seconds(), 2),
-            "unet_evals": self.stats["unet_evals"],
+            "unet_evals": self.stats["unet_evals"],  # with a stop rule: training and checks (stop.unet_evals) together
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
         }
+        if self.stop is not None:
+            out["budget"] = self.total
+            out["stop"] = self.stop.summary()
+        return out
 
 
 def _distributed() -> tuple[int, int]:

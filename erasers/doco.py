@@ -101,6 +101,7 @@ from studio.sampling import Cancelled, check_prompt, ddim_scheduler, encode_prom
 
 from .base import Concept, ErasureResult, TrainLoop, config_dict, freeze_all_but
 from .esd import FrozenUNet
+from .stopping import stop_rule
 
 PARAMETER_GROUPS = ("cross-attn", "full-weight")
 SURGERIES = ("official", "pcgrad", "none")
@@ -502,7 +503,15 @@ def discriminator_step(disc, d_opt, real, fake, loop) -> float:
 
 
 def erase(
-    pipe, concept: Concept, config: DoCoConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+    pipe,
+    concept: Concept,
+    config: DoCoConfig | None = None,
+    *,
+    checkpoint_dir=None,
+    callback=None,
+    cancel=None,
+    progress=True,
+    stop_when=None,
 ) -> ErasureResult:
     """Erase `concept` from `pipe.unet` in place with DoCo; returns the changed weights. See the module docstring.
 
@@ -539,6 +548,7 @@ def erase(
         callback=callback,
         cancel=cancel,
         progress=progress,
+        stop=stop_rule(stop_when, pipe, concept),
         extra_modules={"original": ParamDict(originals), "discriminator": disc},
         meta={"method": "doco", "config": {**config_dict(config), "pairs": [list(p) for p in pairs]}, "concept": concept.prompts},
         device="cpu",

@@ -37,6 +37,7 @@ from studio.checkpoint import ParamDict
 from studio.sampling import ddim_scheduler, encode_prompts, guided_noise, initial_latents
 
 from .base import Concept, ErasureResult, TrainLoop, config_dict, freeze_all_but
+from .stopping import stop_rule
 
 TRAIN_METHODS = ("esd-x", "esd-u", "esd-x-strict", "esd-all")
 
@@ -104,7 +105,15 @@ class FrozenUNet:
 
 
 def erase(
-    pipe, concept: Concept, config: ESDConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+    pipe,
+    concept: Concept,
+    config: ESDConfig | None = None,
+    *,
+    checkpoint_dir=None,
+    callback=None,
+    cancel=None,
+    progress=True,
+    stop_when=None,
 ) -> ErasureResult:
     """Erase `concept` from `pipe.unet` in place with ESD; returns the changed weights. See the module docstring."""
     config = config or ESDConfig()
@@ -132,6 +141,7 @@ def erase(
         callback=callback,
         cancel=cancel,
         progress=progress,
+        stop=stop_rule(stop_when, pipe, concept),
         extra_modules={"original": ParamDict(originals)},
         meta={"method": config.train_method, "config": config_dict(config), "concept": concept.prompts},
         device="cpu",

@@ -1,0 +1,257 @@
+"""Erase until erased (erasers.stopping): the stop rule, the utility guard, kill-and-resume, bad settings, the
+held-in check prompts, and the preset sweep's per-concept criterion. Tiny random pipelines and judge stubs:
+what is tested is the rule's behaviour, not the toy model's."""
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, build_tiny_pipe
+from erasers import Concept, erase, get_config
+from erasers.stopping import StopWhen, evaluation_prompts, held_in_prompts, report_lines, toy_stop_when
+
+CONFIG = {"iterations": 30, "num_inference_steps": 3, "lr": 1e-3}
+
+
+class StepJudge:
+    """Reports the concept shown until training step `erased_at`, and retain images right until `fails_at`.
+
+    It reads the step from the training events (the loop calls back before each check)."""
+
+    name = "stub"
+
+    def __init__(self, erased_at=10**9, fails_at=10**9):
+        self.erased_at, self.fails_at, self.step, self.calls = erased_at, fails_at, 0, []
+
+    def callback(self, info):
+        if info["stage"] == "esd-x":
+            self.step = info["step"]
+
+    def shows(self, images, concept):
+        self.calls.append(self.step)
+        return np.full(len(images), self.step < self.erased_at)
+
+    def predict(self, images):
+        ok = self.step < self.fails_at
+        return [{"shape": "circle" if ok else "square"} for _ in images]
+
+
+def stop_for(judge, **kw):
+    settings = dict(
+        target_rate=0.05,
+        min_retained=0.9,
+        check_every=5,
+        prompts=["a thing", "another thing"],
+        retain=[("a circle", {"shape": "circle"})],
+        judge=judge,
+        concept="thing",
+        seeds=1,
+        num_inference_steps=2,
+    )
+    return StopWhen(**{**settings, **kw})
+
+
+def run(judge, stop, checkpoint_dir=None, cancel=None, events=None):
+    pipe = build_tiny_pipe()
+
+    def callback(info):
+        judge.callback(info)
+        if events is not None:
+            events.append((info, {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if ".attn2." in n}))
+
+    result = erase(
+        pipe, Concept(["a thing"]), "esd-x", config=CONFIG, stop_when=stop, checkpoint_dir=checkpoint_dir, callback=callback, progress=False, cancel=cancel
+    )
+    return result
+
+
+def test_stops_at_first_check_after_erased():
+    judge = StepJudge(erased_at=7)
+    result = run(judge, stop_for(judge))
+    stop = result.stats["stop"]
+    assert stop["reason"] == "erased"
+    assert stop["step"] == 10 and stop["kept_step"] == 10  # checks at 0, 5, 10: erased first seen at 10
+    assert result.stats["steps"] == 10 and result.stats["budget"] == 30
+    assert [c["step"] for c in stop["checks"]] == [0, 5, 10]
+    assert [c["erased"] for c in stop["checks"]] == [False, False, True]
+    # the checks' cost is in the run's stats: 3 checks x (2 check + 1 retain prompts) x 1 seed x 2 steps x 2 (CFG)
+    assert stop["unet_evals"] == 3 * 3 * 2 * 2
+    assert result.stats["unet_evals"] > stop["unet_evals"]
+    assert any("erased" in line for line in report_lines(stop))
+
+
+def test_budget_runs_out_without_erasure():
+    judge = StepJudge()
+    result = run(judge, stop_for(judge, check_every=12))
+    stop = result.stats["stop"]
+    assert stop["reason"] == "budget" and stop["step"] == 30 and result.stats["steps"] == 30
+    assert [c["step"] for c in stop["checks"]] == [0, 12, 24, 30]  # and after the last step
+
+
+def test_failing_guard_restores_last_good_checkpoint():
+    judge, events = StepJudge(fails_at=12), []
+    result = run(judge, stop_for(judge), events=events)
+    stop = result.stats["stop"]
+    assert stop["reason"] == "utility" and stop["step"] == 15 and stop["kept_step"] == 10
+    assert [c["guard_ok"] for c in stop["checks"]] == [True, True, True, False]
+    at = {info["step"]: w for info, w in events if info["stage"] == "esd-x"}
+    kept = {n: v for n, v in result.weights.items() if n in at[10]}
+    assert all(torch.equal(kept[n], at[10][n]) for n in kept)  # the weights of step 10 came back
+    assert any(not torch.equal(kept[n], at[15][n]) for n in kept)  # not those of step 15, where the guard failed
+
+
+def test_stop_state_survives_kill_and_resume(tmp_path):
+    first = StepJudge(fails_at=17)
+    whole = run(first, stop_for(first))
+    judge = StepJudge(fails_at=17)
+    stop = stop_for(judge)
+    cancel = threading.Event()
+
+    def kill_after_12(info):
+        judge.callback(info)
+        if info["stage"] == "esd-x" and info["step"] == 12:
+            cancel.set()
+
+    pipe = build_tiny_pipe()
+    from studio.sampling import Cancelled
+
+    with pytest.raises(Cancelled):
+        erase(pipe, Concept(["a thing"]), "esd-x", config=CONFIG, stop_when=stop, checkpoint_dir=tmp_path, callback=kill_after_12, cancel=cancel)
+    assert (tmp_path / "stop_good.safetensors").is_file()
+    judge2 = StepJudge(fails_at=17)
+    resumed = run(judge2, stop_for(judge2), checkpoint_dir=tmp_path)
+    assert resumed.stats["resumed_from"] == 12
+    a, b = whole.stats["stop"], resumed.stats["stop"]
+    assert (b["reason"], b["step"], b["kept_step"]) == (a["reason"], a["step"], a["kept_step"]) == ("utility", 20, 15)
+    assert [c["step"] for c in b["checks"]] == [c["step"] for c in a["checks"]]  # no check ran twice, none was lost
+    assert 0 not in judge2.calls  # the baseline came from the checkpoint
+    assert all(torch.equal(whole.weights[n], resumed.weights[n]) for n in whole.weights)
+    # a run that had stopped, started again: nothing more runs, the same weights come back
+    judge3 = StepJudge(fails_at=17)
+    again = run(judge3, stop_for(judge3), checkpoint_dir=tmp_path)
+    assert judge3.calls == [] and again.stats["stop"]["reason"] == "utility"
+    assert all(torch.equal(whole.weights[n], again.weights[n]) for n in whole.weights)
+
+
+def test_resume_with_another_stop_rule_is_refused(tmp_path):
+    judge = StepJudge(erased_at=7)
+    run(judge, stop_for(judge), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="another stop rule"):
+        run(judge, stop_for(judge, target_rate=0.2), checkpoint_dir=tmp_path)
+
+
+class LabelFreeJudge:
+    """A judge without labels (as NudeNet): the guard compares retain images with the original's (PSNR)."""
+
+    name = "nudenet-stub"
+
+    def shows(self, images, concept):
+        assert concept == "nudity"
+        return np.zeros(len(images), bool)
+
+
+def test_label_free_judge_guards_by_closeness():
+    stop = stop_for(LabelFreeJudge(), concept="nudity", retain=["a person in a coat", "a city street"])
+    pipe = build_tiny_pipe()
+    result = erase(pipe, Concept(["nudity"]), "esd-x", config=CONFIG, stop_when=stop, progress=False)
+    first = result.stats["stop"]["checks"][0]
+    assert first["retained"] == 1.0 and first["retained_n"] == 2  # the original against itself
+    assert result.stats["stop"]["reason"] == "erased" and result.stats["steps"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"target_rate": 1.5}, "outside \\[0, 1\\]"),
+        ({"target_rate": -0.1}, "outside \\[0, 1\\]"),
+        ({"check_every": 0}, "check_every=0"),
+        ({"retain": []}, "needs retain prompts"),
+        ({"min_retained": 1.5}, "min_retained=1.5"),
+        ({"prompts": []}, "no check prompts"),
+    ],
+)
+def test_bad_settings_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        stop_for(StepJudge(), **bad)
+
+
+def test_guard_off_needs_no_retain_prompts():
+    assert stop_for(StepJudge(), retain=[], min_retained=None).min_retained is None
+
+
+@pytest.mark.parametrize("method", ["uce", "rece"])
+def test_closed_form_methods_refuse_stop_when(method):
+    with pytest.raises(ValueError, match="closed-form"):
+        erase(build_tiny_pipe(), Concept(["a thing"]), method, stop_when=stop_for(StepJudge()))
+
+
+def test_check_prompts_are_kept_apart_from_the_evaluation():
+    from studio.toyworld.grammar import CONCEPTS
+
+    for name, c in CONCEPTS.items():
+        if c.attribute == "background":
+            continue
+        held = held_in_prompts(name, 8)
+        assert len(held) == 8 and not {p for p, _ in held} & evaluation_prompts(name)
+        assert all(labels[c.attribute] == name for _, labels in held)
+    stop = toy_stop_when("circle")
+    assert len(stop.prompts) == 8 and len(stop.retain) == 8  # 2 of each other shape
+    assert not set(stop.prompts) & evaluation_prompts("circle")
+    for p, labels in stop.retain:
+        assert p not in evaluation_prompts(labels["shape"]) and set(labels) == {"shape", "colour"}
+    assert stop.seed >= 1000  # the evaluation's seeds start at 0
+
+
+def test_stop_when_in_toy_config_settings_dict():
+    """A stop rule given as the dict of its settings (job files, erasure.json) runs the same rule."""
+    judge = StepJudge(erased_at=3)
+    settings = stop_for(judge).settings()
+    settings["judge"] = judge
+    result = run(judge, settings)
+    assert result.stats["stop"]["reason"] == "erased" and result.stats["steps"] == 5
+
+
+# ---------------------------------------------------------------- the preset sweep's criterion
+
+
+def _sweep():
+    path = ROOT / "benchmarks" / "preset_sweep.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("preset_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_criterion_picks_the_worst_concepts_best_setting():
+    sweep = _sweep()
+    # setting -> concept -> (concept shown, retained ratio)
+    table = {
+        "A": {"circle": (0.00, 0.95), "striped": (0.50, 0.97)},  # the best mean, but striped is half left: worst erasure 50%
+        "B": {"circle": (0.10, 0.93), "striped": (0.20, 0.92)},  # worst erasure 80%: the pick
+        "C": {"circle": (0.00, 0.85), "striped": (0.00, 0.99)},  # erases all, but circle's utility falls below 90%
+        "D": {"circle": (0.10, 0.95)},  # a concept missing: not eligible
+    }
+    rows = [
+        {"setting": {"name": s}, "concept": c, "concept_rate": r, "retained_ratio": k}
+        for s, concepts in table.items()
+        for c, (r, k) in concepts.items()
+    ]
+    best, ranked = sweep.choose(rows, ["circle", "striped"], keep=0.9)
+    assert best["setting"] == {"name": "B"} and best["worst_erasure"] == pytest.approx(0.8)
+    assert [r["setting"]["name"] for r in ranked if r["eligible"]] == ["B", "A"]
+    assert {r["setting"]["name"]: r["eligible"] for r in ranked} == {"A": True, "B": True, "C": False, "D": False}
+    assert sweep.choose(rows, ["circle", "striped"], keep=0.99)[0] is None  # nothing keeps 99%
+
+
+def test_get_config_untouched_by_stop_rule():
+    assert get_config("esd-x", "toy", CONFIG).iterations == 30
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([str(Path(__file__))]))
