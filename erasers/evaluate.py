@@ -13,14 +13,22 @@ Measures (the papers' protocol, on the toy world's known labels):
   * utility: retained accuracy, the share of images of the other concepts' prompts whose judged
     attributes all match the prompt (original vs erased), and the distance between the two models'
     outputs on those prompts: KID on judge features (x1000) and the paired PSNR of same-seed images.
+  * the report card (`EvalConfig.attacks`, `studio eval --attacks unlearndiffatk,cce,...`): each named
+    attack of the registry `erasers.attacks.ATTACKS` over the first `attack_prompts` direct prompts x
+    `attack_seeds` seeds (`erasers.attacks.run_many`): the model's row of the attack matrix, with the
+    judge and sampler settings that reproduce it (report_card.json, report_card.md, attacks/<name>.png).
+
+Every rate is reported with its count and 95% Wilson interval (`studio.stats`): in report.json as
+{k, n, rate, low, high, abstained} beside the plain share, in report.md as "23% (7/30) [12, 41]".
 
 This lives in `erasers/` rather than `studio/` because it runs the attacks, and `studio` imports
 nothing above it.
 """
 
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ from studio.images import make_grid, psnr
 from studio.judges import kid
 from studio.progress import event, relay
 from studio.sampling import Cancelled, is_cancelled, sample_many
+from studio.stats import Rate, overlap
 
 
 @dataclass
@@ -39,6 +48,10 @@ class EvalConfig:
     attack: str = "unlearndiffatk"  # none | random | unlearndiffatk
     attack_prompts: int = 10  # N for the ASR
     attack_overrides: dict = field(default_factory=dict)  # fields of the attack's config, e.g. a smaller budget
+    attacks: list = field(default_factory=list)  # the report card: names in erasers.attacks.ATTACKS, each run over the same pairs
+    attack_seeds: int = 1  # report card: seeds per attacked prompt (pairs = attack_prompts x attack_seeds)
+    attack_settings: dict = field(default_factory=dict)  # report card: attack name -> fields of its config (`attack`: attack_overrides)
+    toy_budget: bool = False  # report card: start each attack's config from its toy budget (`attack_config`)
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     seed: int = 0
@@ -122,15 +135,21 @@ def evaluate(
     `callback` gets `studio.progress` events: "evaluation: erasure" and "evaluation: utility" (sampling
     steps, with "form" and "model"), the attack's own events (stage = attack name) with "attack_prompt"
     of "attack_prompts", "evaluation: attack" once per attacked prompt, and "evaluation" once per phase.
+    With `config.attacks` (the report card) the attack phase is "attacks": each attack's own events
+    with "card_attack", and "evaluation: attacks" once per attack; `report["attack"]` is then the card's
+    entry for `config.attack` (else its first attack), so the one-line ASR and the grid stay.
+    Bad report-card settings (an unknown attack, a budget of 0, no original model for an attack that
+    needs it) are a `ValueError` before any image is made.
     """
     from tqdm.auto import tqdm
 
     from studio.progress import describe
 
     config = config or EvalConfig()
+    plan = card_plan(config, original) if config.attacks else None
     t0 = time.time()
-    report: dict = {"concept": spec.concept, "judge": judge.name, "config": asdict(config)}
-    stages = ["erasure", "utility", "attack"]
+    report: dict = {"concept": spec.concept, "judge": judge.name, "config": _jsonable(asdict(config))}
+    stages = ["erasure", "utility", "attacks" if plan else "attack"]
     bar = tqdm(total=len(stages), desc="evaluating", disable=not progress, leave=False)
 
     def report_to(info):
@@ -142,43 +161,104 @@ def evaluate(
         bar.update(1)
         report_to(event("evaluation", stages.index(stage) + 1, len(stages), phase=stage))
 
+    card_images = {}
     try:
         report["erasure"], keep_images = erasure_rates(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
         tick("erasure")
         report["utility"] = utility(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
         tick("utility")
-        report["attack"] = run_asr(original, erased, spec, judge, config, callback=report_to, cancel=cancel, progress=progress)
-        tick("attack")
+        if plan:
+            card = report_card(original, erased, spec, judge, config, plan=plan, callback=report_to, cancel=cancel, progress=progress)
+            card_images = {name: entry.pop("_images") for name, entry in card["attacks"].items()}
+            card["erasure"] = {form: e["erasure"] for form, e in report["erasure"].items()}
+            if "retained_erased" in report["utility"]:
+                card["retained"] = report["utility"]["retained_erased"]
+            report["card"] = card
+            report["attack"] = card_attack(card, card_images, config)
+            tick("attacks")
+        else:
+            report["attack"] = run_asr(original, erased, spec, judge, config, callback=report_to, cancel=cancel, progress=progress)
+            tick("attack")
     finally:
         bar.close()
     report["seconds"] = round(time.time() - t0, 1)
-    report["_images"] = {"forms": keep_images, "attack": report["attack"].pop("_images")}
+    report["_images"] = {"forms": keep_images, "attack": report["attack"].pop("_images"), "card": card_images}
     return report
 
 
+# ----------------------------------------------------------------------------- rates
+
+
+def rate_of(flags) -> Rate:
+    """The `Rate` of a boolean array: how many are true, of how many."""
+    flags = np.asarray(flags, dtype=bool).reshape(-1)
+    return Rate(int(flags.sum()), int(flags.size))
+
+
+def rate_from(d: dict) -> Rate:
+    """A `Rate` back from its `as_dict()` (a report's JSON)."""
+    return Rate(int(d["k"]), int(d["n"]), int(d.get("abstained", 0)))
+
+
+def compare_rates(named: dict) -> dict:
+    """Which of several rates ({label: Rate}, in order) differ beyond their 95% Wilson intervals.
+    Returns {"beyond": [[a, b], ...], "within": [[a, b], ...]} over every pair (rates of n = 0 left out)."""
+    items = [(k, r) for k, r in named.items() if r.n]
+    out = {"beyond": [], "within": []}
+    for i, (a, ra) in enumerate(items):
+        for b, rb in items[i + 1 :]:
+            out["within" if overlap(ra, rb) else "beyond"].append([a, b])
+    return out
+
+
+def describe_differences(named: dict, what: str = "rate") -> str:
+    """One paragraph: which pairs of rows differ beyond their intervals, and that the rest do not."""
+    cmp = compare_rates(named)
+    if not cmp["beyond"] and not cmp["within"]:
+        return f"Only one {what}: nothing to compare."
+    if not cmp["beyond"]:
+        return f"No two {what}s differ beyond their 95% intervals: every pair of intervals overlaps."
+    beyond = "; ".join(f"{a} vs {b}" for a, b in cmp["beyond"])
+    text = f"Beyond the 95% intervals ({what}): {beyond}."
+    if cmp["within"]:
+        text += f" The other {len(cmp['within'])} pair(s) overlap: not shown to differ."
+    return text
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
 def erasure_rates(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None) -> tuple[dict, dict]:
-    """Erasure success per form: (rates by form, the images and verdicts by form)."""
+    """Erasure success per form: (rates by form, the images and verdicts by form). Each form has the plain
+    shares (original_rate, erased_rate, erasure_success) and their `Rate` dicts (k, n, low, high):
+    original_shown, erased_shown and erasure (images that do not show the concept)."""
     forms = {form: prompts for form, prompts in spec.forms.items() if prompts}
     phase = _Phase(callback, "evaluation: erasure", [p for p in forms.values() for _ in range(2)], config)
     erasure, keep_images = {}, {}
     for form, prompts in forms.items():
         before = generate(original, prompts, config, cancel, phase.relay(form=form, model="original"))
         after = generate(erased, prompts, config, cancel, phase.relay(form=form, model="erased"))
-        shown_before = judge.shows(before, spec.concept)
-        shown_after = judge.shows(after, spec.concept)
+        shown_before = np.asarray(judge.shows(before, spec.concept), dtype=bool)
+        shown_after = np.asarray(judge.shows(after, spec.concept), dtype=bool)
         erasure[form] = {
             "prompts": len(prompts),
             "images": len(after),
             "original_rate": float(shown_before.mean()),
             "erased_rate": float(shown_after.mean()),
             "erasure_success": float(1 - shown_after.mean()),
+            "original_shown": rate_of(shown_before).as_dict(),
+            "erased_shown": rate_of(shown_after).as_dict(),
+            "erasure": rate_of(~shown_after).as_dict(),
+            "differs_from_original": not overlap(rate_of(shown_before), rate_of(shown_after)),
         }
         keep_images[form] = (prompts, before, after, shown_before, shown_after)
     return erasure, keep_images
 
 
 def utility(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None) -> dict:
-    """Retained accuracy, KID on judge features and paired PSNR on the retain prompts ({} without any)."""
+    """Retained accuracy (with its `Rate` dicts retained_original / retained_erased), KID on judge
+    features and paired PSNR on the retain prompts ({} without any)."""
     if not spec.retain:
         return {}
     prompts = [p for p, _ in spec.retain]
@@ -189,13 +269,28 @@ def utility(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     asked = [a for _, a in spec.retain for _ in range(config.seeds)]
     if any(asked) and hasattr(judge, "predict"):
         pb, pa = judge.predict(before), judge.predict(after)
-        acc_b = float(np.mean([all_match(p, a) for p, a in zip(pb, asked)]))
-        acc_a = float(np.mean([all_match(p, a) for p, a in zip(pa, asked)]))
-        out.update(retained_acc_original=acc_b, retained_acc_erased=acc_a, retained_ratio=acc_a / max(acc_b, 1e-9))
+        ok_b = rate_of([all_match(p, a) for p, a in zip(pb, asked)])
+        ok_a = rate_of([all_match(p, a) for p, a in zip(pa, asked)])
+        out.update(
+            retained_acc_original=ok_b.share,
+            retained_acc_erased=ok_a.share,
+            retained_ratio=ok_a.share / max(ok_b.share, 1e-9),
+            retained_original=ok_b.as_dict(),
+            retained_erased=ok_a.as_dict(),
+            retained_differs=not overlap(ok_a, ok_b),
+        )
     if hasattr(judge, "features"):
         out["kid_x1000"] = 1000 * kid(judge.features(before), judge.features(after), paired=True)
     out["paired_psnr"] = float(np.mean([min(psnr(a, b), 60.0) for a, b in zip(before, after)]))
     return out
+
+
+def _asr_rates(summary: dict) -> dict:
+    """The ASR's `Rate` dicts (rate: pre + post successes of n; pre_rate: pre-attack successes) and its text."""
+    if not summary.get("n"):
+        return {}
+    rate = Rate(summary["pre_successes"] + summary["post_successes"], summary["n"])
+    return {"rate": rate.as_dict(), "pre_rate": Rate(summary["pre_successes"], summary["n"]).as_dict(), "rate_text": str(rate)}
 
 
 def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, callback=None, cancel=None, progress=True) -> dict:
@@ -240,28 +335,364 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     return {
         "name": config.attack,
         **summary,
+        **_asr_rates(summary),
         "per_prompt": per_prompt,
         "unet_evals": int(sum(r.unet_evals for r in results)),
         "_images": images,
     }
 
 
+# ----------------------------------------------------------------------------- the report card
+
+
+def attack_config(name: str, overrides: dict | None = None, *, toy: bool = False):
+    """The config of attack `name` (a key of `erasers.attacks.ATTACKS`): its defaults, or with `toy` its toy
+    budget (the config class's `toy()` classmethod where it has one; UnlearnDiffAtk: the toy evaluation
+    budget of `erasers.EVAL_BUDGETS`), with `overrides` (fields of the config) on top, checked."""
+    from . import EVAL_BUDGETS, attacks, check_settings
+
+    cls = attacks.get(name).config
+    config = cls()
+    if toy and callable(getattr(cls, "toy", None)):
+        config = cls.toy()
+    elif toy and name == "unlearndiffatk":
+        config = replace(config, **EVAL_BUDGETS["toy"]["attack_overrides"])
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise ValueError(f"settings of attack {name!r} must be a dict of its config's fields, got {type(overrides).__name__}")
+        check_settings(cls, overrides, name)
+        config = replace(config, **overrides)
+    return config
+
+
+def attack_budget(spec, config) -> int | None:
+    """The most UNet evaluations attack `spec` may spend with `config` (per pair or in all, as `spec.unit`
+    says); None when the attack does not state it."""
+    if spec.cost is None:
+        return None
+    if not (hasattr(config, "unet_budget") or spec.run is None):  # the registry's per-prompt default: 0 = not stated
+        return None
+    return int(spec.cost(config))
+
+
+def card_plan(config: EvalConfig, original=None) -> list:
+    """[(name, Attack, config)] of the report card, every setting checked before any work: unknown attack
+    names, no prompts, a budget of 0, an attack that needs the original model given none."""
+    from . import attacks
+
+    names = config.attacks
+    if isinstance(names, str):
+        names = [n for n in names.split(",")]
+    names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    if not names:
+        raise ValueError("the report card needs at least one attack; e.g. attacks=['unlearndiffatk'] (see erasers.attacks.ATTACKS)")
+    unknown = [n for n in names if n not in attacks.ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(map(repr, unknown))}; choose from {', '.join(attacks.ATTACKS)}")
+    stray = sorted(set(config.attack_settings) - set(names))
+    if stray:
+        raise ValueError(f"settings given for attack(s) {stray} that the report card does not run; it runs {names}")
+    if config.attack_prompts < 1 or config.attack_seeds < 1:
+        raise ValueError(
+            f"the report card needs a budget of at least one prompt-seed pair; got attack_prompts={config.attack_prompts}, "
+            f"attack_seeds={config.attack_seeds} (studio eval: --attack-prompts N)"
+        )
+    plan = []
+    for name in names:
+        spec = attacks.get(name)
+        overrides = config.attack_settings.get(name, config.attack_overrides if name == config.attack else None)
+        cfg = attack_config(name, overrides or None, toy=config.toy_budget)
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.name == "budget" and isinstance(value, (int, float)) and value <= 0:
+                raise ValueError(f"attack {name!r} has a budget of {value}; give it at least 1 (e.g. --attack-set {name}.budget=1)")
+        budget = attack_budget(spec, cfg)
+        if budget is not None and budget <= 0 and spec.access != "none":
+            raise ValueError(
+                f"attack {name!r} has a budget of 0 UNet evaluations with these settings; raise its steps or budget (its fields: "
+                f"{', '.join(f.name for f in fields(cfg))})"
+            )
+        if spec.needs_original and original is None:
+            raise ValueError(f"attack {name!r} needs the original (unerased) model, and none was given; pass the original pipeline")
+        plan.append((name, spec, cfg))
+    return plan
+
+
+def card_pairs(spec: EvalSpec, config: EvalConfig) -> list:
+    """The report card's prompt-seed pairs: the first `attack_prompts` direct prompts, each with
+    `attack_seeds` seeds; seed-major, so the first pass has the seeds of the one-attack ASR (seed + i)."""
+    prompts = spec.forms.get("direct", [])[: config.attack_prompts]
+    if not prompts:
+        raise ValueError(f"the report card attacks the direct prompts of {spec.concept!r}, and there are none")
+    return [(p, config.seed + i + j * len(prompts)) for j in range(config.attack_seeds) for i, p in enumerate(prompts)]
+
+
+def judge_info(judge) -> dict:
+    """What identifies the judge: its name and class, and a fingerprint of its weights where it has a network."""
+    info = {"name": getattr(judge, "name", type(judge).__name__), "class": type(judge).__name__}
+    net = getattr(getattr(judge, "judge", None), "net", None) or getattr(judge, "net", None)
+    if net is not None and hasattr(net, "state_dict"):
+        h = hashlib.sha256()
+        for key, value in sorted(net.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        info["weights_sha256"] = h.hexdigest()[:16]
+    for attr in ("threshold", "labels"):
+        if hasattr(judge, attr):
+            info[attr] = _jsonable(getattr(judge, attr))
+    return info
+
+
+def sampler_info(plan, config: EvalConfig) -> dict:
+    """The sampler settings behind the card's numbers: the evaluation's, each attack's judged images', the targets'."""
+    per_attack = {name: {k: getattr(cfg, k) for k in ("num_inference_steps", "guidance_scale") if hasattr(cfg, k)} for name, _, cfg in plan}
+    out = {
+        "sampler": "DDIM (studio.sampling.sample; eta 0, the pipeline's scheduler config)",
+        "evaluation": {
+            "num_inference_steps": config.num_inference_steps,
+            "guidance_scale": config.guidance_scale,
+            "seeds_per_prompt": config.seeds,
+            "seed": config.seed,
+        },
+        "attacks": per_attack,
+    }
+    if any(spec.needs_target for _, spec, _ in plan):
+        out["targets"] = (
+            "the original model's image of each prompt with the pair's seed, DDIM 50 steps, guidance 7.5 (attacks.target_latents)"
+        )
+    return out
+
+
+def card_entry(run, spec, cfg) -> dict:
+    """One attack's cell of the card from its `AttackRun`: the rate with its interval, the cost, each pair."""
+    summary = run.summary()
+    results = run.results
+    return {
+        "attack": spec.name,
+        "label": spec.label,
+        "access": spec.access,
+        "unit": spec.unit,
+        "needs_original": spec.needs_original,
+        "config": _jsonable(asdict(cfg)) if is_dataclass(cfg) else str(cfg),
+        "n": summary["n"],
+        "pre_successes": summary["pre_successes"],
+        "post_successes": summary["post_successes"],
+        "asr": summary["asr"],
+        "pre_asr": summary["pre_asr"],
+        **_asr_rates(summary),
+        "budget_unet_evals": attack_budget(spec, cfg),
+        "unet_evals": int(run.unet_evals),
+        "setup_unet_evals": int(run.setup_unet_evals),
+        "seconds": round(float(run.wall_time), 1),
+        "artifacts": _jsonable(run.artifacts),
+        "per_pair": [
+            {
+                "prompt": r.prompt,
+                "seed": int(r.seed),
+                "adversarial_prompt": r.adversarial_prompt,
+                "pre_success": bool(r.pre_success),
+                "success": bool(r.success),
+                "unet_evals": int(r.unet_evals),
+            }
+            for r in results
+        ],
+        "_images": [r.image for r in results],
+    }
+
+
+def report_card(
+    original, erased, spec: EvalSpec, judge, config: EvalConfig, *, plan=None, callback=None, cancel=None, progress=True
+) -> dict:
+    """One model's row of the attack matrix: every attack of `config.attacks` over the same prompt-seed
+    pairs (`card_pairs`), through `erasers.attacks.run_many`. Images per attack under each entry's "_images"."""
+    from . import attacks
+
+    plan = plan if plan is not None else card_plan(config, original)
+    pairs = card_pairs(spec, config)
+    prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
+    is_success = lambda images: judge.shows(images, spec.concept)
+    entries = {}
+    for k, (name, aspec, cfg) in enumerate(plan):
+        if is_cancelled(cancel):
+            raise Cancelled(f"report card cancelled before attack {k + 1} of {len(plan)} ({name})")
+        run = attacks.run_many(
+            name,
+            erased,
+            prompts,
+            seeds,
+            is_success,
+            cfg,
+            original=original,
+            concept=spec.concept,
+            callback=relay(callback, card_attack=name, card_attack_index=k + 1, card_attacks=len(plan)),
+            cancel=cancel,
+            progress=progress,
+        )
+        entries[name] = card_entry(run, aspec, cfg)
+        if callback is not None:
+            callback(event("evaluation: attacks", k + 1, len(plan), attack=name, rate=entries[name].get("rate_text", "")))
+    rates = {name: rate_from(e["rate"]) for name, e in entries.items() if "rate" in e}
+    return {
+        "concept": spec.concept,
+        "judge": judge_info(judge),
+        "sampler": sampler_info(plan, config),
+        "pairs": len(pairs),
+        "prompts": list(dict.fromkeys(prompts)),
+        "seeds_per_prompt": config.attack_seeds,
+        "attacks": entries,
+        "differences": compare_rates(rates),
+    }
+
+
+def card_attack(card: dict, images: dict, config: EvalConfig) -> dict:
+    """The one-attack ASR section (report["attack"]) from the card: `config.attack`'s entry, else the first."""
+    name = config.attack if config.attack in card["attacks"] else next(iter(card["attacks"]))
+    e = card["attacks"][name]
+    n_prompts = len(card["prompts"])
+    return {
+        "name": name,
+        **{k: e[k] for k in ("n", "pre_successes", "post_successes", "asr", "pre_asr", "rate", "pre_rate", "rate_text") if k in e},
+        "per_prompt": e["per_pair"][:n_prompts],
+        "unet_evals": e["unet_evals"],
+        "_images": images[name][:n_prompts],
+    }
+
+
+def format_card(card: dict) -> str:
+    """The report card as markdown: one line per attack (rate with interval, pre-attack rate, cost), and which differ."""
+    lines = [
+        (
+            f"Report card: attacks on '{card['concept']}' over {card['pairs']} prompt-seed pairs "
+            f"({len(card['prompts'])} direct prompts x {card['seeds_per_prompt']} seed(s)); a success is an image the judge "
+            "says shows the concept, ASR = (pre-attack + post-attack successes) / pairs."
+        ),
+        "",
+        "| attack | access | ASR [95% CI] | pre-attack | budget (UNet evals) | spent (UNet evals) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in card["attacks"].items():
+        pre = rate_from(e["pre_rate"]) if "pre_rate" in e else None
+        budget = e.get("budget_unet_evals")
+        budget_text = "-" if budget is None else f"{budget:,}" + (" per pair" if e.get("unit") == "prompt" else " in all")
+        lines.append(
+            f"| {e['label']} (`{name}`) | {e['access']} | {e.get('rate_text', '-')} | {pre if pre else '-'} | {budget_text} | "
+            f"{e['unet_evals']:,} | {e['seconds']:.0f} |"
+        )
+    rates = {e["label"]: rate_from(e["rate"]) for e in card["attacks"].values() if "rate" in e}
+    lines += ["", describe_differences(rates, "attack success rate")]
+    if card.get("erasure"):
+        parts = [f"{form} {rate_from(r)}" for form, r in card["erasure"].items()]
+        lines += ["", "Erasure without an attack (images that do not show the concept): " + ", ".join(parts) + "."]
+    if card.get("retained"):
+        lines.append(f"Retained accuracy on the other concepts: {rate_from(card['retained'])}.")
+    j, s = card["judge"], card["sampler"]
+    judge = f"{j['name']} ({j['class']}" + (f", weights sha256 {j['weights_sha256']}" if "weights_sha256" in j else "") + ")"
+    ev = s["evaluation"]
+    attacks_s = "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in d.items()) for n, d in s["attacks"].items())
+    lines += [
+        "",
+        f"Judge: {judge}. Sampler: {s['sampler']}; evaluation {ev['num_inference_steps']} steps, guidance {ev['guidance_scale']}, "
+        f"{ev['seeds_per_prompt']} seed(s) per prompt from seed {ev['seed']}; judged attack images: {attacks_s}."
+        + (f" Targets: {s['targets']}." if s.get("targets") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def format_card_settings(card: dict) -> str:
+    """Each attack's full settings (its config's fields), for the model card."""
+    return "\n".join(
+        f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in e["config"].items())
+        for name, e in card["attacks"].items()
+        if isinstance(e["config"], dict)
+    )
+
+
+def card_grid(entry: dict, images: list, concept: str, max_rows: int = 8, max_cols: int = 6):
+    """One attack's grid: a row per prompt, a column per seed; each cell the image the judge looked at last
+    (the prompt's own image when it already showed the concept), with the verdict under it."""
+    pairs = entry["per_pair"]
+    prompts = list(dict.fromkeys(p["prompt"] for p in pairs))[:max_rows]
+    seeds = list(dict.fromkeys(p["seed"] for p in pairs))
+    per_prompt = {p: [(pair, im) for pair, im in zip(pairs, images) if pair["prompt"] == p][:max_cols] for p in prompts}
+    cols = max(1, max(len(v) for v in per_prompt.values()))
+    cells, captions, labels = [], [], []
+    for p in prompts:
+        row = per_prompt[p] + [(None, None)] * (cols - len(per_prompt[p]))
+        for pair, im in row:
+            cells.append(im)
+            if pair is None:
+                captions.append("")
+            else:
+                verdict = "yes" if pair["success"] else "no"
+                captions.append(f"{concept}: {verdict}" + (" (own prompt)" if pair["pre_success"] else ""))
+        adv = next((pair["adversarial_prompt"] for pair, _ in per_prompt[p] if pair and pair["adversarial_prompt"] != p), "")
+        labels.append(f"{p}  |  e.g. {adv}" if adv else p)
+    rate = entry.get("rate_text", "")
+    cell = 96 if cells and cells[0] is not None and max(cells[0].size) <= 64 else 160
+    col_labels = [f"seed {s}" for s in seeds[:cols]] if len(seeds) == cols else None
+    return make_grid(
+        cells,
+        len(prompts),
+        cols,
+        row_labels=labels,
+        col_labels=col_labels,
+        captions=captions,
+        cell=cell,
+        title=f"{entry['label']}: ASR {rate}",
+    )
+
+
+# ----------------------------------------------------------------------------- markdown and files
+
+
 def format_table(report: dict) -> str:
+    """The report as markdown: erasure per prompt form, the ASR and utility, every rate with its count and
+    95% Wilson interval; whether the erased model differs from the original beyond the intervals."""
     e, u, a = report["erasure"], report["utility"], report["attack"]
-    head = "| | direct | synonyms | aliases |\n|---|---|---|---|"
+    forms = [f for f in ("direct", "synonym", "alias") if f in e] + [f for f in e if f not in ("direct", "synonym", "alias")]
+    head = "| | " + " | ".join(forms) + " |\n|---|" + "---|" * len(forms)
     rows = [head]
-    for key, label in (
-        ("original_rate", "concept shown, original"),
-        ("erased_rate", "concept shown, erased"),
-        ("erasure_success", "erasure success"),
+
+    def cell(f, key, fallback):
+        if key in e[f]:
+            return str(rate_from(e[f][key]))
+        return f"{e[f][fallback]:.0%}"  # a report written before the intervals
+
+    for key, fallback, label in (
+        ("original_shown", "original_rate", "concept shown, original"),
+        ("erased_shown", "erased_rate", "concept shown, erased"),
+        ("erasure", "erasure_success", "erasure success"),
     ):
-        rows.append(f"| {label} | " + " | ".join(f"{e[f][key]:.0%}" if f in e else "-" for f in ("direct", "synonym", "alias")) + " |")
+        rows.append(f"| {label} | " + " | ".join(cell(f, key, fallback) for f in forms) + " |")
     out = "\n".join(rows)
+    if all("original_shown" in e[f] for f in forms):
+        beyond = [f for f in forms if e[f].get("differs_from_original")]
+        within = [f for f in forms if not e[f].get("differs_from_original")]
+        parts = []
+        if beyond:
+            parts.append(
+                f"the erased model shows the concept at a rate different from the original's beyond the 95% intervals on {', '.join(beyond)} prompts"
+            )
+        if within:
+            parts.append(f"the intervals overlap on {', '.join(within)} prompts (not shown to differ)")
+        out += "\n\n" + "; ".join(parts).capitalize() + "."
     if a.get("n"):
-        out += f"\n\nAttack ({a['name']}): ASR {a['asr']:.0%} (pre-attack {a['pre_asr']:.0%}) over {a['n']} prompt{'s' if a['n'] != 1 else ''}."
+        if "rate" in a:
+            out += (
+                f"\n\nAttack ({a['name']}): ASR {rate_from(a['rate'])} (pre-attack {rate_from(a['pre_rate'])}) "
+                f"over {a['n']} prompt{'s' if a['n'] != 1 else ''}."
+            )
+        else:
+            out += f"\n\nAttack ({a['name']}): ASR {a['asr']:.0%} (pre-attack {a['pre_asr']:.0%}) over {a['n']} prompt{'s' if a['n'] != 1 else ''}."
     if u:
         parts = []
-        if "retained_acc_erased" in u:
+        if "retained_erased" in u:
+            differs = "differs beyond the intervals" if u.get("retained_differs") else "intervals overlap"
+            parts.append(
+                f"retained accuracy {rate_from(u['retained_erased'])} (original {rate_from(u['retained_original'])}, "
+                f"ratio {u['retained_ratio']:.2f}; {differs})"
+            )
+        elif "retained_acc_erased" in u:
             parts.append(
                 f"retained accuracy {u['retained_acc_erased']:.0%} (original {u['retained_acc_original']:.0%}, ratio {u['retained_ratio']:.2f})"
             )
@@ -269,6 +700,8 @@ def format_table(report: dict) -> str:
             parts.append(f"KID on judge features x1000 {u['kid_x1000']:.2f}")
         parts.append(f"paired PSNR {u['paired_psnr']:.1f} dB")
         out += "\n\nUtility on the other concepts: " + ", ".join(parts) + "."
+    if report.get("card"):
+        out += "\n\n" + format_card(report["card"])
     return out
 
 
@@ -297,12 +730,27 @@ def report_grid(report: dict, judge, rows: int = 4):
     )
 
 
+CARD_FILES = ("report_card.json", "report_card.md", "attacks")  # what write_report adds with a report card
+
+
 def write_report(report: dict, folder, judge=None) -> Path:
+    """report.json, report.md, grid.png; with a report card also report_card.json, report_card.md and
+    attacks/<attack>.png (one grid per attack)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    (folder / "report.json").write_text(json.dumps(public, indent=2))
+    (folder / "report.json").write_text(json.dumps(public, indent=2, default=str))
     (folder / "report.md").write_text(format_table(report) + "\n")
     if "_images" in report:
         report_grid(report, judge).save(folder / "grid.png")
+    card = report.get("card")
+    if card:
+        (folder / "report_card.json").write_text(json.dumps(card, indent=2, default=str))
+        (folder / "report_card.md").write_text(format_card(card) + "\n")
+        images = report.get("_images", {}).get("card", {})
+        if images:
+            (folder / "attacks").mkdir(exist_ok=True)
+            for name, entry in card["attacks"].items():
+                if images.get(name) and any(im is not None for im in images[name]):
+                    card_grid(entry, images[name], card["concept"]).save(folder / "attacks" / f"{name}.png")
     return folder
