@@ -12,6 +12,9 @@ Probes (one file each, each with its config dataclass; `PROBES` is the one list 
     inversion    DDIM / null-text inversion and reconstruction of renders: PSNR, judged rate, z_T statistics
     completion   renders noised to t = 0.25, 0.5, 0.75 of the schedule, finished by the model
     inpainting   half of a render masked and filled by latent blending, with the context-only control
+    distance     the model beside the oracle and the original on the same prompts and seeds: the judged
+                 distribution of what is drawn for the concept, KID on judge features (concept and
+                 retain prompts); pass `references={"oracle": pipe, "original": pipe}`
 
 Every probe takes `(pipe, concept, config, judge=, callback=, cancel=, progress=)`, reports progress
 in the studio's one event shape (`studio.progress`), can be cancelled (`studio.sampling.Cancelled`)
@@ -24,13 +27,13 @@ Dependencies: probes -> erasers, inversion -> studio; only the app and the CLI i
 
 import importlib
 
-
 # name -> (module, config class)
 PROBES = {
     "relearning": ("relearning", "RelearningConfig"),
     "inversion": ("inversion", "InversionProbeConfig"),
     "completion": ("completion", "CompletionConfig"),
     "inpainting": ("inpainting", "InpaintingConfig"),
+    "distance": ("distance", "DistanceConfig"),
 }
 
 # smaller budgets, for a run that fits in minutes on a CPU (the table's --budget small, the CLI's)
@@ -39,6 +42,7 @@ SMALL = {
     "inversion": {"images": 2, "methods": ("ddim",), "num_inference_steps": 10},
     "completion": {"images": 2, "noise_levels": (0.5,), "num_inference_steps": 10},
     "inpainting": {"images": 2, "num_inference_steps": 10},
+    "distance": {"prompts": 4, "retain_prompts": 2, "seeds": 2, "num_inference_steps": 10},
 }
 # a middle budget for the revival table on a CPU: 24 judged images per checkpoint at 25 DDIM steps
 MEDIUM = {
@@ -46,6 +50,7 @@ MEDIUM = {
     "inversion": {"images": 6, "num_inference_steps": 25},
     "completion": {"num_inference_steps": 25},
     "inpainting": {"num_inference_steps": 25},
+    "distance": {"prompts": 10, "retain_prompts": 3, "num_inference_steps": 25},
 }
 BUDGETS = {"default": {}, "medium": MEDIUM, "small": SMALL}
 
@@ -92,7 +97,8 @@ def default_judge():
 def run_probe(name: str, pipe, concept: str, config=None, *, judge=None, callback=None, cancel=None, progress=False, **kwargs):
     """Run probe `name` on `pipe` for toy concept `concept`; `config` is its config object, a dict of
     overrides or None (defaults). Relearning also takes `oracle=` (the oracle's result, for the ratio)
-    and `checkpoint_dir=` (resumable). Returns a `ProbeResult`."""
+    and `checkpoint_dir=` (resumable); distance takes `references=` (label -> pipeline or
+    `distance.Drawn`) and `label=` (the model's own, "erased" by default). Returns a `ProbeResult`."""
     module = _module(name)
     if config is None or isinstance(config, dict):
         config = get_config(name, config)

@@ -3,23 +3,27 @@
     studio probe --erased outputs/triangle-esd-x/model --concept triangle --probes relearning,inversion --oracle auto
     studio probe --erased runs/revival_models/esd-u--triangle --concept triangle --probes relearning --k 4,16 --original
     studio probe --erased toy --concept triangle --probes completion,inpainting --budget small
+    studio probe --erased outputs/triangle-esd-x/model --concept triangle --probes distance --oracle auto --original
 
 Writes report.json, report.md and grids/<model>-<probe>.png into --out. Relearning updates the
 component the eraser changed (read from the erased folder's erasure.json; --component overrides),
 and the oracle and the original are fine-tuned the same way, so that the ratio compares like with
-like. Relearning runs checkpoint into --out/checkpoints/ and a killed run resumes.
+like. Relearning runs checkpoint into --out/checkpoints/ and a killed run resumes. Distance samples
+every model on the same prompts and seeds and reports the erased model's distance to the oracle and
+to the original (one result, on the erased model's entry).
 """
 
 import argparse
 import time
 from pathlib import Path
 
-
 OUT_NAMES = {"report.json", "report.md", "grids", "checkpoints"}
 
 
 def register(sub) -> None:
     from studio.cli import RegistryChoices, add_threads_arg
+
+    from . import PROBES
 
     p = sub.add_parser(
         "probe",
@@ -32,7 +36,7 @@ def register(sub) -> None:
     p.add_argument(
         "--probes",
         default="relearning,inversion",
-        help="comma-separated probes: " + ", ".join(("relearning", "inversion", "completion", "inpainting")),
+        help="comma-separated probes: " + ", ".join(PROBES),
     )
     p.add_argument(
         "--oracle", default=None, help="the oracle's folder, or 'auto' (assets/toy-oracle-CONCEPT); probed the same way, for the ratio"
@@ -125,7 +129,7 @@ def models_to_probe(args) -> dict:
 def cmd_probe(args) -> int:
     import probes
     from probes.common import erasable_concept
-    from studio.cli import claim_folder, check_folder, set_threads
+    from studio.cli import check_folder, claim_folder, set_threads
 
     concept = erasable_concept(args.concept).name
     names = parse_list(args.probes, "probes")
@@ -160,6 +164,7 @@ def cmd_probe(args) -> int:
     report = {"concept": concept, "budget": args.budget, "models": {}}
     grids = {}
     judge = probes.default_judge()
+    drawn, counter = {}, None  # the distance probe: every model's images, compared after the loop
     t0 = time.time()
     bar = tqdm(total=len(models) * (len(configs) + len(relearning)), desc="probes", unit="probe")
     for label, path in models.items():
@@ -169,6 +174,24 @@ def cmd_probe(args) -> int:
         for name, config in jobs:
             key = probe_key(name, config)
             bar.set_postfix_str(f"{label} {key}")
+            if name == "distance":
+                from .common import Counter
+                from .distance import draw
+
+                counter = counter or Counter(config.max_unet_evals)
+                if not drawn:
+                    counter.check_plan(config.planned_unet_evals(concept, len(models)), "the distance probe")
+                drawn[label] = draw(
+                    pipe,
+                    concept,
+                    config,
+                    judge,
+                    label=label,
+                    counter=counter,
+                    callback=lambda e: bar.set_postfix_str(f"{label} {describe(e)}"[:80]),
+                )
+                bar.update(1)
+                continue
             extra = {"checkpoint_dir": out / "checkpoints" / f"{label}-{key}"} if name == "relearning" else {}
             result = probes.run_probe(
                 name, pipe, concept, config, judge=judge, callback=lambda e: bar.set_postfix_str(f"{label} {describe(e)}"[:80]), **extra
@@ -178,6 +201,13 @@ def cmd_probe(args) -> int:
             bar.update(1)
         del pipe
     bar.close()
+    if drawn:
+        from .distance import assemble
+
+        subject = next(iter(models))
+        result = assemble(drawn, subject, configs["distance"], counter)
+        report["models"][subject]["results"]["distance"] = result.as_dict()
+        grids[f"{subject}-distance"] = result.grid(title=f"distance / {concept}: the same prompts and seeds")
     add_comparisons(report)
     report["seconds"] = round(time.time() - t0, 1)
     write_report(report, out, grids)

@@ -4,7 +4,9 @@
     write_report(report, "outputs/probe-triangle")      # report.json, report.md, grids/<model>-<probe>.png
 
 A relearning result on the erased model is compared with the oracle's of the same k and component
-(`relearning.compare`): the ratio of their steps to a 50% concept rate.
+(`relearning.compare`): the ratio of their steps to a 50% concept rate. The distance result (on the
+erased model's entry, measured on every model) is a table of each model's judged distribution and its
+KID to the oracle and to the original (`distance_rows`).
 """
 
 import json
@@ -58,6 +60,36 @@ def _relearning_rows(models: dict, key: str) -> list:
     return rows
 
 
+def distance_rows(result: dict) -> list:
+    """One row per model drawn: what it draws for the concept, retain as asked, and its distances to the references."""
+    from .distance import distribution_text, kid_text, pair
+
+    m = result["measurements"]
+    labels = list(m["models"])
+    refs = [r for r in ("oracle", "original") if r in labels] or [r for r in labels if r != m["subject"]]
+    head = f"| model | concept prompts: judged {m['attribute']} | concept shown | retain as asked | "
+    head += " | ".join(f"concept KID x1000 to {r} | TV to {r} | retain KID x1000 to {r}" for r in refs) + " |"
+    rows = [head, "|" + "---|" * (4 + 3 * len(refs))]
+    for label in labels:
+        v = m["models"][label]
+        cells = [label, distribution_text(v["drawn"]), rate_text(v["shown"]), rate_text(v["retained"])]
+        for r in refs:
+            p = pair(m, label, r) if r != label else None
+            cells += [kid_text(p["concept"]), f"{p['concept']['tv']:.2f}", kid_text(p["retain"])] if p else ["-", "-", "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    s = result["config"]
+    rows += [
+        "",
+        (
+            f"Every model on the same {s['prompts']} direct prompts x {s['seeds']} seeds of the concept and {s['retain_prompts']} "
+            f"prompts x {s['seeds']} seeds of each other {m['attribute']} (DDIM {s['num_inference_steps']} steps, guidance {s['guidance_scale']}). "
+            "KID x1000 on judge features, paired over (prompt, seed), ± its standard error from random halves; TV: total-variation "
+            "distance of the judged distributions."
+        ),
+    ]
+    return rows
+
+
 def format_report(report: dict) -> str:
     models = report["models"]
     lines = [f"# Revival probes: {report['concept']}", ""]
@@ -89,6 +121,10 @@ def format_report(report: dict) -> str:
                 if key in m["results"]:
                     cs = m["results"][key]["measurements"]["cells"]
                     lines.append(f"| {label} | " + " | ".join(rate_text(cs[c]["rate"]) if c in cs else "-" for c in cells) + " |")
+        elif key == "distance":
+            for label, m in models.items():
+                if key in m["results"]:
+                    lines += distance_rows(m["results"][key])
         elif key == "inpainting":
             lines += ["| model | concept prompt | empty prompt | context only (no model) |", "|---|---|---|---|"]
             for label, m in models.items():
