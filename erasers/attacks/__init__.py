@@ -63,7 +63,7 @@ from .common import (
     vocabulary,
 )
 from .soft_prompt import SoftPromptConfig, soft_prompt_attack
-from .unlearndiffatk import UnlearnDiffAtkConfig, judge_tokens, project_simplex, unlearndiffatk
+from .unlearndiffatk import UnlearnDiffAtkConfig, judge_tokens, project_simplex, unlearndiffatk, unlearndiffatk_many
 
 __all__ = [
     "ATTACKS",
@@ -167,7 +167,14 @@ ATTACKS: dict[str, Attack] = {
     "none": Attack("none", "no attack", NoAttackConfig, run=no_attack, access="none", cost=_per_prompt_cost),
     "random": Attack("random", "random tokens", RandomTokensConfig, run=random_tokens, access="black-box", cost=_per_prompt_cost),
     "unlearndiffatk": Attack(
-        "unlearndiffatk", "UnlearnDiffAtk", UnlearnDiffAtkConfig, run=unlearndiffatk, needs_original=True, needs_target=True, cost=_per_prompt_cost
+        "unlearndiffatk",
+        "UnlearnDiffAtk",
+        UnlearnDiffAtkConfig,
+        run=unlearndiffatk,
+        run_many=unlearndiffatk_many,
+        needs_original=True,
+        needs_target=True,
+        cost=_per_prompt_cost,
     ),
 }
 

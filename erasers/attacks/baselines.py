@@ -20,6 +20,10 @@ class NoAttackConfig:
     num_inference_steps: int = 50  # DDIM steps of the judged image
     guidance_scale: float = 7.5  # CFG scale of the judged image (the official CSVs: mostly 7.5; 7 for many nudity prompts)
 
+    def unet_budget(self) -> int:
+        """UNet evaluations per prompt: one judged image (steps x 2 with CFG)."""
+        return self.num_inference_steps * (2 if self.guidance_scale > 1.0 else 1)
+
 
 def no_attack(
     pipe, prompt, target_latents=None, is_success=None, config=None, *, seed=0, callback=None, cancel=None, progress=True
@@ -42,6 +46,10 @@ class RandomTokensConfig:
     vocabulary: object = "all"  # "all" (official), "words" (whole-word tokens that re-tokenise exactly) or a list of token ids
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+
+    def unet_budget(self) -> int:
+        """The most UNet evaluations per prompt: the original prompt's image and one per draw (steps x 2 with CFG)."""
+        return (self.draws + 1) * self.num_inference_steps * (2 if self.guidance_scale > 1.0 else 1)
 
 
 def random_tokens(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from studio.progress import event
-from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled
+from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample
 
 from .common import (
     AttackResult,
@@ -18,6 +18,7 @@ from .common import (
     _pre_attack,
     _unwrap,
     adversarial_text,
+    encode_image,
     encode_with_prefix,
     prefix_input_ids,
     vocabulary,
@@ -82,6 +83,23 @@ class UnlearnDiffAtkConfig:
     num_inference_steps: int = 50  # DDIM steps of each judged image (official: LMS 50)
     guidance_scale: float = 7.5  # CFG scale of each judged image (official: the prompt CSV's, mostly 7.5)
     timesteps: tuple | None = None  # explicit timesteps, overriding num_timesteps
+    batch_size: int = 32  # prompts per batched UNet call in `run_many` (speed and memory only; results do not depend on it)
+
+    def __post_init__(self):
+        for name in ("num_tokens", "num_timesteps", "iterations", "batch_size", "num_inference_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"UnlearnDiffAtkConfig.{name} must be a whole number >= 1, got {value!r} (a budget of 0 attacks nothing)")
+        if not self.schedule():
+            raise ValueError(
+                "UnlearnDiffAtkConfig has no timesteps (a budget of 0 gradient steps); set num_timesteps >= 1 or timesteps=(t, ...)"
+            )
+
+    def unet_budget(self) -> int:
+        """The most UNet evaluations per prompt: every gradient step, and a judged image (steps x 2 with
+        CFG) before the attack and after each timestep block."""
+        blocks = len(self.schedule())
+        return blocks * self.iterations + (blocks + 1) * self.num_inference_steps * (2 if self.guidance_scale > 1.0 else 1)
 
     @classmethod
     def preset(cls, kind: str, **overrides) -> "UnlearnDiffAtkConfig":
@@ -212,3 +230,250 @@ def unlearndiffatk(
         bar.close()
     result.wall_time = time.perf_counter() - start
     return result
+
+
+# ----------------------------------------------------------------------------- batched: many prompts at once
+
+
+def judge_many(pipe, texts: list[str], seeds: list[int], is_success, steps: int, guidance: float, cancel, batch_size: int):
+    """Generate one image per (text, seed) pair, `batch_size` at a time, and judge them together ->
+    (verdicts: list of bool, images, UNet evaluations per image). Each image is the one `_judge` makes
+    for its own text and seed (its own generator; an image does not depend on its batch)."""
+    verdicts, images = [], []
+    for lo in range(0, len(texts), batch_size):
+        chunk = sample(
+            pipe,
+            texts[lo : lo + batch_size],
+            seed=seeds[lo : lo + batch_size],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            cancel=cancel,
+        ).images
+        out = np.asarray(is_success(chunk), dtype=bool).reshape(-1)
+        if out.size != len(chunk):
+            raise ValueError(f"is_success must return one bool per image; got {out.size} for {len(chunk)} images")
+        verdicts += out.tolist()
+        images += chunk
+    return verdicts, images, steps * (2 if guidance > 1.0 else 1)
+
+
+def batched_targets(original, prompts: list[str], seeds: list[int], batch_size: int) -> torch.Tensor:
+    """`target_latents(original, prompt, seed)` of every pair `(B, 4, h, w)`, `batch_size` images at a time."""
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        images = sample(original, prompts[lo : lo + batch_size], seed=seeds[lo : lo + batch_size], output_type="pt").images
+        out.append(encode_image(original, images))
+    return torch.cat(out)
+
+
+def pre_attack_many(attack, pipe, prompts, seeds, is_success, config, callback, cancel, *, total, **entry) -> list:
+    """`_pre_attack` for every pair, the images generated and judged in batches."""
+    verdicts, images, evals = judge_many(
+        pipe, prompts, seeds, is_success, config.num_inference_steps, config.guidance_scale, cancel, config.batch_size
+    )
+    results = []
+    for i, (prompt, seed, ok, image) in enumerate(zip(prompts, seeds, verdicts, images)):
+        if callback is not None:
+            callback(
+                event(
+                    attack,
+                    0,
+                    total,
+                    phase="eval",
+                    i=-1,
+                    **entry,
+                    prompt=prompt,
+                    success=ok,
+                    image=image,
+                    prompt_index=i + 1,
+                    prompts=len(prompts),
+                )
+            )
+        results.append(
+            AttackResult(
+                attack=attack,
+                prompt=prompt,
+                adversarial_prompt=prompt,
+                pre_success=ok,
+                success=ok,
+                image=image,
+                seed=seed,
+                unet_evals=evals,
+                generations=1,
+                history=[{**entry, "prompt": prompt, "success": ok}],
+            )
+        )
+    return results
+
+
+@dataclass
+class _Slot:
+    """One prompt's attack state in the batch: its own relaxed one-hots, optimiser, generator, target."""
+
+    index: int
+    prompt: str
+    seed: int
+    result: AttackResult
+    probs: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator
+    x0: torch.Tensor  # (1, 4, h, w)
+    block: int = 0
+
+
+def unlearndiffatk_many(
+    erased, prompts, seeds, is_success, config=None, *, original=None, concept=None, callback=None, cancel=None, progress=True
+):
+    """UnlearnDiffAtk on many (prompt, seed) pairs at once -> `AttackRun`; the registry's `run_many`.
+
+    Up to `config.batch_size` prompts share every text-encoder and UNet call (one latent per prompt, each
+    at its own timestep); each keeps its own relaxed one-hots, Adam state, target latents (from
+    `original`, as `target_latents(original, prompt, seed)`) and noise generator seeded with its seed, so
+    its trajectory is the one `unlearndiffatk` follows alone for that seed (up to the float rounding of
+    batched matrix products). The judged images are generated in batches too. A prompt leaves the batch
+    when it succeeds (or already succeeds before the attack) or its schedule ends; a waiting prompt
+    takes its place at the next timestep block. `AttackResult.wall_time` is the time from the start
+    until that prompt left. Targets are made only for the prompts the attack runs on (one-at-a-time
+    `run_many` makes one for every prompt); like there, their generation is not in `unet_evals`.
+    """
+    from . import AttackRun  # the package imports this module first
+
+    config = config or UnlearnDiffAtkConfig()
+    if original is None:
+        raise ValueError("unlearndiffatk needs the original (unerased) model for its target images; pass original=")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [int(seeds)] * len(prompts) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seeds) != len(prompts) or not prompts:
+        raise ValueError(f"one seed per prompt and at least one prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
+    start = time.perf_counter()
+    pipe = erased
+    tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
+    prefix_input_ids(tok, prompts, config.num_tokens)  # raises early if a prompt cannot take k tokens
+    schedule = config.schedule(pipe.scheduler.config.num_train_timesteps)
+    per_prompt = len(schedule) * config.iterations
+    results = pre_attack_many("unlearndiffatk", pipe, prompts, seeds, is_success, config, callback, cancel, total=per_prompt, t=None)
+    for r in results:
+        if r.pre_success:
+            r.wall_time = time.perf_counter() - start
+    queue = [i for i, r in enumerate(results) if not r.pre_success]
+    total = len(queue) * per_prompt
+
+    device, dtype = unet.device, unet.dtype
+    vocab = vocabulary(tok, config.vocabulary)
+    E = _unwrap(te).get_input_embeddings().weight.detach()[vocab.to(device)].float()  # (V, D)
+    k, V = config.num_tokens, len(vocab)
+    alphas = pipe.scheduler.alphas_cumprod.to(device, torch.float32)
+    v_pred = pipe.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    pool: list[_Slot] = []
+    done = 0  # gradient steps over all prompts
+
+    def admit(indices):
+        x0s = batched_targets(original, [prompts[i] for i in indices], [seeds[i] for i in indices], config.batch_size)
+        for i, x0 in zip(indices, x0s):
+            probs = torch.full((k, V), 1.0 / V, device=device)
+            if config.rand_init:
+                probs = project_simplex(torch.rand((k, V), generator=torch.Generator().manual_seed(seeds[i])).to(device))
+            probs.requires_grad_(True)
+            opt = torch.optim.Adam([probs], lr=config.lr, weight_decay=config.weight_decay)
+            gen = torch.Generator(device).manual_seed(seeds[i])
+            pool.append(_Slot(i, prompts[i], seeds[i], results[i], probs, opt, gen, x0[None].to(device, torch.float32)))
+
+    bar = tqdm(total=total, desc=f"UnlearnDiffAtk x{len(queue)}", disable=not progress, leave=False)
+    try:
+        while pool or queue:
+            room = config.batch_size - len(pool)
+            if queue and room > 0:
+                admit(queue[:room])
+                queue = queue[room:]
+            batch = [s.prompt for s in pool]
+            ts = [schedule[s.block] for s in pool]
+            tt = torch.tensor(ts, device=device)
+            a = alphas[tt][:, None, None, None]  # (B, 1, 1, 1)
+            x0 = torch.cat([s.x0 for s in pool])  # (B, 4, h, w)
+            for _ in range(config.iterations):
+                if is_cancelled(cancel):
+                    raise Cancelled(f"UnlearnDiffAtk cancelled after {done} gradient steps over {len(prompts)} prompts")
+                onehots = [_SampleOneHot.apply(s.probs, s.gen) for s in pool]  # each (k, V), from its own generator
+                cond = encode_with_prefix(te, tok, batch, torch.stack([oh @ E for oh in onehots])).to(dtype)  # (B, 77, D)
+                noise = torch.cat([torch.randn(s.x0.shape, generator=s.gen, device=device) for s in pool])
+                z_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                pred = unet(z_t.to(dtype), tt, encoder_hidden_states=cond, return_dict=False)[0]
+                target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
+                losses = (pred.float() - target).square().flatten(1).mean(1)  # (B,): each prompt's own MSE
+                grads = torch.autograd.grad(losses.sum(), [s.probs for s in pool])  # no .grad on the model's weights
+                for s, g, loss in zip(pool, grads, losses.tolist()):
+                    s.optimizer.zero_grad(set_to_none=True)
+                    s.probs.grad = g
+                    s.optimizer.step()
+                    with torch.no_grad():
+                        s.probs.copy_(project_simplex(s.probs))
+                    s.result.losses.append(loss)
+                    s.result.gradient_steps += 1
+                    s.result.unet_evals += 1
+                done += len(pool)
+                bar.update(len(pool))
+                if callback is not None:
+                    callback(
+                        event(
+                            "unlearndiffatk", done, total, phase="step", i=done - 1, active=len(pool), loss=float(np.mean(losses.tolist()))
+                        )
+                    )
+            # the block's argmax tokens, decoded and re-tokenised, judged together
+            entries, judged = [], []
+            for s, t in zip(pool, ts):
+                ids = vocab[s.probs.detach().argmax(-1).cpu()].tolist()
+                text = adversarial_text(tok, ids, s.prompt)
+                entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(s.result.losses[-config.iterations :]))}
+                n = len(tok(text, truncation=False).input_ids)
+                if n > MAX_TOKENS:
+                    entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
+                else:
+                    judged.append((s, ids, text, entry))
+                entries.append(entry)
+            if judged:
+                verdicts, images, evals = judge_many(
+                    pipe,
+                    [text for _, _, text, _ in judged],
+                    [s.seed for s, *_ in judged],
+                    is_success,
+                    config.num_inference_steps,
+                    config.guidance_scale,
+                    cancel,
+                    config.batch_size,
+                )
+                for (s, ids, text, entry), ok, image in zip(judged, verdicts, images):
+                    entry["success"] = ok
+                    r = s.result
+                    r.adversarial_prompt, r.image, r.adversarial_tokens = text, image, ids
+                    r.exact_tokens = _exact(tok, text, ids, s.prompt)
+                    r.unet_evals += evals
+                    r.generations += 1
+                    r.success = r.success or ok
+                    if callback is not None:
+                        callback(
+                            event(
+                                "unlearndiffatk",
+                                done,
+                                total,
+                                phase="eval",
+                                i=s.block,
+                                t=entry["t"],
+                                prompt=text,
+                                success=ok,
+                                image=image,
+                                prompt_index=s.index + 1,
+                                prompts=len(prompts),
+                            )
+                        )
+            keep = []
+            for s, entry in zip(pool, entries):
+                s.result.history.append(entry)
+                s.block += 1
+                if s.result.success or s.block == len(schedule):
+                    s.result.wall_time = time.perf_counter() - start
+                else:
+                    keep.append(s)
+            pool = keep
+    finally:
+        bar.close()
+    return AttackRun("unlearndiffatk", results, wall_time=time.perf_counter() - start, artifacts={"batch_size": config.batch_size})
