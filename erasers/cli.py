@@ -27,7 +27,7 @@ from . import EVAL_BUDGETS, METHODS, PRESETS, check_settings, eval_config
 
 ATTACK_CHOICES = RegistryChoices("erasers.attacks", "ATTACKS")
 JUDGE_CHOICES = RegistryChoices("studio.judges", "JUDGES")
-EVAL_NAMES = {MARKER, "report.json", "report.md", "grid.png"}
+EVAL_NAMES = {MARKER, "report.json", "report.md", "grid.png", "report_card.json", "report_card.md", "attacks"}
 ATTACK_NAMES = {MARKER, "attacked.png", "target.png", "attack.json"}
 BUDGET_HINT = " (the toy model's default; --budget official for the papers' budget)"
 PLUGIN_NAMES = {MARKER, "config.json", "model.safetensors", "README.md"}
@@ -182,11 +182,22 @@ def cmd_eval(args) -> int:
     from studio.loading import load_pipeline
 
     name = toy_name(args.concept)
-    sets = attack_settings(args.attack, args.attack_set)
+    card_sets = {}
+    for pair in [p for p in args.attack_set or [] if "." in p.partition("=")[0]]:  # ATTACK.KEY=VALUE: an attack of --attacks
+        attack, _, rest = pair.partition(".")
+        card_sets.setdefault(attack.strip(), {}).update(parse_sets([rest]))
+    sets = attack_settings(args.attack, [p for p in args.attack_set or [] if "." not in p.partition("=")[0]])
     budget = _budget(args)
     ecfg, note = eval_config(
         args.attack, budget, attack_prompts=args.attack_prompts, seeds=args.seeds, prompts=args.prompts, attack_sets=sets
     )
+    if args.attacks:
+        from .evaluate import card_plan
+
+        ecfg.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        ecfg.attack_settings, ecfg.attack_seeds, ecfg.toy_budget = card_sets, args.attack_seeds, budget == "toy"
+        plan = card_plan(ecfg, original=True)  # unknown names, a budget of 0, bad settings: before any model loads
+        note += f"; report card: {', '.join(n for n, _, _ in plan)} on {ecfg.attack_prompts} prompts x {ecfg.attack_seeds} seed(s)"
     if not Path(args.erased).exists():
         raise FileNotFoundError(f"no erased model at {args.erased}; give the folder `studio erase` wrote (.../model)")
     out = check_folder(args.out or Path(args.erased).parent / "eval", known=EVAL_NAMES)
@@ -199,7 +210,7 @@ def cmd_eval(args) -> int:
     report = evaluate(original, erased, toy_spec(name, ecfg), _judge(args.judge), ecfg)
     write_report(report, out)
     print(format_table(report))
-    print(f"report: {out}/report.json, report.md, grid.png")
+    print(f"report: {out}/report.json, report.md, grid.png" + (", report_card.json, report_card.md, attacks/*.png" if args.attacks else ""))
     return 0
 
 
@@ -220,8 +231,17 @@ def _add_eval(sub) -> None:
         "--attack-set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a field of the attack's config, e.g. --attack-set iterations=10",
+        help="override a field of the attack's config, e.g. --attack-set iterations=10; for an attack of --attacks "
+        "ATTACK.KEY=VALUE, e.g. --attack-set cce.steps=20",
     )
+    v.add_argument(
+        "--attacks",
+        default=None,
+        metavar="A,B,...",
+        help="the report card: these attacks (names in erasers.attacks.ATTACKS, e.g. unlearndiffatk,cce,ring-a-bell) over the "
+        "same --attack-prompts direct prompts x --attack-seeds seeds, each with its toy budget on the toy budget",
+    )
+    v.add_argument("--attack-seeds", type=positive_int, default=1, help="report card: seeds per attacked prompt (default 1)")
     v.add_argument("--seeds", type=positive_int, default=None, help="images per prompt (default 4)")
     v.add_argument(
         "--prompts", type=positive_int, default=None, help="prompts per form: direct, synonym, alias (default 8 on the toy budget, else 10)"
