@@ -1,0 +1,373 @@
+"""Toy presets chosen across concepts: sweep an eraser's toy-preset parameters over every shape and every style.
+
+The toy presets were chosen on two concepts (triangle, striped) and do not carry over (issue 16: esd-x's preset
+erases 90% of triangles but 2.5% of circles). This sweep tries each setting of a small grid on every shape and
+every style concept of the toy world and picks the setting by one criterion:
+
+    the worst concept's erasure on direct prompts (1 - concept shown), among the settings whose retained
+    accuracy is at least `--keep` (0.9) of the original's on every concept; ties go to the better mean erasure,
+    then to the smaller budget.
+
+A cell is one (setting without its budget, concept) run: iterative methods train once to the largest budget and
+are judged at every budget on the way (like esd_sweep.py); uce is one edit per setting; rece is judged after
+each epoch. Each cell is written to `results/preset_sweep_cells/<method>/` when done, so a sweep killed at any
+point resumes where it stopped, and the table can be written from whatever is done (`--report`).
+
+Quick evaluation, cheaper than the studio's (fewer seeds for the sweep; the full evaluation is for the chosen
+setting): 8 direct prompts x 2 seeds, DDIM 25 steps for the concept; 4 direct prompts x 2 seeds of every other
+concept of its kind for the retained accuracy (judged on its kind and shape/colour, as erasers.evaluate does).
+Rates are printed with their count and 95% Wilson interval.
+
+    python benchmarks/preset_sweep.py --method esd-x --plan             # what is left and what it will cost
+    python benchmarks/preset_sweep.py --method esd-x                     # run (or resume) every cell, then the table
+    python benchmarks/preset_sweep.py --method esd-x --lrs 1e-3 --concepts circle,striped   # a part of it
+    python benchmarks/preset_sweep.py --method esd-x --report            # the table from the cells done so far
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS = RESULTS / "preset_sweep_cells"
+CONCEPTS = ("circle", "square", "triangle", "star", "cross", "solid", "striped", "dotted")  # every shape and every style
+
+# method -> (swept fields and values, the budget field and its values measured along one run)
+GRIDS = {
+    "esd-x": ({"lr": [3e-4, 1e-3, 3e-3]}, ("iterations", [25, 50, 100])),
+    "esd-u": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [100, 200, 400])),
+    "advunlearn": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [75, 150, 300])),
+    "doco": ({"lr": [1e-5, 3e-5, 1e-4]}, ("iterations", [250, 500, 1000])),
+    "uce": ({"erase_scale": [0.1, 0.3, 1.0, 3.0]}, None),
+    "rece": ({"regular_scale": [1e-3, 1e-1]}, ("epochs", [1, 2, 3])),
+}
+# seconds per cell on the shared 2-core CPU (one thread), used by --plan until cells of the method are done:
+# training to the largest budget (from esd_sweep / closed_form_speed / doco_sweep timings) + one quick evaluation per budget
+PRIOR_SECONDS = {"esd-x": 300, "esd-u": 1000, "advunlearn": 1500, "doco": 2500, "uce": 60, "rece": 180}
+ORIGINAL_SECONDS = 60  # the original model's quick evaluation, once per concept
+SEEDS, STEPS, DIRECT, RETAIN = 2, 25, 8, 4
+
+
+def key_of(setting: dict) -> str:
+    text = json.dumps(setting, sort_keys=True)
+    return (
+        "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(setting.items()))
+        + "-"
+        + hashlib.sha1(text.encode()).hexdigest()[:6]
+    )
+
+
+def cells_of(method: str, grid: dict, concepts) -> list:
+    """[(setting, concept)] of a sweep: every combination of the grid's values, every concept."""
+    names = list(grid)
+    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    return [(s, c) for s in settings for c in concepts]
+
+
+def cell_path(method: str, setting: dict, concept: str) -> Path:
+    return CELLS / method / f"{concept}__{key_of(setting)}.json"
+
+
+def original_path(concept: str) -> Path:
+    return CELLS / "original" / f"{concept}.json"
+
+
+# ---------------------------------------------------------------- the criterion
+
+
+def choose(rows: list, concepts, keep: float = 0.9):
+    """(the chosen setting's summary or None, every setting's summary ranked best first).
+
+    `rows`: {"setting", "concept", "concept_rate", "retained_ratio"} per concept and setting (budget included in
+    "setting"). A setting is eligible when it has a row for every concept and every row keeps
+    retained_ratio >= keep; the eligible ones rank by worst erasure, then mean erasure, then the smaller budget."""
+    by = {}
+    for r in rows:
+        by.setdefault(json.dumps(r["setting"], sort_keys=True), {})[r["concept"]] = r
+    ranked = []
+    for key, per in by.items():
+        setting = json.loads(key)
+        complete = all(c in per for c in concepts)
+        erasures = [1 - per[c]["concept_rate"] for c in concepts if c in per]
+        ratios = [per[c]["retained_ratio"] for c in concepts if c in per]
+        ranked.append(
+            {
+                "setting": setting,
+                "eligible": complete and all(x >= keep for x in ratios),
+                "complete": complete,
+                "worst_erasure": min(erasures) if erasures else None,
+                "mean_erasure": sum(erasures) / len(erasures) if erasures else None,
+                "min_retained_ratio": min(ratios) if ratios else None,
+                "per_concept": {c: per[c] for c in concepts if c in per},
+            }
+        )
+    budget = lambda s: s.get("iterations", s.get("epochs", 0))
+    ranked.sort(key=lambda r: (not r["eligible"], -(r["worst_erasure"] or 0), -(r["mean_erasure"] or 0), budget(r["setting"])))
+    best = next((r for r in ranked if r["eligible"]), None)
+    return best, ranked
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def quick_eval(pipe, name, judge) -> dict:
+    """Concept shown on direct prompts and retained accuracy on the other concepts of its kind, with counts."""
+    import numpy as np
+
+    from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
+
+    cfg = EvalConfig(seeds=SEEDS, num_inference_steps=STEPS, prompts_per_form=DIRECT, retain_prompts_per_concept=RETAIN)
+    spec = toy_spec(name, cfg)
+    shown = np.asarray(judge.shows(generate(pipe, spec.forms["direct"], cfg), name), bool)
+    preds = judge.predict(generate(pipe, [p for p, _ in spec.retain], cfg))
+    asked = [a for _, a in spec.retain for _ in range(SEEDS)]
+    hits = [all_match(p, a) for p, a in zip(preds, asked)]
+    return {"shown": int(shown.sum()), "n": len(shown), "retained_k": int(sum(hits)), "retained_n": len(hits)}
+
+
+def original(concept: str, judge) -> dict:
+    path = original_path(concept)
+    if path.is_file():
+        return json.loads(path.read_text())
+    from studio.checkpoint import atomic_write_text
+    from studio.loading import load_pipeline
+
+    t0 = time.time()
+    out = {**quick_eval(load_pipeline("toy"), concept, judge), "seconds": round(time.time() - t0, 1)}
+    atomic_write_text(path, json.dumps(out, indent=1))
+    return out
+
+
+def run_cell(method: str, setting: dict, concept: str, budget, judge) -> dict:
+    """Erase `concept` with the toy preset + `setting`, judged at every budget; written to its cell file."""
+    from erasers import erase, get_config, toy_target
+    from studio.checkpoint import atomic_write_text
+    from studio.loading import load_pipeline
+
+    pipe = load_pipeline("toy")
+    overrides = dict(setting)
+    field, budgets = budget if budget else (None, [None])
+    if field:
+        overrides[field] = max(budgets)
+    config = get_config(method, "toy", overrides)
+    measured, t0, eval_seconds = {}, time.time(), [0.0]
+
+    def at_budget(info):
+        if field and info["stage"] == method and info["step"] in budgets and info["step"] not in measured:
+            t = time.time()
+            measured[info["step"]] = quick_eval(pipe, concept, judge)
+            eval_seconds[0] += time.time() - t
+
+    result = erase(pipe, toy_target(method, concept), method, config=config, callback=at_budget, progress=False)
+    if not field:
+        t = time.time()
+        measured[None] = quick_eval(pipe, concept, judge)
+        eval_seconds[0] += time.time() - t
+    missing = [b for b in budgets if b not in measured]
+    if missing:
+        raise RuntimeError(f"{method}: no progress event at budget(s) {missing}; cannot judge them")
+    out = {
+        "method": method,
+        "setting": setting,
+        "concept": concept,
+        "budgets": {str(b): measured[b] for b in budgets},
+        "budget_field": field,
+        "seconds": round(time.time() - t0, 1),
+        "eval_seconds": round(eval_seconds[0], 1),
+        "unet_evals": result.stats.get("unet_evals"),
+    }
+    atomic_write_text(cell_path(method, setting, concept), json.dumps(out, indent=1))
+    return out
+
+
+# ---------------------------------------------------------------- plan, run, report
+
+
+def plan(method, grid, budget, concepts) -> tuple[list, float]:
+    """(cells left, estimated seconds for them and the originals not yet judged)."""
+    cells = cells_of(method, grid, concepts)
+    left = [(s, c) for s, c in cells if not cell_path(method, s, c).is_file()]
+    done = [json.loads(p.read_text()) for p in (CELLS / method).glob("*.json")] if (CELLS / method).is_dir() else []
+    per_cell = sum(d["seconds"] for d in done) / len(done) if done else PRIOR_SECONDS[method]
+    originals = [c for c in concepts if not original_path(c).is_file()]
+    return left, len(left) * per_cell + len(originals) * ORIGINAL_SECONDS
+
+
+def rows_of(method, grid, budget, concepts) -> list:
+    from studio.stats import Rate
+
+    rows = []
+    for setting, concept in cells_of(method, grid, concepts):
+        path = cell_path(method, setting, concept)
+        if not path.is_file() or not original_path(concept).is_file():
+            continue
+        cell, base = json.loads(path.read_text()), json.loads(original_path(concept).read_text())
+        acc0 = base["retained_k"] / base["retained_n"]
+        for b, m in cell["budgets"].items():
+            full = {**setting, **({cell["budget_field"]: int(b)} if cell["budget_field"] else {})}
+            rows.append(
+                {
+                    "setting": full,
+                    "concept": concept,
+                    "concept_rate": m["shown"] / m["n"],
+                    "shown": str(Rate(m["shown"], m["n"])),
+                    "retained": m["retained_k"] / m["retained_n"],
+                    "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
+                    "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
+                    "seconds_cell": cell["seconds"],
+                }
+            )
+    return rows
+
+
+def fmt_setting(s: dict) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items())
+
+
+def report(method, grid, budget, concepts, keep, name=None) -> dict:
+    from _util import write_results
+
+    from erasers import get_config
+
+    rows = rows_of(method, grid, budget, concepts)
+    best, ranked = choose(rows, concepts, keep)
+    cells = cells_of(method, grid, concepts)
+    done = sum(cell_path(method, s, c).is_file() for s, c in cells)
+    toy = get_config(method, "toy")
+    swept = list(grid) + ([budget[0]] if budget else [])
+    current = {k: getattr(toy, k) for k in swept}
+    preset = {k: getattr(toy, k) for k in swept}
+    seconds = sum(json.loads(cell_path(method, s, c).read_text())["seconds"] for s, c in cells if cell_path(method, s, c).is_file())
+    left, estimate = plan(method, grid, budget, concepts)
+    originals = {c: json.loads(original_path(c).read_text()) for c in concepts if original_path(c).is_file()}
+    from studio.stats import Rate
+
+    lines = [
+        f"# Preset sweep: {method}",
+        "",
+        f"Grid over the toy preset (now {fmt_setting(preset)}, its other fields kept): "
+        + "; ".join(f"{k} in {v}" for k, v in grid.items())
+        + (f"; {budget[0]} in {budget[1]} (judged along one run)" if budget else "")
+        + f". Concepts: {', '.join(concepts)}.",
+        (
+            f"Quick evaluation: {DIRECT} direct prompts x {SEEDS} seeds for the concept, {RETAIN} prompts x {SEEDS} seeds of each other concept of "
+            f"its kind for the retained accuracy, DDIM {STEPS} steps. Criterion: the worst concept's erasure on direct prompts, with retained "
+            f">= {keep:.0%} of the original's on every concept."
+        ),
+        (
+            f"Cells done: {done} of {len(cells)} ({seconds / 60:.0f} min of CPU, one thread on a shared 2-core machine); left: {len(left)}, "
+            f"about {estimate / 60:.0f} min more."
+        ),
+        "",
+        "Original model: "
+        + ", ".join(
+            f"{c} shown {Rate(o['shown'], o['n'])}, others correct {Rate(o['retained_k'], o['retained_n'])}" for c, o in originals.items()
+        )
+        + ".",
+        "",
+        "## Settings (best first)",
+        "",
+        "| setting | concepts measured | worst erasure | mean erasure | min retained ratio | eligible |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in ranked:
+        lines.append(
+            f"| {fmt_setting(r['setting'])}{' (current preset)' if r['setting'] == current else ''} | {len(r['per_concept'])}/{len(concepts)} | "
+            f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {'yes' if r['eligible'] else 'no'} |"
+        )
+
+    def per_concept(r, title):
+        out = [
+            f"## {title}: {fmt_setting(r['setting'])}",
+            "",
+            "| concept | concept shown (direct) | erasure | retained | ratio to original |",
+            "|---|---|---|---|---|",
+        ]
+        for c, row in r["per_concept"].items():
+            out.append(f"| {c} | {row['shown']} | {1 - row['concept_rate']:.0%} | {row['retained_rate']} | {row['retained_ratio']:.2f} |")
+        out += [
+            "",
+            f"Per-concept summary: mean erasure {r['mean_erasure']:.0%}, worst {r['worst_erasure']:.0%}; min retained ratio {r['min_retained_ratio']:.2f}.",
+            "",
+        ]
+        return out
+
+    lines.append("")
+    before = next((r for r in ranked if r["setting"] == current), None)
+    if before:
+        lines += per_concept(before, "Before: the current toy preset")
+    if best:
+        lines += per_concept(best, "Chosen")
+    else:
+        lines += ["No setting is eligible yet" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
+    if done < len(cells):
+        lines.append(f"Partial sweep: the choice above is among the {done} cells done; `--plan` lists the rest.")
+    data = {
+        "method": method,
+        "grid": grid,
+        "budget": budget,
+        "concepts": list(concepts),
+        "keep": keep,
+        "rows": rows,
+        "ranked": ranked,
+        "chosen": best,
+        "current_preset": current,
+        "cells_done": done,
+        "cells": len(cells),
+        "cell_seconds": seconds,
+    }
+    write_results(name or f"preset_sweep_{method}", data, "\n".join(lines))
+    return data
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=list(GRIDS), default="esd-x")
+    ap.add_argument("--concepts", default=",".join(CONCEPTS), help="default: every shape and every style")
+    ap.add_argument("--grid", default=None, help="JSON of swept fields, e.g. '{\"lr\": [1e-3, 3e-3]}' (default: GRIDS[method])")
+    ap.add_argument("--lrs", default=None, help="shorthand for the lr values of the grid, e.g. 1e-3,3e-3")
+    ap.add_argument("--budgets", default=None, help="the budget field's values, e.g. 25,50,100")
+    ap.add_argument("--keep", type=float, default=0.9, help="retained accuracy must stay >= keep x the original's on every concept")
+    ap.add_argument("--plan", action="store_true", help="print the cells left and their estimated cost, run nothing")
+    ap.add_argument("--report", action="store_true", help="write the table from the cells done, run nothing")
+    ap.add_argument("--name", default=None, help="results file name (default preset_sweep_<method>)")
+    args = ap.parse_args()
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    grid, budget = GRIDS[args.method]
+    grid = json.loads(args.grid) if args.grid else dict(grid)
+    if args.lrs:
+        grid["lr"] = [float(x) for x in args.lrs.split(",")]
+    if args.budgets and budget:
+        budget = (budget[0], sorted(int(x) for x in args.budgets.split(",")))
+    left, estimate = plan(args.method, grid, budget, concepts)
+    if args.plan:
+        for s, c in left:
+            print(f"left: {args.method} {fmt_setting(s)} on {c}")
+        total = len(cells_of(args.method, grid, concepts))
+        print(f"{len(left)} of {total} cells left; estimated {estimate / 60:.0f} min on this machine (one thread)")
+        return
+    if not args.report:
+        import torch
+
+        from studio.judges import get_judge
+
+        torch.manual_seed(0)
+        judge = get_judge("toy")
+        for c in concepts:
+            original(c, judge)
+        for i, (s, c) in enumerate(left):
+            cell = run_cell(args.method, s, c, budget, judge)
+            print(
+                json.dumps(
+                    {"cell": f"{i + 1}/{len(left)}", "setting": s, "concept": c, "seconds": cell["seconds"], "budgets": cell["budgets"]}
+                ),
+                flush=True,
+            )
+    report(args.method, grid, budget, concepts, args.keep, args.name)
+
+
+if __name__ == "__main__":
+    main()
