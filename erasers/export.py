@@ -7,7 +7,9 @@ import the official AdvUnlearn releases.
 
 The folder holds `config.json`, `model.safetensors` in the SD key layout (`text_model.*`, which both
 transformers 4 and 5 load) and a model card (`README.md`: base model, concept, method, settings,
-evaluation table).
+evaluation table with every rate's count and 95% Wilson interval, and the report card of
+`studio eval --attacks ...` where there is one: each attack's success rate, cost and settings, with the
+judge and sampler settings that reproduce the numbers).
 
 The official releases (HF `OPTML-Group/AdvUnlearn`, subfolders like `nudity_unlearned`) are
 `CLIPTextModel` folders with pickle weights (`pytorch_model.bin`); the official training script
@@ -58,7 +60,7 @@ pipe = StableDiffusionPipeline.from_pretrained("{base_model}", text_encoder=text
 ## Evaluation
 
 {evaluation}
-"""
+{report_card}"""
 
 METHOD_TITLES = {
     "advunlearn": "AdvUnlearn (Zhang et al., NeurIPS 2024): adversarial training of the text encoder",
@@ -75,8 +77,11 @@ def export_text_encoder(
     settings: dict | None = None,
     stats: dict | None = None,
     evaluation: str | None = None,
+    report_card: dict | None = None,
 ) -> Path:
-    """Write a plug-in encoder folder (config, SD-layout safetensors, model card). Returns the folder."""
+    """Write a plug-in encoder folder (config, SD-layout safetensors, model card). Returns the folder.
+    `report_card` is the "card" of an evaluation with attacks (`erasers.evaluate.report_card`, or
+    report_card.json of `studio eval --attacks`): it goes into the model card with its settings."""
     folder = Path(folder)
     save_text_encoder(text_encoder, folder)
     prompts = getattr(concept, "prompts", concept) or []
@@ -90,13 +95,38 @@ def export_text_encoder(
         settings=", ".join(f"{k}={v}" for k, v in (settings or {}).items()) or "-",
         stats=", ".join(f"{k}={v}" for k, v in (stats or {}).items() if not isinstance(v, (list, dict))) or "-",
         evaluation=evaluation or "Not evaluated at export time; run `studio eval` and keep its report beside this folder.",
+        report_card=card_section(report_card) if report_card else "",
     )
     (folder / "README.md").write_text(card)
     return folder
 
 
-def export_from_erased(erased_folder, out, evaluation: str | None = None) -> Path:
-    """Export the text encoder of an erased model folder written by `ErasureResult.save`."""
+def card_section(card: dict) -> str:
+    """The model card's "Report card" section: the attacks' table (rates with intervals, cost), which
+    differences are beyond the intervals, the judge and sampler, and each attack's full settings."""
+    from .evaluate import format_card, format_card_settings
+
+    names = ",".join(card["attacks"])
+    prompts, seeds = len(card["prompts"]), card.get("seeds_per_prompt", 1)
+    sets = " ".join(
+        f"--attack-set {name}.{k}={json.dumps(v, separators=(',', ':'))}"
+        for name, e in card["attacks"].items()
+        if isinstance(e.get("config"), dict)
+        for k, v in e["config"].items()
+    )
+    return (
+        "\n## Report card\n\n"
+        + format_card(card)
+        + "\n\nEach attack's settings (its config's fields):\n\n"
+        + format_card_settings(card)
+        + f"\n\nReproduce (with the judge and sampler above): `studio eval --erased <the erased model> --concept {card['concept']} "
+        + f"--attacks {names} --attack-prompts {prompts} --attack-seeds {seeds} {sets}`\n"
+    )
+
+
+def export_from_erased(erased_folder, out, evaluation: str | None = None, report_card: dict | None = None) -> Path:
+    """Export the text encoder of an erased model folder written by `ErasureResult.save`; the evaluation
+    (report.md) and report card (report_card.json) of `studio eval` in eval/ beside it go into the model card."""
     erased_folder = Path(erased_folder)
     info_path = erased_folder / "erasure.json"
     if not info_path.is_file():
@@ -111,6 +141,11 @@ def export_from_erased(erased_folder, out, evaluation: str | None = None) -> Pat
     if evaluation is None:
         report = erased_folder.parent / "eval" / "report.md"
         evaluation = report.read_text() if report.is_file() else None
+    if report_card is None:
+        card_file = erased_folder.parent / "eval" / "report_card.json"
+        report_card = json.loads(card_file.read_text()) if card_file.is_file() else None
+    if report_card and evaluation:
+        evaluation = evaluation.split("\n\nReport card: ")[0]  # report.md ends with the card: it gets its own section
     te = load_text_encoder(te_dir)
     concept = info.get("concept", {})
 
@@ -127,6 +162,7 @@ def export_from_erased(erased_folder, out, evaluation: str | None = None) -> Pat
         settings=info.get("config"),
         stats=info.get("stats"),
         evaluation=evaluation,
+        report_card=report_card,
     )
 
 

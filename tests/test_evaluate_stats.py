@@ -118,6 +118,16 @@ def test_the_report_card_runs_registered_attacks_over_the_same_pairs(tiny_pipe, 
     assert card["attacks"]["none"]["rate_text"] in md and "Judge: scripted" in md and "random tokens (`random`)" in md
     assert (tmp_path / "attacks" / "none.png").is_file() and (tmp_path / "attacks" / "random.png").is_file()
 
+    from erasers.export import export_text_encoder
+
+    folder = export_text_encoder(
+        tiny_pipe.text_encoder, tmp_path / "plugin", concept=None, report_card=saved, evaluation=format_table(report)
+    )
+    readme = (folder / "README.md").read_text()
+    assert "## Report card" in readme and card["attacks"]["random"]["rate_text"] in readme
+    assert "--attacks none,random --attack-prompts 2 --attack-seeds 2" in readme and "--attack-set random.draws=1" in readme
+    assert "guidance 7.5" in readme and "Judge: scripted" in readme
+
 
 @pytest.mark.parametrize(
     "kw, message",
@@ -134,6 +144,31 @@ def test_bad_report_card_settings_fail_before_any_work(kw, message):
     with pytest.raises(ValueError, match=message):
         evaluate(None, None, SPEC, judge, tiny_config(**kw), progress=False)  # no models: it must fail before using them
     assert judge.calls == 0
+
+
+def test_studio_eval_names_an_unknown_attack_before_loading_anything(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio.cli",
+            "eval",
+            "--erased",
+            str(tmp_path / "missing"),
+            "--concept",
+            "triangle",
+            "--attacks",
+            "none,bogus",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 2 and "unknown attack(s) 'bogus'; choose from none, random" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_an_attack_with_a_budget_of_0_is_refused(monkeypatch):
