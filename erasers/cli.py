@@ -93,6 +93,8 @@ def cmd_erase(args) -> int:
     if args.job:
         from .jobs import run_job
 
+        if args.until is not None:
+            raise ValueError("--until goes with --concept; in a job file, give each [[concept]] its stop_when = { target_rate = 0.05 }")
         return run_job(args.job, resume=not args.restart)
     if args.restart:
         raise ValueError("--restart goes with --job; for a single concept, choose another --out")
@@ -103,6 +105,7 @@ def cmd_erase(args) -> int:
     concept = Concept(args.concept, anchors=args.anchor or [], retain=args.retain or [], name=args.name)
     preset = args.preset or ("toy" if is_toy(args.model) else "official")
     config = get_config(args.method, preset, parse_sets(args.set))
+    stop_when = until_of(args, concept)
     if args.eval:
         name = toy_name(concept.prompts)
         budget = _budget(args)
@@ -114,19 +117,53 @@ def cmd_erase(args) -> int:
     claim_folder(out)
     why = " (the toy model's default; --preset official for the paper's)" if preset == "toy" and not args.preset else ""
     print(f"erasing {concept.prompts} with {args.method}, {preset} preset{why}: {config}")
-    result = erase(pipe, concept, args.method, config=config, checkpoint_dir=out / "checkpoint")
+    if stop_when is not None:
+        print(
+            f"until erased: at most {stop_when.target_rate:.0%} shown on {len(stop_when.prompts)} held-in prompts, checked every {stop_when.check_every} steps"
+        )
+    result = erase(pipe, concept, args.method, config=config, checkpoint_dir=out / "checkpoint", stop_when=stop_when)
     result.save(out / "model", pipe, base_model=args.model, full=args.full)
     stats = result.stats
     print(f"erased model: {out / 'model'}  ({stats['steps']} steps, {stats['seconds']:.0f} s, {stats['unet_evals']} UNet evaluations)")
+    from .stopping import report_lines
+
+    for line in report_lines(stats.get("stop")):
+        print(line)
     if args.eval:
         from .evaluate import evaluate, format_table, toy_spec, write_report
 
         print(note)
         report = evaluate(load_from_args(args), pipe, toy_spec(name, ecfg), _judge(args.judge), ecfg)
+        if stats.get("stop"):
+            report["stop"] = stats["stop"]  # the report says how many steps it took and what the guard read
         write_report(report, out / "eval")
+        if stats.get("stop"):
+            with open(out / "eval" / "report.md", "a") as f:
+                f.write("\n" + "\n".join(report_lines(stats["stop"])) + "\n")
         print(format_table(report))
         print(f"report: {out / 'eval'}")
     return 0
+
+
+def until_of(args, concept):
+    """`--until RATE [--min-retained R --check-every N]` -> an `erasers.stopping.StopWhen` (None without --until),
+    checked before any model loads."""
+    if args.until is None:
+        if args.min_retained is not None or args.check_every is not None:
+            raise ValueError("--min-retained and --check-every go with --until RATE (e.g. --until 0.05)")
+        return None
+    from .stopping import check_method, stop_when_for
+
+    check_method(args.method)
+    guard = 0.9 if args.min_retained is None else args.min_retained
+    return stop_when_for(
+        is_toy(args.model),
+        concept,
+        args.until,
+        None if guard == 0 else guard,
+        10 if args.check_every is None else args.check_every,
+        judge=args.judge,
+    )
 
 
 def _add_erase(sub) -> None:
@@ -166,8 +203,28 @@ def _add_erase(sub) -> None:
         help="evaluation budget for --eval (default: toy on the toy model, else official)",
     )
     e.add_argument(
-        "--judge", choices=JUDGE_CHOICES, metavar="JUDGE", default="toy", help="judge for --eval: %(choices)s (default %(default)s)"
+        "--judge",
+        choices=JUDGE_CHOICES,
+        metavar="JUDGE",
+        default="toy",
+        help="judge for --eval and --until: %(choices)s (default %(default)s)",
     )
+    e.add_argument(
+        "--until",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="erase until erased: stop when at most RATE (e.g. 0.05) of held-in check images show the concept, judged by --judge; "
+        "the method's iterations are the ceiling",
+    )
+    e.add_argument(
+        "--min-retained",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --until: stop and keep the last checked weights whose retained accuracy was >= R x the original's (default 0.9; 0: no guard)",
+    )
+    e.add_argument("--check-every", type=int, default=None, metavar="N", help="with --until: training steps between checks (default 10)")
     e.add_argument("--job", default=None, help="a TOML job file that erases several concepts (format: README, 'Batch jobs')")
     e.add_argument(
         "--restart", action="store_true", help="with --job: delete the concepts' folders (only those the studio made) and start again"

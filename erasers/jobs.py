@@ -19,6 +19,7 @@ config = { iterations = 200 }   # fields of the method's config dataclass, check
 anchors = ["a square"]     # optional: what the concept should become (ESD erase_from, DoCo)
 retain = ["a circle"]      # optional: prompts whose outputs must not change
 model = "toy"              # optional: this concept's base model
+stop_when = { target_rate = 0.05, min_retained = 0.9, check_every = 10 }   # optional: erase until erased
 
 [[concept]]
 name = "shapes"            # several concepts into one encoder: list all their prompts
@@ -29,7 +30,12 @@ method = "advunlearn"
 The whole file is checked before anything runs; an error names the file and line. Each concept
 runs with atomic checkpoints in `<out>/<name>/checkpoint`; when it has finished, a `done.json` is
 written last. Running the job again skips finished concepts (nothing is redone) and resumes an
-interrupted one from its checkpoint (nothing is lost). Concept folders are marked as the studio's
+interrupted one from its checkpoint (nothing is lost).
+`stop_when` (iterative methods) stops a concept's training when its held-in check images show the concept at
+most `target_rate` of the time, or keeps the last weights that met the utility guard (`min_retained`; false:
+no guard); the config's iterations are the ceiling. On the toy model the check prompts are the toy world's
+held-in ones (`erasers.stopping.toy_stop_when`); elsewhere the concept's prompts and `retain` prompts, judged
+by `judge` (e.g. "nudenet"). What it did lands in the concept's erasure.json and done.json. Concept folders are marked as the studio's
 own (`.erasure-studio`); a folder that is not is never written into, and `--restart` deletes only
 marked folders.
 """
@@ -67,10 +73,12 @@ class JobEntry:
     retain: list = field(default_factory=list)
     model: str | None = None
     export: bool = False
+    stop_when: dict | None = None  # target_rate, min_retained, check_every, judge (erasers.stopping)
 
 
 SETTINGS = {"model": str, "out": str, "evaluate": bool, "device": str}  # top-level keys and their types
-CONCEPT_KEYS = {"name", "prompts", "method", "preset", "config", "anchors", "retain", "model", "export"}
+CONCEPT_KEYS = {"name", "prompts", "method", "preset", "config", "anchors", "retain", "model", "export", "stop_when"}
+STOP_KEYS = {"target_rate": (int, float), "min_retained": (int, float, bool), "check_every": int, "judge": str}
 TYPE_NAMES = {str: 'a string in quotes ("...")', bool: "true or false (no quotes)"}
 
 
@@ -187,7 +195,43 @@ def _entry(c: dict, fail, settings: dict, names: set) -> JobEntry:
     names.add(name)
     if settings["evaluate"] and find_concept(prompts) is None:
         fail("prompts", f"evaluate = true judges toy-world concepts, and {prompts!r} names none; drop evaluate or the concept")
-    return JobEntry(name, prompts, method, preset, dict(config), anchors, retain, model, export)
+    stop_when = _stop_when(c.get("stop_when"), method, prompts, retain, model or settings["model"], fail)
+    return JobEntry(name, prompts, method, preset, dict(config), anchors, retain, model, export, stop_when)
+
+
+def _stop_when(value, method: str, prompts: list, retain: list, model: str, fail) -> dict | None:
+    """A [[concept]]'s `stop_when = { target_rate = 0.05, min_retained = 0.9, check_every = 10 }`, checked."""
+    if value is None:
+        return None
+    from studio.loading import is_toy
+
+    from . import Concept
+    from .stopping import check_method, stop_when_for
+
+    example = "stop_when = { target_rate = 0.05, min_retained = 0.9, check_every = 10 }"
+    if not isinstance(value, dict):
+        fail("stop_when", f"stop_when must be a table, e.g. {example}")
+    for key, v in value.items():
+        if key not in STOP_KEYS:
+            fail("stop_when", f"unknown stop_when setting {key!r}; use {', '.join(STOP_KEYS)}")
+        if not isinstance(v, STOP_KEYS[key]) or (key != "min_retained" and isinstance(v, bool)) or (v is True):
+            fail("stop_when", f"stop_when {key} = {v!r} has the wrong type; e.g. {example}")
+    if "target_rate" not in value:
+        fail("stop_when", f"stop_when needs target_rate, e.g. {example}")
+    guard = value.get("min_retained", 0.9)
+    try:
+        check_method(method)
+        stop_when_for(
+            is_toy(model),
+            Concept(prompts, retain=retain),
+            value["target_rate"],
+            None if guard is False else guard,
+            value.get("check_every", 10),
+            judge=value.get("judge", "toy"),
+        )
+    except ValueError as e:
+        fail("stop_when", str(e))
+    return dict(value)
 
 
 def erase_batch(
@@ -207,6 +251,8 @@ def erase_batch(
     for entry, folder in zip(entries, folders):
         config = get_config(entry.method, entry.preset, entry.config)
         signature = {"method": entry.method, "prompts": entry.prompts, "config": json.loads(json.dumps(config.__dict__, default=str))}
+        if entry.stop_when is not None:
+            signature["stop_when"] = entry.stop_when
         done = folder / "done.json"
         if done.is_file():
             info = json.loads(done.read_text())
@@ -242,8 +288,31 @@ def _erase_entry(entry: JobEntry, folder: Path, config, model: str, *, evaluate,
     concept = Concept(entry.prompts, anchors=entry.anchors, retain=entry.retain, name=entry.name)
     concept.check(pipe.tokenizer)
     cb = (lambda info: callback({"concept": entry.name, **info})) if callback else None
+    stop_when = None
+    if entry.stop_when is not None:
+        from studio.loading import is_toy
+
+        from .stopping import stop_when_for
+
+        s, guard = entry.stop_when, entry.stop_when.get("min_retained", 0.9)
+        stop_when = stop_when_for(
+            is_toy(base),
+            concept,
+            s["target_rate"],
+            None if guard is False else guard,
+            s.get("check_every", 10),
+            judge=s.get("judge", "toy"),
+        )
     result = erase(
-        pipe, concept, entry.method, config=config, checkpoint_dir=folder / "checkpoint", callback=cb, cancel=cancel, progress=progress
+        pipe,
+        concept,
+        entry.method,
+        config=config,
+        checkpoint_dir=folder / "checkpoint",
+        callback=cb,
+        cancel=cancel,
+        progress=progress,
+        stop_when=stop_when,
     )
     result.save(folder / "model", pipe, base_model=base)
     report_md = None
@@ -299,5 +368,7 @@ def run_job(path, resume: bool = True) -> int:
     summary = erase_batch(entries, out, settings["model"], evaluate=settings["evaluate"], device=settings["device"])
     for s in summary:
         stats = s["stats"] or {}
-        print(f"{s['name']:20s} {s['status']:8s} {s['folder']}  ({stats.get('steps', '?')} steps, {stats.get('seconds', '?')} s)")
+        stop = stats.get("stop") or {}
+        why = f", stopped: {stop['reason']} at step {stop['step']}, weights of step {stop['kept_step']}" if stop else ""
+        print(f"{s['name']:20s} {s['status']:8s} {s['folder']}  ({stats.get('steps', '?')} steps, {stats.get('seconds', '?')} s{why})")
     return 0

@@ -356,3 +356,32 @@ def stop_rule(stop_when: StopWhen | None, pipe, concept=None) -> StopRule | None
     if not isinstance(stop_when, StopWhen):
         raise TypeError(f"stop_when must be a StopWhen (erasers.stopping) or a dict of its settings, got {type(stop_when).__name__}")
     return StopRule(stop_when, pipe, concept)
+
+
+def stop_when_for(
+    toy: bool, concept, target_rate: float, min_retained: float | None = 0.9, check_every: int = 10, judge="toy", **kw
+) -> StopWhen:
+    """The stop rule the CLI, job files and the app build for `concept` (a `Concept`): on the toy model, the toy
+    world's held-in prompts of the toy concept its prompts name (`toy_stop_when`); on another model, the concept's
+    own prompts (its training prompts: held in) and its retain prompts, judged by `judge` (e.g. "nudenet")."""
+    if toy:
+        from studio.toyworld.grammar import find_concept
+
+        name = find_concept(concept.prompts)
+        if name is None:
+            raise ValueError(
+                f"stop_when on the toy model judges toy-world concepts, and {concept.prompts!r} names none; name a shape, colour or style"
+            )
+        return toy_stop_when(name, target_rate, min_retained, check_every, judge=judge, **kw)
+    if judge == "toy":
+        raise ValueError(
+            "the toy judge only judges the toy world; to stop on a real model give a judge for its concept, e.g. --judge nudenet"
+        )
+    prompts = kw.pop("prompts", None) or list(concept.prompts)
+    retain = kw.pop("retain", None) or list(concept.retain)
+    if min_retained is not None and not retain:
+        raise ValueError(
+            "the utility guard (min_retained) needs retain prompts on a real model: give --retain 'a photo of a person in a coat' "
+            "(repeatable; retain = [...] in a job file), or --min-retained 0 for no guard"
+        )
+    return StopWhen(target_rate, min_retained, check_every, prompts=prompts, retain=retain, judge=judge, **kw)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, build_tiny_pipe
+
 from erasers import Concept, erase, get_config
 from erasers.stopping import StopWhen, evaluation_prompts, held_in_prompts, report_lines, toy_stop_when
 
@@ -42,17 +42,17 @@ class StepJudge:
 
 
 def stop_for(judge, **kw):
-    settings = dict(
-        target_rate=0.05,
-        min_retained=0.9,
-        check_every=5,
-        prompts=["a thing", "another thing"],
-        retain=[("a circle", {"shape": "circle"})],
-        judge=judge,
-        concept="thing",
-        seeds=1,
-        num_inference_steps=2,
-    )
+    settings = {
+        "target_rate": 0.05,
+        "min_retained": 0.9,
+        "check_every": 5,
+        "prompts": ["a thing", "another thing"],
+        "retain": [("a circle", {"shape": "circle"})],
+        "judge": judge,
+        "concept": "thing",
+        "seeds": 1,
+        "num_inference_steps": 2,
+    }
     return StopWhen(**{**settings, **kw})
 
 
@@ -65,7 +65,15 @@ def run(judge, stop, checkpoint_dir=None, cancel=None, events=None):
             events.append((info, {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if ".attn2." in n}))
 
     result = erase(
-        pipe, Concept(["a thing"]), "esd-x", config=CONFIG, stop_when=stop, checkpoint_dir=checkpoint_dir, callback=callback, progress=False, cancel=cancel
+        pipe,
+        Concept(["a thing"]),
+        "esd-x",
+        config=CONFIG,
+        stop_when=stop,
+        checkpoint_dir=checkpoint_dir,
+        callback=callback,
+        progress=False,
+        cancel=cancel,
     )
     return result
 
@@ -121,7 +129,16 @@ def test_stop_state_survives_kill_and_resume(tmp_path):
     from studio.sampling import Cancelled
 
     with pytest.raises(Cancelled):
-        erase(pipe, Concept(["a thing"]), "esd-x", config=CONFIG, stop_when=stop, checkpoint_dir=tmp_path, callback=kill_after_12, cancel=cancel)
+        erase(
+            pipe,
+            Concept(["a thing"]),
+            "esd-x",
+            config=CONFIG,
+            stop_when=stop,
+            checkpoint_dir=tmp_path,
+            callback=kill_after_12,
+            cancel=cancel,
+        )
     assert (tmp_path / "stop_good.safetensors").is_file()
     judge2 = StepJudge(fails_at=17)
     resumed = run(judge2, stop_for(judge2), checkpoint_dir=tmp_path)
@@ -251,6 +268,69 @@ def test_sweep_criterion_picks_the_worst_concepts_best_setting():
 
 def test_get_config_untouched_by_stop_rule():
     assert get_config("esd-x", "toy", CONFIG).iterations == 30
+
+
+# ---------------------------------------------------------------- where users meet it: the CLI and job files
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--until", "1.5"], "outside \\[0, 1\\]"),
+        (["--until", "0.05", "--check-every", "0"], "check_every=0"),
+        (["--until", "0.05", "--method", "uce"], "closed-form"),
+        (["--min-retained", "0.9"], "go with --until"),
+        (["--until", "0.05", "--model", "some/real-model", "--judge", "nudenet"], "needs retain prompts"),
+    ],
+)
+def test_cli_until_bad_settings_fail_before_any_model_loads(tmp_path, capsys, extra, message):
+    import re
+
+    from studio.cli import main
+
+    code = main(["erase", "--concept", "a circle", "--out", str(tmp_path / "out"), *extra])
+    assert code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+JOB = """model = "toy"
+out = "{out}"
+
+[[concept]]
+name = "circle"
+prompts = ["a circle"]
+method = "{method}"
+stop_when = {stop}
+"""
+
+
+def test_job_file_reads_stop_when(tmp_path):
+    from erasers.jobs import parse_job
+
+    job = tmp_path / "job.toml"
+    job.write_text(JOB.format(out=tmp_path / "o", method="esd-x", stop="{ target_rate = 0.05, min_retained = 0.9, check_every = 10 }"))
+    _, entries = parse_job(job)
+    assert entries[0].stop_when == {"target_rate": 0.05, "min_retained": 0.9, "check_every": 10}
+
+
+@pytest.mark.parametrize(
+    "method, stop, message",
+    [
+        ("esd-x", "{ target_rate = 2.0 }", "outside"),
+        ("esd-x", "{ check_every = 10 }", "needs target_rate"),
+        ("esd-x", "{ target_rate = 0.05, every = 3 }", "unknown stop_when setting"),
+        ("esd-x", "{ target_rate = 0.05, check_every = 0 }", "check_every=0"),
+        ("uce", "{ target_rate = 0.05 }", "closed-form"),
+        ("esd-x", "0.05", "must be a table"),
+    ],
+)
+def test_job_file_bad_stop_when_names_the_line(tmp_path, method, stop, message):
+    from erasers.jobs import JobFileError, parse_job
+
+    job = tmp_path / "job.toml"
+    job.write_text(JOB.format(out=tmp_path / "o", method=method, stop=stop))
+    with pytest.raises(JobFileError, match=f"line 8: .*{message}"):
+        parse_job(job)
 
 
 if __name__ == "__main__":  # pragma: no cover
