@@ -333,5 +333,25 @@ def test_job_file_bad_stop_when_names_the_line(tmp_path, method, stop, message):
         parse_job(job)
 
 
+def test_app_stop_option_builds_the_rule_and_draws_the_rate():
+    pytest.importorskip("gradio")
+    from apps.tabs.erase import EraseForm, check_note, plot_frame, stop_of
+
+    form = EraseForm(concept_text="a circle", method="esd-x", stop_on=True, stop_rate=0.1, stop_retained=0, stop_every=5)
+    stop = stop_of(form, Concept(["a circle"]), "toy")
+    assert (stop.target_rate, stop.min_retained, stop.check_every, stop.concept) == (0.1, None, 5, "circle")
+    assert stop_of(EraseForm(stop_on=False), Concept(["a circle"]), "toy") is None
+    with pytest.raises(ValueError, match="closed-form"):
+        stop_of(EraseForm(method="uce", stop_on=True), Concept(["a circle"]), "toy")
+    checks = [
+        {"stage": "esd-x check", "step": 0, "check_rate": 1.0, "check_shown": 16, "check_n": 16, "check_retained_ratio": 1.0},
+        {"stage": "esd-x check", "step": 10, "check_rate": 0.0625, "check_shown": 1, "check_n": 16, "check_retained_ratio": 0.97},
+    ]
+    frame = plot_frame([1, 2, 3], [0.3, 0.2, 0.1], checks)["value"]
+    assert sorted(set(frame["series"])) == ["concept shown (check)", "loss", "retained ratio (check)"]
+    assert frame[frame["series"] == "concept shown (check)"]["loss"].tolist() == [1.0, 0.0625]
+    assert "6% (1/16)" in check_note(checks) and "0.97" in check_note(checks)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([str(Path(__file__))]))

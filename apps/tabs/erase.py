@@ -1,5 +1,5 @@
-"""The Erase tab: pick a concept and a method, watch the loss and previews, see before / after on fixed
-seeds and the robustness report; then save the erased model or export its plug-in text encoder
+"""The Erase tab: pick a concept and a method, watch the loss and previews (and, with "Stop when erased", the
+concept's rate on held-in check prompts beside the loss), see before / after on fixed seeds and the robustness report; then save the erased model or export its plug-in text encoder
 (`erase_results.py`). Methods and their settings come from `erasers.METHODS` and their config
 dataclasses; attacks and judges from their registries."""
 
@@ -76,6 +76,10 @@ class EraseBase(Picked):
     sample_steps: int = _EV.num_inference_steps
     guidance: float = _EV.guidance_scale
     preview_every: int = 20
+    stop_on: bool = False  # erase until erased (erasers.stopping)
+    stop_rate: float = 0.05
+    stop_retained: float = 0.9
+    stop_every: int = 10
 
 
 def toy_defaults(form):
@@ -198,6 +202,7 @@ class EraseTab:
                     c["more_json"] = gr.Code(
                         f.more_json, language="json", label="Other fields of the method's config", lines=6, elem_id="erase-more"
                     )
+                self.stop_layout(f, c)
                 self.evaluation_layout(f, c)
                 with gr.Row():
                     c["run"] = gr.Button("Erase", variant="primary", elem_id="erase-run")
@@ -205,6 +210,30 @@ class EraseTab:
             with gr.Column(scale=3):
                 erase_results.layout(c)
         return c
+
+    def stop_layout(self, f, c) -> None:
+        with gr.Accordion("Stop when erased", open=False, elem_id="erase-stop"), gr.Row():
+            c["stop_on"] = gr.Checkbox(
+                f.stop_on,
+                label="Stop when erased",
+                info="judge held-in check prompts every N steps; the iterations are the ceiling",
+                elem_id="erase-stop-on",
+            )
+            c["stop_rate"] = gr.Number(
+                f.stop_rate,
+                label="Target rate",
+                info="share of check images that may still show it",
+                min_width=100,
+                elem_id="erase-stop-rate",
+            )
+            c["stop_retained"] = gr.Number(
+                f.stop_retained,
+                label="Keep utility",
+                info="x the original's retained accuracy (0: no guard)",
+                min_width=100,
+                elem_id="erase-stop-retained",
+            )
+            c["stop_every"] = gr.Number(f.stop_every, label="Check every (steps)", min_width=100, elem_id="erase-stop-every")
 
     def evaluation_layout(self, f, c) -> None:
         with gr.Accordion("Evaluation after erasing", open=False, elem_id="erase-eval"):
@@ -268,6 +297,7 @@ class EraseTab:
         preview_every = as_int(form.preview_every or 0, "preview every", 0)
         ecfg = erase_results.eval_config(form, steps, guidance) if form.evaluate_on else None
         concept = Concept(prompts, anchors=lines(form.anchor_text), retain=lines(form.retain_text))
+        stop_when = stop_of(form, concept, self.studio.spec(form.model))
         yield {
             "status": status(0, 1, f"Loading {form.model or self.studio.default_model} ..."),
             "preview": None,
@@ -294,10 +324,12 @@ class EraseTab:
                     if training and preview_every and (step % preview_every == 0 or step == ev["total"]):
                         emit({"preview": sample(pipe, [prompts[0]], [0], steps, guidance, cancel)[0], "step": step})
 
-                return erase(pipe, concept, form.method, config=config, callback=callback, cancel=cancel, progress=False)
+                return erase(
+                    pipe, concept, form.method, config=config, callback=callback, cancel=cancel, progress=False, stop_when=stop_when
+                )
 
             job = Job(work, cancel, name="studio-erase")
-            steps_done, losses, latest = [], [], None
+            steps_done, losses, latest, checks = [], [], None, []
             try:
                 for events in job.stream():
                     upd = {}
@@ -306,13 +338,16 @@ class EraseTab:
                             upd["preview"] = gr.update(value=show(ev["preview"]), label=f"Preview after step {ev['step']}")
                             upd["preview_cap"] = f"**Preview**: {html.escape(prompts[0])}, seed 0, after step {ev['step']}"
                             continue
+                        if "check_rate" in ev:  # a stop-rule check: the live rate, drawn beside the loss
+                            checks.append(ev)
+                            continue
                         latest = ev
                         if "loss" in ev:
                             steps_done.append(ev["step"])
                             losses.append(ev["loss"])
-                    upd["status"] = progress("Erasing", latest, job.seconds)
-                    if events and steps_done:
-                        upd["plot"] = loss_frame(steps_done, losses)
+                    upd["status"] = progress("Erasing", latest, job.seconds, note=check_note(checks))
+                    if events and (steps_done or checks):
+                        upd["plot"] = plot_frame(steps_done, losses, checks)
                     yield upd
                 result = job.result
             except Cancelled:
@@ -344,6 +379,10 @@ class EraseTab:
             f"{form.method}: {stats.get('steps')} steps in {stats.get('seconds', 0):.0f} s, final loss {stats.get('final_loss') or 0:.4g}, "
             f"{stats.get('unet_evals', 0):,} UNet evaluations."
         )
+        if stats.get("stop"):
+            from erasers.stopping import report_lines
+
+            summary += " " + " ".join(report_lines(stats["stop"])[1:])
         can_export = result.component == "text_encoder"
         label = "Export plug-in text encoder" if can_export else f"No text encoder to export ({form.method} changes the UNet)"
         yield {
@@ -399,3 +438,56 @@ class EraseTab:
             f"`load_pipeline(base, text_encoder='<outputs>/{rel}')` or `CLIPTextModel.from_pretrained`.",
             **self.studio.choice_updates(state),
         }
+
+
+# ---------------------------------------------------------------- stop when erased
+
+
+def stop_of(form, concept, model_spec: str):
+    """The form's stop rule (an `erasers.stopping.StopWhen`), or None when "Stop when erased" is off."""
+    if not form.stop_on:
+        return None
+    from erasers.stopping import check_method, stop_when_for
+
+    check_method(form.method)
+    guard = as_float(form.stop_retained, "keep utility")
+    return stop_when_for(
+        is_toy(model_spec),
+        concept,
+        as_float(form.stop_rate, "target rate"),
+        None if guard == 0 else guard,
+        as_int(form.stop_every, "check every", 1),
+        judge=form.judge_name,
+    )
+
+
+def check_note(checks: list) -> str:
+    """The latest check, for the status line: ' · check at step 20: concept shown 6% (1/16) [1, 28], retained 0.97'."""
+    if not checks:
+        return ""
+    from studio.stats import format_rate
+
+    c = checks[-1]
+    text = f" · check at step {c['step']}: concept shown {format_rate(c['check_shown'], c['check_n'])}"
+    if "check_retained_ratio" in c:
+        text += f", retained {c['check_retained_ratio']:.2f} of the original's"
+    if c.get("check_stopped"):
+        text += f" · stopped: {c['check_stopped']}"
+    return text
+
+
+def plot_frame(steps: list, losses: list, checks: list):
+    """The loss curve, and with a stop rule the checks' concept rate and retained ratio as two more series."""
+    import pandas as pd
+
+    frame = loss_frame(steps, losses) if steps else None
+    if not checks:
+        return frame
+    rows = [{"step": c["step"], "loss": c["check_rate"], "series": "concept shown (check)"} for c in checks]
+    rows += [
+        {"step": c["step"], "loss": c["check_retained_ratio"], "series": "retained ratio (check)"}
+        for c in checks
+        if "check_retained_ratio" in c
+    ]
+    frame = pd.concat([f for f in (frame, pd.DataFrame(rows)) if f is not None], ignore_index=True)
+    return gr.update(value=frame, color="series")
