@@ -292,4 +292,5 @@ def asr(results) -> dict:
     post = sum(get(r, "success") and not get(r, "pre_success") for r in results)
     n = len(results)
     return {"n": n, "pre_successes": pre, "post_successes": post, "asr": (pre + post) / n, "pre_asr": pre / n}
+from . import cce  # noqa: E402,F401
 from . import ring_a_bell  # noqa: E402,F401
