@@ -29,7 +29,7 @@ class StepJudge:
         self.erased_at, self.fails_at, self.step, self.calls = erased_at, fails_at, 0, []
 
     def callback(self, info):
-        if info["stage"] == "esd-x":
+        if "loss" in info:  # a training step's event (a check's has none)
             self.step = info["step"]
 
     def shows(self, images, concept):
@@ -351,6 +351,31 @@ def test_app_stop_option_builds_the_rule_and_draws_the_rate():
     assert sorted(set(frame["series"])) == ["concept shown (check)", "loss", "retained ratio (check)"]
     assert frame[frame["series"] == "concept shown (check)"]["loss"].tolist() == [1.0, 0.0625]
     assert "6% (1/16)" in check_note(checks) and "0.97" in check_note(checks)
+
+
+@pytest.mark.parametrize(
+    "method, config, concept",
+    [
+        (
+            "advunlearn",
+            {"iterations": 12, "warmup_iterations": 2, "num_inference_steps": 4, "lr": 1e-3, "retain_set": "toy", "retain_batch": 2},
+            Concept(["a triangle"]),
+        ),
+        (
+            "doco",
+            {"iterations": 12, "warmup_steps": 2, "batch_size": 2, "num_anchor_images": 4, "anchor_steps": 2, "anchor_batch_size": 4},
+            Concept(["a triangle"], anchors=["a square"]),
+        ),
+    ],
+)
+def test_every_iterative_eraser_stops(method, config, concept):
+    judge = StepJudge(erased_at=6)
+    result = erase(
+        build_tiny_pipe(), concept, method, config=config, stop_when=stop_for(judge, check_every=4), callback=judge.callback, progress=False
+    )
+    stop = result.stats["stop"]
+    assert (stop["reason"], stop["step"], result.stats["steps"]) == ("erased", 8, 8)
+    assert [c["step"] for c in stop["checks"]] == [0, 4, 8]
 
 
 if __name__ == "__main__":  # pragma: no cover
