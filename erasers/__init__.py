@@ -133,11 +133,27 @@ def get_config(method: str, preset: str = "official", overrides: dict | None = N
     return config
 
 
+def several_concepts(method: str) -> str | None:
+    """How `method` erases several concepts into one model: "one solve" (UCE, RECE: every concept in the same
+    closed form), "shared prompt set" (ESD, AdvUnlearn: each step draws its prompt from all the concepts'
+    prompts), or None (one concept at a time)."""
+    return getattr(_module(method), "SEVERAL_CONCEPTS", None)
+
+
 def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "official", **kwargs):
-    """Erase `concept` (a `Concept`) from `pipe` (in place) with `method`; `config` is a config object or a
-    dict of overrides; `stop_when=` (an `erasers.stopping.StopWhen`) stops an iterative method on a measured
+    """Erase `concept` (a `Concept`, or a list of them: several concepts into one model, see
+    `several_concepts`) from `pipe` (in place) with `method`; `config` is a config object or a dict of
+    overrides; `stop_when=` (an `erasers.stopping.StopWhen`) stops an iterative method on a measured
     target. Returns an `ErasureResult`."""
     module = _module(method)
+    if isinstance(concept, (list, tuple)):
+        from .base import merge_concepts
+
+        how = several_concepts(method)
+        if how is None and len(concept) > 1:
+            able = [m for m in METHODS if several_concepts(m)]
+            raise ValueError(f"{method} erases one concept at a time; erase several at once with {', '.join(able)}")
+        concept = list(concept) if how == "one solve" else merge_concepts(concept)
     if kwargs.get("stop_when") is not None:  # erase until erased (erasers.stopping): iterative methods only
         from .stopping import check_method
 
@@ -175,10 +191,20 @@ def eval_config(
     return config, note
 
 
-def toy_target(method: str, name: str):
+def toy_target(method: str, name):
     """The toy world's erasure target (a `Concept`) for concept `name`: its erasure prompts, and what the
     method also needs where its module says so with a `toy_target(name)` of its own (DoCo: anchors, "a
-    triangle" -> "a square" with anchor captions; UCE and RECE: the other concepts of the kind preserved)."""
+    triangle" -> "a square" with anchor captions; UCE and RECE: the other concepts of the kind preserved).
+    Several names ("triangle+star" or a list) give a list of Concepts, for `erase`; each one's retain set
+    drops the prompts of the others."""
+    names = name.split("+") if isinstance(name, str) else list(name)
+    if len(names) > 1:
+        from .base import Concept
+
+        targets = [toy_target(method, n.strip()) for n in names]
+        erased = {p.lower() for t in targets for p in t.prompts}
+        return [Concept(t.prompts, t.anchors, [r for r in t.retain if r.lower() not in erased], t.name) for t in targets]
+    name = names[0].strip()
     own = getattr(_module(method), "toy_target", None)
     if own is not None:
         return own(name)
@@ -200,5 +226,6 @@ __all__ = [
     "erase",
     "eval_config",
     "get_config",
+    "several_concepts",
     "toy_target",
 ]

@@ -73,6 +73,35 @@ class Concept:
             check_prompt(tokenizer, p)
 
 
+def merge_concepts(concept) -> Concept:
+    """One Concept from one or several: prompts in order, each with its own guide (anchors), retain joined
+    (less any prompt that one of the concepts erases). UCE and RECE solve for all of them at once; ESD and
+    AdvUnlearn draw their prompts from the joined set (the shared prompt set of several concepts)."""
+    if isinstance(concept, Concept):
+        return concept
+    concepts = list(concept)
+    if not concepts or not all(isinstance(c, Concept) for c in concepts):
+        raise ValueError("give a Concept or a list of Concepts to erase")
+    if len(concepts) == 1:
+        return concepts[0]
+    prompts, anchors = [], []
+    for c in concepts:
+        prompts += c.prompts
+        if not c.anchors:
+            anchors += [None] * len(c.prompts)  # None: the config's guide
+        elif len(c.anchors) == 1:
+            anchors += c.anchors * len(c.prompts)
+        elif len(c.anchors) == len(c.prompts):
+            anchors += c.anchors
+        else:
+            raise ValueError(f"concept {c.name!r} has {len(c.anchors)} anchors for {len(c.prompts)} prompts; give one, or one per prompt")
+    if all(a is None for a in anchors):
+        anchors = []
+    erased = {p.lower() for p in prompts}  # one concept's retain set may name another that is erased too
+    retain = list(dict.fromkeys(r for c in concepts for r in c.retain if r.lower() not in erased))
+    return Concept(prompts, anchors=anchors, retain=retain, name="+".join(c.name for c in concepts))
+
+
 @dataclass
 class ErasureResult:
     method: str

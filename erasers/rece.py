@@ -345,6 +345,9 @@ def erase(
     return ErasureResult("rece", concept, config_dict(config), "unet", best_weights, stats)
 
 
+# several concepts into one model (erasers.several_concepts): every concept's rows in the same solve
+SEVERAL_CONCEPTS = "one solve"
+
 # The toy world's preset, from the committed sweeps `benchmarks/uce_sweep.py --method rece` (step 0 = the UCE toy
 # preset, the other concepts of the kind preserved as `uce.toy_target` does; criterion of the other methods).
 # With RECE's official edit (lamb 0.1, preserve_scale 0.1; rece_sweep.md) every epoch erases more but breaks the

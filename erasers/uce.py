@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from studio.progress import event
 from studio.sampling import Cancelled, check_prompt, encode_prompts, is_cancelled
 
-from .base import Concept, ErasureResult, config_dict
+from .base import Concept, ErasureResult, config_dict, merge_concepts
 
 MODES = ("erase", "edit", "moderate")
 TOKEN_POLICIES = ("last_token", "last_to_end")
@@ -240,32 +240,6 @@ def edit_layers(
 # ---------------------------------------------------------------- inputs
 
 
-def merge_concepts(concept) -> Concept:
-    """One Concept from one or several: prompts in order, each with its own guide (anchors), retain joined."""
-    if isinstance(concept, Concept):
-        return concept
-    concepts = list(concept)
-    if not concepts or not all(isinstance(c, Concept) for c in concepts):
-        raise ValueError("give a Concept or a list of Concepts to erase")
-    if len(concepts) == 1:
-        return concepts[0]
-    prompts, anchors = [], []
-    for c in concepts:
-        prompts += c.prompts
-        if not c.anchors:
-            anchors += [None] * len(c.prompts)  # None: the config's guide
-        elif len(c.anchors) == 1:
-            anchors += c.anchors * len(c.prompts)
-        elif len(c.anchors) == len(c.prompts):
-            anchors += c.anchors
-        else:
-            raise ValueError(f"concept {c.name!r} has {len(c.anchors)} anchors for {len(c.prompts)} prompts; give one, or one per prompt")
-    if all(a is None for a in anchors):
-        anchors = []
-    retain = list(dict.fromkeys(r for c in concepts for r in c.retain))
-    return Concept(prompts, anchors=anchors, retain=retain, name="+".join(c.name for c in concepts))
-
-
 def guides_for(concept: Concept, default: str) -> list:
     """One guide per prompt: the Concept's anchors (one shared or one per prompt), else `default`."""
     n, a = len(concept.prompts), concept.anchors
@@ -354,6 +328,9 @@ def erase(
     )
     return ErasureResult("uce", result_concept, config_dict(config), "unet", weights, stats)
 
+
+# several concepts into one model (erasers.several_concepts): every concept's rows in the same solve
+SEVERAL_CONCEPTS = "one solve"
 
 # The toy world's preset, chosen by the committed sweep benchmarks/uce_sweep.py (criterion of the other
 # methods: max mean erasure of triangle and striped with retained accuracy >= 90% of the original's).
