@@ -3,7 +3,8 @@
 For each concept (a shape and a style by default) and method (toy presets), erase from the shipped
 toy model, then run `erasers.evaluate`: erasure success on direct / synonym / alias prompts,
 UnlearnDiffAtk attack success rate (official definition, a reduced budget stated in the table),
-retained accuracy on the other concepts, KID on judge features and paired PSNR, plus what the
+retained accuracy on the other concepts (every rate with its count and 95% Wilson interval, and which
+differences between rows are beyond the intervals), KID on judge features and paired PSNR, plus what the
 erasure cost (UNet evaluations, wall time). Rows are cached in benchmarks/results/erasure_rows/ so
 an interrupted run resumes; `--fresh` recomputes.
 
@@ -15,11 +16,12 @@ import json
 import time
 
 from _util import RESULTS, write_results
+
 from erasers import METHODS, erase, get_config, toy_target
-from erasers.evaluate import EvalConfig, evaluate, toy_spec, write_report
+from erasers.evaluate import EvalConfig, describe_differences, evaluate, rate_from, toy_spec, write_report
 from studio.judges import get_judge
 from studio.loading import load_pipeline
-
+from studio.stats import Rate
 
 ATTACK_BUDGET = {"timesteps": (90, 190, 290, 390, 490, 590, 690, 790, 890, 990), "iterations": 20}  # 200 steps, 10 judged prompts
 VARIANTS = {  # extra rows: name -> (method, config overrides on top of the toy preset)
@@ -87,23 +89,67 @@ def run_row(method_name, concept, eval_config, judge, fresh=False, kid=False):
     return row
 
 
-def table(rows, original_rates) -> str:
+def counted(share: float, n: int) -> Rate:
+    """The Rate behind a cached share of n (rows cached before reports had counts): k must come out whole."""
+    k = round(share * n)
+    if abs(k - share * n) > 1e-6:
+        raise ValueError(f"a share of {share} is not a whole count of {n}")
+    return Rate(k, n)
+
+
+def row_rates(row, eval_config) -> dict:
+    """A row's rates with their counts: erasure per form and of the original, the ASR, retained accuracy
+    (erased and original). From the report's Rate dicts where the row has them, else from its shares."""
+    e, a, u = row["erasure"], row["attack"], row["utility"]
+    out = {}
+    for form, v in e.items():
+        out[form] = rate_from(v["erasure"]) if "erasure" in v else counted(v["erasure_success"], v["images"])
+        out[f"original {form}"] = (
+            Rate(v["original_shown"]["n"] - v["original_shown"]["k"], v["original_shown"]["n"])
+            if "original_shown" in v
+            else counted(1 - v["original_rate"], v["images"])
+        )
+    out["asr"] = rate_from(a["rate"]) if "rate" in a else Rate(a["pre_successes"] + a["post_successes"], a["n"])
+    out["pre_asr"] = Rate(a["pre_successes"], a["n"])
+    n_retain = len(toy_spec(row["concept"], eval_config).retain) * eval_config.seeds
+    out["retained"] = rate_from(u["retained_erased"]) if "retained_erased" in u else counted(u["retained_acc_erased"], n_retain)
+    out["retained original"] = (
+        rate_from(u["retained_original"]) if "retained_original" in u else counted(u["retained_acc_original"], n_retain)
+    )
+    return out
+
+
+def table(rows, eval_config) -> str:
     lines = [
-        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR (pre) / prompts | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
+        "| method | concept | erased: direct | synonyms | aliases | UnlearnDiffAtk ASR / prompts (pre-attack) | retained acc. (ratio) | KID x1000 | paired PSNR | erase UNet evals | erase time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c, rates in original_rates.items():
+    rates = [row_rates(r, eval_config) for r in rows]
+    for c in dict.fromkeys(r["concept"] for r in rows):
+        first = next(rr for r, rr in zip(rows, rates) if r["concept"] == c)
         lines.append(
-            f"| original model | {c} | {1 - rates['direct']:.0%} | {1 - rates['synonym']:.0%} | {1 - rates['alias']:.0%} | - | 100% | 0 | - | - | - |"
+            f"| original model | {c} | {first['original direct']} | {first['original synonym']} | {first['original alias']} | - | "
+            f"{first['retained original']} | 0 | - | - | - |"
         )
-    for r in rows:
-        e, a, u = r["erasure"], r["attack"], r["utility"]
+    for r, rr in zip(rows, rates):
+        a, u = r["attack"], r["utility"]
         kid_cell = f"{u['kid_x1000']:.1f}" if u.get("kid_estimator") == KID_ESTIMATOR else "-"
         lines.append(
-            f"| {r['method']} | {r['concept']} | {e['direct']['erasure_success']:.0%} | {e['synonym']['erasure_success']:.0%} | "
-            f"{e['alias']['erasure_success']:.0%} | {a['asr']:.0%} ({a['pre_asr']:.0%}) / {a['n']} | {u['retained_acc_erased']:.0%} ({u['retained_ratio']:.2f}) | "
-            f"{kid_cell} | {u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
+            f"| {r['method']} | {r['concept']} | {rr['direct']} | {rr['synonym']} | {rr['alias']} | {rr['asr']} / {a['n']} ({rr['pre_asr']}) | "
+            f"{rr['retained']} ({u['retained_ratio']:.2f}) | {kid_cell} | {u['paired_psnr']:.1f} | {r['erase_unet_evals']:,} | {r['erase_seconds']:.0f} s |"
         )
+    lines += ["", "Which differences between rows are beyond their 95% intervals (rows of the same concept):", ""]
+    for c in dict.fromkeys(r["concept"] for r in rows):
+        mine = [(r, rr) for r, rr in zip(rows, rates) if r["concept"] == c]
+        first = mine[0][1]
+        columns = (
+            ("erasure on direct prompts", "direct", {"original model": first["original direct"]}),
+            ("UnlearnDiffAtk ASR", "asr", {}),
+            ("retained accuracy", "retained", {"original model": first["retained original"]}),
+        )
+        for what, key, extra in columns:
+            named = {**extra, **{r["method"]: rr[key] for r, rr in mine}}
+            lines.append(f"- {c}, {what}: {describe_differences(named, what)}")
     return "\n".join(lines)
 
 
@@ -135,20 +181,21 @@ def main():
                 continue
             rows.append(run_row(m, concept, eval_config, judge, args.fresh, args.kid))
             print(f"{m} / {concept}: done")
-    original = {}
-    for r in rows:
-        original.setdefault(r["concept"], {f: v["original_rate"] for f, v in r["erasure"].items()})
     text = "\n".join(
         [
-            "Erasure on the toy model: share of images that do NOT show the concept (judged), by prompt form; "
-            f"UnlearnDiffAtk over the first N direct prompts (N per row; {args.attack_prompts} unless the row says more), budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
-            f"{ATTACK_BUDGET['iterations']} iterations (official: 50 x 40), ASR = (pre-attack + post-attack successes) / N; "
-            "retained accuracy on the other concepts of the same kind (all asked attributes judged correct); "
-            "KID x1000 on the toy judge's features (paired U-statistic on pooled-RMS-scaled features, `studio.judges.kid`; "
-            "'-': a row cached before that estimator, `--kid` recomputes it) and paired PSNR between original and erased outputs "
-            "on those prompts (same seeds); 4 seeds per prompt, DDIM 50 steps, guidance 7.5.",
+            (
+                "Erasure on the toy model: share of images that do NOT show the concept (judged), by prompt form; "
+                f"UnlearnDiffAtk over the first N direct prompts (N per row; {args.attack_prompts} unless the row says more), budget {len(ATTACK_BUDGET['timesteps'])} timesteps x "
+                f"{ATTACK_BUDGET['iterations']} iterations (official: 50 x 40), ASR = (pre-attack + post-attack successes) / N; "
+                "retained accuracy on the other concepts of the same kind (all asked attributes judged correct); "
+                "KID x1000 on the toy judge's features (paired U-statistic on pooled-RMS-scaled features, `studio.judges.kid`; "
+                "'-': a row cached before that estimator, `--kid` recomputes it) and paired PSNR between original and erased outputs "
+                "on those prompts (same seeds); 4 seeds per prompt, DDIM 50 steps, guidance 7.5. "
+                "Every rate: share (count) [95% Wilson interval]; rates of rows cached before reports kept counts are recounted "
+                "from their shares and image counts (exact: each share is a whole count)."
+            ),
             "",
-            table(rows, original),
+            table(rows, eval_config),
         ]
     )
     write_results("erasure_table", {"rows": rows, "attack_budget": ATTACK_BUDGET}, text)

@@ -215,9 +215,9 @@ def describe_differences(named: dict, what: str = "rate") -> str:
     """One paragraph: which pairs of rows differ beyond their intervals, and that the rest do not."""
     cmp = compare_rates(named)
     if not cmp["beyond"] and not cmp["within"]:
-        return f"Only one {what}: nothing to compare."
+        return f"Only one row ({what}): nothing to compare."
     if not cmp["beyond"]:
-        return f"No two {what}s differ beyond their 95% intervals: every pair of intervals overlaps."
+        return f"No two rows differ beyond their 95% intervals ({what}): every pair of intervals overlaps."
     beyond = "; ".join(f"{a} vs {b}" for a, b in cmp["beyond"])
     text = f"Beyond the 95% intervals ({what}): {beyond}."
     if cmp["within"]:

@@ -92,4 +92,4 @@ def test_the_table_gives_intervals_seed_spread_and_which_differences_are_real(tm
     assert summary["concepts"]["triangle"]["esd-x"]["random"]["k"] == 18
     line = next(x for x in text.splitlines() if x.startswith("- no attack, between erasers"))
     assert "original vs esd-x" in line and "original vs uce" in line and "esd-x vs uce" not in line.split("overlap")[0]
-    assert "uce, between attacks: No two rates differ" in text  # 0/20 vs 3/20
+    assert "uce, between attacks: No two rows differ" in text  # 0/20 vs 3/20
