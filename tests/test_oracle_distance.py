@@ -155,3 +155,44 @@ def test_cli_distance_writes_the_report_table(tmp_path, monkeypatch, capsys, tin
     md = (out / "report.md").read_text()
     assert "## distance" in md and "concept KID x1000 to oracle" in md and "| oracle |" in md
     assert (out / "grids" / "original-distance.png").is_file()
+
+
+# ---------------------------------------------------------------- the toy-world report's oracle lines
+
+
+def test_shipped_oracles_are_the_folders_with_an_oracle_json(tmp_path):
+    import json
+
+    from studio.toyworld.report import shipped_oracles
+
+    (tmp_path / "toy-oracle-triangle").mkdir()
+    (tmp_path / "toy-oracle-triangle" / "oracle.json").write_text(json.dumps({"kind": "oracle", "without": "triangle"}))
+    (tmp_path / "toy-oracle-striped").mkdir()  # still training: no oracle.json yet
+    (tmp_path / "toy-model").mkdir()
+    assert shipped_oracles(tmp_path) == {"triangle": tmp_path / "toy-oracle-triangle"}
+
+
+def test_the_toyworld_report_has_a_line_per_shipped_oracle(judge):
+    from studio.toyworld.grammar import ATTRIBUTES
+    from studio.toyworld.report import format_report, oracle_lines, shipped_oracles
+
+    if "triangle" not in shipped_oracles():
+        pytest.skip("the triangle oracle is not shipped")
+    lines = oracle_lines(judge, device="cpu", seeds=1, prompts=4, steps=20)
+    assert list(lines) == list(shipped_oracles())
+    tri = lines["triangle"]
+    assert tri["pairs"] == 4 and sum(tri["drawn"].values()) == 4 and tri["shown"]["k"] <= 1  # it never saw a triangle
+    assert tri["retained"]["n"] == 4 * 4 and tri["retained"]["k"] >= 12  # the other shapes, as asked
+    full = {a: 1.0 for a in ATTRIBUTES}
+    r = {
+        "judge_accuracy": full,
+        "direct": full,
+        "synonym": full,
+        "alias": full,
+        "settings": {"seeds": 1, "steps": 20, "guidance": 7.5, "sampler": "DDIM"},
+        "passes": {"judge": True},
+        "oracles": lines,
+    }
+    text = format_report(r)
+    assert "- oracle without triangle: 'triangle' prompts show it" in text and "other shapes as asked" in text
+    assert "Oracles" not in format_report({**r, "oracles": {}})

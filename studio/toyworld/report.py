@@ -8,6 +8,9 @@
    `seeds` images of "a {colour} {shape}"; the share whose judged shape and colour match the prompt.
    Style: "a {style} {colour} {shape}" over every style x shape (colours cycled). Background: likewise.
 3. The same with synonyms ("a crimson wedge") and with implicit aliases ("a red pizza slice").
+4. One line per shipped oracle (assets/toy-oracle-CONCEPT, the model retrained without the concept):
+   the judged distribution of what it draws for the concept's direct prompts, and the share of the
+   other concepts of that attribute drawn as asked (`oracle.oracle_summary`, 4 seeds x 20 prompts).
 """
 
 import itertools
@@ -23,6 +26,7 @@ from .captions import article
 from .grammar import ATTRIBUTES, BACKGROUNDS, COLOURS, CONCEPTS, NONE, SHAPES, STYLES
 from .judge import ToyJudge
 from .models import HEADS
+from .oracle import format_summary, oracle_info, oracle_summary
 from .render import render
 
 
@@ -93,6 +97,26 @@ def report(pipe, judge, seeds: int = 8, steps: int = 50, guidance: float = 7.5) 
     return out
 
 
+def shipped_oracles(root=None) -> dict:
+    """concept -> folder of every shipped oracle (a toy-oracle-* folder with an oracle.json naming its concept)."""
+    from ..paths import ASSETS
+
+    found = {}
+    for folder in sorted(Path(root or ASSETS).glob("toy-oracle-*")):
+        if (folder / "oracle.json").is_file():
+            found[oracle_info(folder).get("without") or folder.name.removeprefix("toy-oracle-")] = folder
+    return found
+
+
+def oracle_lines(judge, device=None, root=None, **kwargs) -> dict:
+    """`oracle_summary` of every shipped oracle (`kwargs`: its seeds, prompts, steps, guidance)."""
+    from ..loading import load_pipeline
+
+    return {
+        name: oracle_summary(load_pipeline(folder, device=device), judge, name, **kwargs) for name, folder in shipped_oracles(root).items()
+    }
+
+
 def passes(r: dict) -> dict:
     ok = {"judge": all(v >= BARS["judge"] for v in r["judge_accuracy"].values())}
     for form in ("direct", "synonym"):
@@ -120,6 +144,9 @@ def format_report(r: dict) -> str:
         f"Sampler: {s['sampler']} {s['steps']} steps, guidance {s['guidance']}, {s['seeds']} seeds per prompt. "
         f"Passes: {', '.join(f'{k}={v}' for k, v in r['passes'].items())}."
     )
+    if r.get("oracles"):
+        lines += ["", "Oracles (retrained without the concept; the concept's direct prompts, and the other concepts of its attribute):", ""]
+        lines += [f"- {format_summary(s, f'oracle without {name}')}" for name, s in r["oracles"].items()]
     return "\n".join(lines)
 
 
@@ -132,6 +159,7 @@ def main(args) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     judge = ToyJudge.load()
     r = report(pipe, judge, seeds=args.seeds, steps=args.steps, guidance=args.guidance)
+    r["oracles"] = oracle_lines(judge, device=args.device, steps=args.steps, guidance=args.guidance)
     table = format_report(r)
     print(table)
     out = Path(args.out)
