@@ -31,6 +31,7 @@ METHODS = {
     "doco": ("doco", "DoCoConfig", {}),
     "uce": ("uce", "UCEConfig", {}),
     "rece": ("rece", "RECEConfig", {}),
+    "stereo": ("stereo", "STEREOConfig", {}),
 }
 PRESETS = ("official", "toy")  # the paper's defaults, or the toy world's (a module's TOY_PRESETS)
 
