@@ -153,9 +153,10 @@ def estimate(cells, folder: Path = FOLDER, steps: int = STEPS) -> dict:
     """What is left: the cells, their UNet evaluations (attack budgets) and seconds (measured rates where cells are done)."""
     done = [json.loads(cell_path(c, folder).read_text()) for c in cells if cell_path(c, folder).is_file()]
     left = [c for c in cells if not cell_path(c, folder).is_file()]
-    rates = [r["seconds"] / r["unet_evals"] for r in done if r.get("unet_evals")]
+    measured = [json.loads(f.read_text()) for f in sorted((folder / "cells").glob("*.json"))]  # every cell run here, of any plan
+    rates = [r["seconds"] / r["unet_evals"] for r in measured if r.get("unet_evals")]
     per_eval = statistics.median(rates) if rates else PRIOR_SECONDS_PER_UNET_EVAL
-    evals, unknown, seconds = 0, [], 0.0
+    evals, unknown, seconds, by_attack = 0, [], 0.0, {}
     erased = {r["cell"]["eraser"] + "--" + r["cell"]["concept"] + f"--s{r['cell']['seed']}" for r in done}
     erased |= {p.stem for p in MODELS.glob("*--s*") if (p / "erasure.json").is_file()} if MODELS.is_dir() else set()
     for c in left:
@@ -165,6 +166,7 @@ def estimate(cells, folder: Path = FOLDER, steps: int = STEPS) -> dict:
         else:
             evals += est
             seconds += est * per_eval
+            by_attack[c.attack] = by_attack.get(c.attack, 0) + est
         if c.model_key not in erased:
             seconds += erase_prior(c.eraser, c.concept, done)
             erased.add(c.model_key)
@@ -175,6 +177,8 @@ def estimate(cells, folder: Path = FOLDER, steps: int = STEPS) -> dict:
         "unet_evals_left": evals,
         "seconds_left": seconds,
         "seconds_per_unet_eval": per_eval,
+        "measured": bool(rates),
+        "unet_evals_by_attack": by_attack,
         "unknown_budget": sorted(set(unknown)),
         "left_cells": [c.key for c in left],
     }
@@ -415,8 +419,10 @@ def main(argv=None):
         print(f"{est['cells']} cells, {est['done']} done, {est['left']} left")
         print(
             f"left: at most {est['unet_evals_left']:,} attack UNet evaluations, about {est['seconds_left'] / 3600:.1f} h on this machine "
-            f"({est['seconds_per_unet_eval'] * 1000:.1f} ms per UNet evaluation{' measured' if est['done'] else ', a prior'}; erasures included)"
+            f"({est['seconds_per_unet_eval'] * 1000:.1f} ms per UNet evaluation, {'measured on the cells run here' if est['measured'] else 'a prior'}; "
+            "erasures included)"
         )
+        print("attack UNet evaluations left by attack: " + ", ".join(f"{a} {n:,}" for a, n in est["unet_evals_by_attack"].items()))
         if est["unknown_budget"]:
             print(f"attacks that state no budget (not in the estimate): {', '.join(est['unknown_budget'])}")
         for key in est["left_cells"][:20]:

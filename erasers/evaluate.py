@@ -299,8 +299,23 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
 
     prompts = spec.forms.get("direct", [])[: config.attack_prompts]
     is_success = lambda images: judge.shows(images, spec.concept)
-    results, images = [], []
-    for i, prompt in enumerate(prompts):
+    results, images, setup = [], [], 0
+    if prompts and attacks.get(config.attack).run is None:  # a concept-level attack (CCE, Ring-A-Bell): the whole set at once
+        run = attacks.run_many(
+            config.attack,
+            erased,
+            prompts,
+            [config.seed + i for i in range(len(prompts))],
+            is_success,
+            config.attack_overrides or None,
+            original=original,
+            concept=spec.concept,
+            callback=callback,
+            cancel=cancel,
+            progress=progress,
+        )
+        results, images, setup = run.results, [r.image for r in run.results], int(run.setup_unet_evals)
+    for i, prompt in enumerate(prompts if not results else []):
         if is_cancelled(cancel):
             raise Cancelled(f"evaluation cancelled before attack prompt {i + 1} of {len(prompts)}")
         seed = config.seed + i
@@ -337,7 +352,7 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
         **summary,
         **_asr_rates(summary),
         "per_prompt": per_prompt,
-        "unet_evals": int(sum(r.unet_evals for r in results)),
+        "unet_evals": int(sum(r.unet_evals for r in results)) + setup,
         "_images": images,
     }
 
@@ -624,7 +639,7 @@ def card_grid(entry: dict, images: list, concept: str, max_rows: int = 8, max_co
                 captions.append("")
             else:
                 verdict = "yes" if pair["success"] else "no"
-                captions.append(f"{concept}: {verdict}" + (" (own prompt)" if pair["pre_success"] else ""))
+                captions.append(f"{concept}: {verdict}" + (" (own)" if pair["pre_success"] else ""))
         adv = next((pair["adversarial_prompt"] for pair, _ in per_prompt[p] if pair and pair["adversarial_prompt"] != p), "")
         labels.append(f"{p}  |  e.g. {adv}" if adv else p)
     rate = entry.get("rate_text", "")
