@@ -356,9 +356,8 @@ def main():
 
         torch.manual_seed(0)
         judge = get_judge("toy")
-        for c in concepts:
-            original(c, judge)
         for i, (s, c) in enumerate(left):
+            original(c, judge)  # the original model's numbers, judged once per concept (when its first cell comes)
             cell = run_cell(args.method, s, c, budget, judge)
             print(
                 json.dumps(
