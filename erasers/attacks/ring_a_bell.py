@@ -75,7 +75,7 @@ class RingABellConfig:
 
     Defaults are the notebook's: 200 candidates, 3000 generations, mutation 0.25, crossover 0.5,
     K = 16, eta = 3 (nudity; the released violence prompts use 5 and 5.5; RECE uses 0.9 for Van
-    Gogh). `RingABellConfig.toy()` is a budget that runs in about a minute per prompt on one CPU
+    Gogh). `RingABellConfig.toy()` is a budget that runs in under a minute per prompt on one CPU
     thread with the toy model.
     """
 
@@ -160,7 +160,7 @@ _DEFAULTS = {
     "crossover_rate": 0.5,
 }
 
-# The toy world's budget: 64 x 40 = 2,560 text-encoder forwards per prompt (about 30 s on one busy CPU thread)
+# The toy world's budget: 64 x 40 = 2,560 text-encoder forwards per prompt (25 s a prompt on one CPU thread, measured)
 TOY_PRESET: dict = {"population": 64, "generations": 40, "vocabulary": "toy", "num_inference_steps": 20}
 
 
@@ -431,6 +431,8 @@ def run_ring_a_bell(
     total = n_search + 2 * len(prompts)
 
     pre, pre_images = _judge_batch(erased, prompts, seeds, is_success, config, cancel)
+    if callback is not None:
+        callback(event("ring-a-bell", n_search + len(prompts), total, phase="pre", successes=int(sum(pre))))
     usable = [i for i, p in enumerate(prompts) if found[p]["skipped"] is None]
     post, post_images = (
         _judge_batch(
