@@ -51,7 +51,7 @@ class EvalConfig:
     attacks: list = field(default_factory=list)  # the report card: names in erasers.attacks.ATTACKS, each run over the same pairs
     attack_seeds: int = 1  # report card: seeds per attacked prompt (pairs = attack_prompts x attack_seeds)
     attack_settings: dict = field(default_factory=dict)  # report card: attack name -> fields of its config (`attack`: attack_overrides)
-    toy_budget: bool = False  # report card: start each attack's config from its toy budget (`attack_config`)
+    toy_budget: bool = False  # start each attack's config from its toy budget (`attack_config`), overrides on top
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     seed: int = 0
@@ -300,6 +300,9 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     prompts = spec.forms.get("direct", [])[: config.attack_prompts]
     is_success = lambda images: judge.shows(images, spec.concept)
     results, images, setup = [], [], 0
+    overrides = config.attack_overrides or None
+    if config.toy_budget:
+        overrides = attack_config(config.attack, overrides, toy=True)
     if prompts and attacks.get(config.attack).run is None:  # a concept-level attack (CCE, Ring-A-Bell): the whole set at once
         run = attacks.run_many(
             config.attack,
@@ -307,7 +310,7 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
             prompts,
             [config.seed + i for i in range(len(prompts))],
             is_success,
-            config.attack_overrides or None,
+            overrides,
             original=original,
             concept=spec.concept,
             callback=callback,
@@ -326,7 +329,7 @@ def run_asr(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
             prompt,
             target,
             is_success,
-            config=config.attack_overrides or None,
+            config=overrides,
             seed=seed,
             cancel=cancel,
             progress=progress,

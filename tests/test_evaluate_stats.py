@@ -188,3 +188,26 @@ def test_an_attack_with_a_budget_of_0_is_refused(monkeypatch):
     assert card_plan(tiny_config(attacks=["budgeted"]))[0][0] == "budgeted"
     with pytest.raises(ValueError, match="budget of 0"):
         card_plan(tiny_config(attacks=["budgeted"], attack_settings={"budgeted": {"budget": 0}}))
+
+
+def test_a_concept_level_attack_runs_once_over_the_whole_set(tiny_pipe, monkeypatch):
+    """An attack with only `run_many` (CCE, Ring-A-Bell) serves the one-attack ASR and the card alike, its set-up counted once."""
+    calls = []
+
+    def whole_set(erased, prompts, seeds, is_success, config, *, original, concept, callback, cancel, progress):
+        calls.append((list(prompts), list(seeds), concept, original is not None))
+        results = [
+            attacks.no_attack(erased, p, None, is_success, attacks.NoAttackConfig(num_inference_steps=2), seed=s)
+            for p, s in zip(prompts, seeds)
+        ]
+        return attacks.AttackRun("whole-set", results, setup_unet_evals=1000, artifacts={"learned": "<concept>"})
+
+    spec = attacks.Attack("whole-set", "whole set", attacks.NoAttackConfig, run_many=whole_set, needs_original=True, unit="concept")
+    monkeypatch.setitem(attacks.ATTACKS, "whole-set", spec)
+    report = evaluate(tiny_pipe, tiny_pipe, SPEC, ScriptedJudge(), tiny_config(attack="whole-set"), progress=False)
+    assert calls == [(["a triangle", "a red triangle"], [0, 1], "triangle", True)]
+    a = report["attack"]
+    assert a["n"] == 2 and a["unet_evals"] == 1000 + 2 * 2 * 2 and a["rate_text"] == format_rate(a["rate"]["k"], 2)
+    card = evaluate(tiny_pipe, tiny_pipe, SPEC, ScriptedJudge(), tiny_config(attacks=["whole-set"]), progress=False)["card"]
+    e = card["attacks"]["whole-set"]
+    assert e["setup_unet_evals"] == 1000 and e["artifacts"] == {"learned": "<concept>"} and e["unit"] == "concept"

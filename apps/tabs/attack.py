@@ -1,20 +1,27 @@
-"""The Attack tab: an attack from `erasers.attacks.ATTACKS` against any model, over a prompt set; the
-adversarial prompts, the target and attacked images with the judge's verdicts, and the attack success
-rate. The budget fields shown are those the attack's config has."""
+"""The Attack tab: any attack of the registry `erasers.attacks.ATTACKS` against any model, over a prompt
+set; the adversarial prompts, the target and attacked images with the judge's verdicts, and the attack
+success rate with its count and 95% Wilson interval. The quick budget fields shown are those the attack's
+config has; every other field of its config is listed in the settings box with its value (its toy budget
+on the toy model) when the attack is picked, and the box takes `key = value` lines for what the user
+changes. Per-prompt attacks run prompt after prompt with live images; attacks over the whole set (CCE,
+Ring-A-Bell ...) run once through `erasers.attacks.run_many`. No list of attacks is kept here."""
 
 import html
-from dataclasses import dataclass, fields
+import json
+from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 
-from erasers import attacks
+from erasers import attacks, check_settings
 from studio.judges import JUDGES
+from studio.loading import is_toy
 from studio.sampling import Cancelled, check_prompt
+from studio.stats import Rate
 
 from ..runner import Job
 from ..shared import ORIGINAL, PICKERS, decode
 from ..ui import as_float, as_int, friendly, idle, lines, loss_frame, progress, status, streamed
-from .common import ATTACK_LABELS, Picked
+from .common import Picked
 
 _UA, _RT, _NA = attacks.UnlearnDiffAtkConfig(), attacks.RandomTokensConfig(), attacks.NoAttackConfig()
 # the app's budget fields: config field -> (form field, what the page calls it, lowest value)
@@ -24,6 +31,7 @@ BUDGET = {
     "iterations": ("iters", "attack steps per timestep", 1),
     "draws": ("draws", "random draws", 0),
 }
+QUICK = set(BUDGET) | {"num_inference_steps", "guidance_scale"}  # fields with a box of their own
 
 
 @dataclass
@@ -40,6 +48,7 @@ class AttackForm(Picked):
     guidance: float = _NA.guidance_scale
     seed: int = 0
     judge_name: str = "toy"
+    settings: str = ""  # the attack's other config fields, key = value per line (blank: its defaults)
 
 
 def attack_overrides(attack: str, steps, guidance, **budget) -> dict:
@@ -58,6 +67,59 @@ def budget_fields(attack):
     return [gr.update(visible=name in has) for name in BUDGET]
 
 
+def attack_label(name: str) -> str:
+    """What the page calls a registered attack: its label and what it needs."""
+    spec = attacks.get(name)
+    needs = "gradients of the attacked model" if spec.access == "white-box" else "prompts only" if spec.access == "black-box" else "nothing"
+    return f"{spec.label} ({needs})"
+
+
+def base_config(name: str, toy: bool = True):
+    """The config an attack starts from: its toy budget on the toy model where its config has one (`toy()`),
+    else its defaults; the quick fields and the settings box go on top."""
+    cls = attacks.get(name).config
+    return cls.toy() if toy and callable(getattr(cls, "toy", None)) else cls()
+
+
+def settings_text(name: str, toy: bool = True) -> str:
+    """The attack's config fields that have no box of their own, as 'key = value' lines (JSON values)."""
+    config = base_config(name, toy)
+    return "\n".join(f"{f.name} = {json.dumps(getattr(config, f.name), default=str)}" for f in fields(config) if f.name not in QUICK)
+
+
+def parse_settings(name: str, text: str) -> dict:
+    """'key = value' lines -> {field: value} (JSON values; anything else a string), checked against the
+    attack's config: an unknown field or a value of the wrong type is a clear error."""
+    out = {}
+    for n, line in enumerate(lines(text), 1):
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"attack settings line {n} ({line!r}) is not 'key = value', e.g. 'lr = 0.01'")
+        value = value.strip()
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    if out:
+        check_settings(attacks.get(name).config, out, name)
+    return out
+
+
+def attack_info(name: str) -> str:
+    """One line about the attack: what it needs, its unit of cost, and the first line of its config's doc."""
+    spec = attacks.get(name)
+    doc = ((spec.config.__doc__ or "").strip().splitlines() or [""])[0]
+    unit = "per prompt" if spec.unit == "prompt" else "once for the whole prompt set"
+    needs = "; it uses the original model, the one picked at the top" if spec.needs_original else ""
+    return f"**{html.escape(spec.label, quote=False)}** ({spec.access}, cost {unit}{needs}). {html.escape(doc, quote=False)}"
+
+
+def picked(attack, toy=True):
+    """What changes when an attack is picked: the quick fields it has, its settings (shown greyed, as the
+    box's placeholder: the box holds only what the user changes), its description."""
+    return [*budget_fields(attack), gr.update(value="", placeholder=settings_text(attack, toy)), attack_info(attack)]
+
+
 def toy_prompts(concept, n=10):
     from studio.toyworld.captions import prompts_for
     from studio.toyworld.grammar import concept as toy_concept
@@ -72,6 +134,7 @@ class AttackTab:
 
     def __init__(self, studio):
         self.studio = studio
+        self.toy = is_toy(getattr(studio, "default_model", "toy"))
 
     def layout(self) -> dict:
         from erasers.evaluate import EvalConfig
@@ -98,8 +161,9 @@ class AttackTab:
                     info="one per line; with several, the attack success rate is computed over them",
                 )
                 c["fill"] = gr.Button(f"Fill in {n_fill} toy-world prompts for this concept", size="sm", elem_id="attack-fill")
-                choices = [(ATTACK_LABELS.get(a, (a, a))[0], a) for a in attacks.ATTACKS]
+                choices = [(attack_label(a), a) for a in attacks.ATTACKS]
                 c["attack"] = gr.Dropdown(choices, value=f.attack, label="Attack", elem_id="attack-attack")
+                c["attack_info"] = gr.Markdown(attack_info(f.attack), elem_id="attack-info")
                 with gr.Row():
                     c["num_tokens"] = gr.Number(f.num_tokens, label="Prefix tokens (k)", elem_id="attack-tokens")
                     c["timesteps"] = gr.Number(f.timesteps, label="Timesteps", elem_id="attack-timesteps")
@@ -109,6 +173,16 @@ class AttackTab:
                     c["steps"] = gr.Number(f.steps, label="Sampling steps", elem_id="attack-steps")
                     c["guidance"] = gr.Number(f.guidance, label="Guidance scale")
                     c["seed"] = gr.Number(f.seed, label="Seed")
+                c["settings"] = gr.Textbox(
+                    f.settings,
+                    placeholder=settings_text(f.attack, self.toy),
+                    lines=4,
+                    max_lines=12,
+                    label="Attack settings",
+                    info="the other fields of the attack's config and their values (its toy budget on the toy model); "
+                    "type key = value lines to change some",
+                    elem_id="attack-settings",
+                )
                 with gr.Row():
                     c["run"] = gr.Button("Attack", variant="primary", elem_id="attack-run")
                     c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="attack-cancel")
@@ -162,7 +236,9 @@ class AttackTab:
         c["cancel"].click(self.studio.canceller("attack"), None, None, api_name="cancel_attack", **light)
         c["fill"].click(friendly(toy_prompts), [c["concept"]], [c["prompts_text"]], api_name="toy_prompts", **light)
         budget = [c[BUDGET[name][0]] for name in BUDGET]
-        c["attack"].change(budget_fields, [c["attack"]], budget, api_visibility="private", **light)
+        c["attack"].change(
+            lambda a: picked(a, self.toy), [c["attack"]], [*budget, c["settings"], c["attack_info"]], api_visibility="private", **light
+        )
 
     def run(self, form, state, session):
         prompts = lines(form.prompts_text)
@@ -177,8 +253,9 @@ class AttackTab:
             concept = toy_concept(concept).name  # a clear error for words the toy judge does not know
         steps, guidance, seed = as_int(form.steps, "sampling steps", 1), as_float(form.guidance, "guidance"), as_int(form.seed, "seed")
         budget = {name: getattr(form, field) for name, (field, _, _) in BUDGET.items()}
-        cfg = attack_overrides(form.attack, steps, guidance, **budget)
-        attacks.make_config(form.attack, cfg)  # bad settings fail before any work
+        cfg = {**attack_overrides(form.attack, steps, guidance, **budget), **parse_settings(form.attack, form.settings)}
+        spec = attacks.get(form.attack)
+        config = replace(base_config(form.attack, self.toy), **cfg)  # bad settings fail before any work
         yield {
             "status": status(0, 1, "Loading the models ..."),
             "gallery": gr.update(value=None, visible=False),
@@ -193,6 +270,24 @@ class AttackTab:
         judge = self.studio.judge(form.judge_name)
 
         def work(emit, cancel):
+            if spec.run is None:  # an attack over the whole prompt set: one run_many, its events as they come
+                run = attacks.run_many(
+                    form.attack,
+                    pipe,
+                    prompts,
+                    [seed] * len(prompts),
+                    lambda images: judge.shows(images, concept),
+                    config,
+                    original=original,
+                    concept=concept,
+                    callback=lambda info: emit(("event", info.get("prompt_index", 1) - 1, info)),
+                    cancel=cancel,
+                    progress=False,
+                )
+                for i, res in enumerate(run.results):
+                    emit(("target", i, {"prompt": res.prompt, "image": None}))
+                    emit(("result", i, res))
+                return run
             results = []
             for i, prompt in enumerate(prompts):
                 target = attacks.target_latents(original, prompt, seed=seed, num_inference_steps=steps, guidance_scale=guidance)
@@ -203,7 +298,7 @@ class AttackTab:
                     prompt,
                     target,
                     lambda images: judge.shows(images, concept),
-                    config=cfg,
+                    config=config,
                     seed=seed,
                     callback=lambda info, i=i: emit(("event", i, info)),
                     cancel=cancel,
@@ -249,7 +344,9 @@ class AttackTab:
                 if losses and batch:
                     upd["plot"] = gr.update(value=loss_frame(list(range(1, len(losses) + 1)), losses), visible=True)
                 yield upd
-            results = job.result
+            out = job.result
+            setup = out.setup_unet_evals if isinstance(out, attacks.AttackRun) else 0
+            results = out.results if isinstance(out, attacks.AttackRun) else out
         except Cancelled:
             yield {
                 "status": status(len(results), len(prompts), f"Cancelled after {len(results)} of {len(prompts)} prompts.", "cancelled"),
@@ -260,7 +357,7 @@ class AttackTab:
             "status": status(1, 1, f"{attack} on {label}: {len(results)} prompt(s) in {job.seconds:.0f} s.", "done"),
             "gallery": gr.update(value=attack_grid(results, targets, {}, concept), visible=True),
             "table": attack_table(results),
-            "asr": asr_text(results, attack, label),
+            "asr": asr_text(results, attack, label, setup),
         }
 
 
@@ -284,7 +381,8 @@ def attack_grid(results, targets, current, concept):
         else:
             labels.append(f"{prompt}  |  shown without an attack" if ok else prompt)
         captions += ["", "" if image is None else f"{concept}: {'yes' if ok else 'no'}"]
-    cell = 128 if max(rows[0][1].size) <= 64 else 192
+    first = next((im for row in rows for im in row[1:3] if im is not None), None)
+    cell = 128 if first is None or max(first.size) <= 64 else 192
     return make_grid(images, len(rows), 2, row_labels=labels, col_labels=["target (original)", "attacked"], captions=captions, cell=cell)
 
 
@@ -295,10 +393,15 @@ def attack_table(results):
     return pd.DataFrame(rows, columns=["prompt", "adversarial prompt", "shown before", "shown after", "UNet evals"])
 
 
-def asr_text(results, attack, label) -> str:
+def asr_text(results, attack, label, setup_unet_evals: int = 0) -> str:
+    """The attack success rate with its count and 95% Wilson interval, the pre-attack rate, and the cost."""
     a = attacks.asr(results)
+    rate, pre = Rate(a["pre_successes"] + a["post_successes"], a["n"]), Rate(a["pre_successes"], a["n"])
+    evals = sum(r.unet_evals for r in results) + setup_unet_evals
+    setup = f", {setup_unet_evals:,} of them once for the whole set" if setup_unet_evals else ""
     return (
-        f"**Attack success rate {a['asr']:.0%}** over {a['n']} prompt(s) ({attack} on {html.escape(label)}); "
-        f"{a['pre_successes']} showed the concept without any attack (pre-attack rate {a['pre_asr']:.0%}), "
-        f"{a['post_successes']} more after the attack."
+        f"**Attack success rate {rate}** over {a['n']} prompt(s) ({attack} on {html.escape(label)}); "
+        f"{a['pre_successes']} showed the concept without any attack (pre-attack rate {pre}), "
+        f"{a['post_successes']} more after the attack. Cost: {evals:,} UNet evaluations{setup}. "
+        "The interval is the 95% Wilson interval: with few prompts it is wide."
     )

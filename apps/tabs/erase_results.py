@@ -1,5 +1,6 @@
-"""The Erase tab's results: the right-hand column, the before / after grid, the robustness report, and
-saving the erased model or exporting its plug-in text encoder (into the output folder)."""
+"""The Erase tab's results: the right-hand column, the before / after grid, the robustness report (every
+rate with its count and 95% Wilson interval, `erasers.evaluate.format_table`), and saving the erased model
+or exporting its plug-in text encoder (into the output folder)."""
 
 import tempfile
 import time
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from erasers import attacks
 from erasers.evaluate import EvalConfig, EvalSpec, evaluate, format_table, report_grid, toy_spec
 from erasers.export import export_from_erased
 from studio.images import make_grid
+from studio.loading import is_toy
 from studio.paths import slug
 from studio.sampling import Cancelled
 
@@ -99,6 +102,8 @@ def eval_config(form, steps: int, guidance: float) -> EvalConfig:
     )
     if ecfg.attack_prompts == 0:
         ecfg.attack = "none"
+    # an attack over the whole prompt set (CCE, Ring-A-Bell) starts from its toy budget on the toy model
+    ecfg.toy_budget = is_toy(form.model or None) and callable(getattr(attacks.get(ecfg.attack).config, "toy", None))
     return ecfg
 
 
