@@ -24,7 +24,7 @@ constant schedule, AdamW (0.9, 0.999, wd 1e-2, eps 1e-8). The released script is
 it is what the authors shipped for all seven attacked methods; `CCEConfig.first_commit()` is the first
 committed `esd/train.sh` (25 images, 1 x 4, 1000 steps, effective lr 0.02). Which of the two produced
 the paper's numbers is not known. `CCEConfig.toy()` is the toy world's budget (`TOY_PRESET`), measured
-on the toy model (see there).
+on the toy model (the numbers are beside it).
 
 Deliberate differences from the official code:
 * No token is added to the tokenizer and no embedding row to the text encoder: the placeholder's
@@ -214,10 +214,15 @@ class CCEConfig:
         return cls(**{**TOY_PRESET, **kw})
 
 
-# The toy world's budget: 16 rendered-or-generated images, 150 steps of batch 4 (no accumulation) at an
-# effective lr of 2e-2, 20 DDIM steps for images and judging (the toy erasure tests' sampler, conftest.TOY_EVAL),
-# initialised from "shape" (a word the toy text encoder knows). Measured on the toy model (2 CPU cores): on the
-# unerased model the learned token shows a triangle in 20/20 pairs; see the report of issue 12 for the ESD-x numbers.
+# The toy world's budget: 16 images, 150 steps of batch 4 (no accumulation) at an effective lr of 2e-2, 20 DDIM
+# steps for the images and the judged samples (the toy erasure tests' sampler, conftest.TOY_EVAL), initialised from
+# "shape" (a word the toy text encoder knows; its embedding untrained in the word's place draws a triangle in 1 of
+# 8 pairs). Measured on the toy model, triangle, the first 20 direct prompts, one seed each:
+#   unerased model, renders (seeds 0-19): the token alone shows a triangle in 95% (19/20) [76, 99]
+#   ESD-x toy preset (seeds 5000-5019), images from the original model: ASR 75% (15/20) [53, 89]; the same prompts
+#   without the token 45% (9/20) [26, 66]; the token alone 70% (14/20) [48, 85]; 1240 UNet evaluations of set-up
+#   (600 inversion + 640 drawing the images), 344 s on 2 shared cores.
+# The tests use 40 steps on 8 renders (7/8 or more on the unerased model).
 TOY_PRESET: dict = {
     "num_images": 16,
     "steps": 150,
