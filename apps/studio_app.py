@@ -7,7 +7,7 @@
     demo = build_app(outputs="outputs")
     demo.launch(**launch_kwargs())
 
-One file per tab under `apps/tabs/` (erase, attack, edit, generate), each with its form dataclass,
+One file per tab under `apps/tabs/` (erase, attack, edit, generate, probe), each with its form dataclass,
 layout, handlers and outputs, over `apps/shared.py` (models, pickers, allowed paths, cancels) and
 `apps/ui.py` (errors, the one progress renderer, value checks). This file lays out the page: the
 model picker at the top, then the tabs, then wires every tab's events.
@@ -32,9 +32,10 @@ from .tabs.attack import AttackTab
 from .tabs.edit import EditTab
 from .tabs.erase import EraseTab
 from .tabs.generate import GenerateTab
+from .tabs.probe import ProbeTab
 from .ui import CSS, form_inputs, friendly, theme
 
-TABS = (EraseTab, AttackTab, EditTab, GenerateTab)
+TABS = (EraseTab, AttackTab, EditTab, GenerateTab, ProbeTab)
 SHARED_FIELDS = {"model": "model", "text_encoder": "encoder"}  # form field -> the shared component it reads
 
 

@@ -138,6 +138,9 @@ def format_report(report: dict) -> str:
             for label, m in models.items()
             if key in m["results"]
         )
+        if key == "distance":
+            drawn = [label for m in models.values() if key in m["results"] for label in m["results"][key]["measurements"]["models"]]
+            costs += f" (the sampling of every model: {', '.join(drawn)})"
         lines += ["", f"Cost: {costs}."]
     lines += ["", "Rates: share (k/n) [95% Wilson interval]."]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 tiny budgets, streaming, cancel, private sessions, readable errors, and what the server exposes."""
 
 import json
+import re
 import threading
 import time
 import zipfile
@@ -580,3 +581,87 @@ def test_erase_tab_starts_from_the_toy_preset_and_budget_on_the_toy_model():
     assert (toy.ev_seeds, toy.ev_prompts, toy.attack_prompts) == (budget["seeds"], budget["prompts_per_form"], budget["attack_prompts"])
     assert toy.attack_iters == budget["attack_overrides"]["iterations"] < official.attack_iters
     assert toy.attack_timesteps == len(budget["attack_overrides"]["timesteps"]) < official.attack_timesteps
+
+
+# ----------------------------------------------------------------------------- the Probe tab
+
+
+def test_probe_tab_runs_a_registered_probe_beside_the_oracle_and_the_original(app):
+    from PIL import Image
+
+    from studio.toyworld.oracle import oracle_path
+
+    has_oracle = (oracle_path("triangle") / "oracle.json").is_file()
+    s = Session(app.url)
+    out = s.run("/probe", erased="original", concept="triangle", probe="completion", budget="small")
+    report = out["Probe report"]
+    assert "done" in out["Probe status"] and "## completion" in report
+    assert "| original |" in report and ("| oracle |" in report) == has_oracle
+    assert re.search(r"\d+% \(\d+/2\) \[\d+, \d+\]", report)  # every rate with its count and Wilson interval (2 renders, small budget)
+    grids = out["What each model drew"]
+    assert len(grids) == 1 + has_oracle and [g["caption"] for g in grids] == ["original", "oracle"][: len(grids)]
+    image = grids[0]["image"]
+    assert Image.open(image if isinstance(image, str) else image["path"]).width > 128
+    assert out["_updates"] >= 3  # loading, progress, final
+
+
+def test_probe_tab_distance_of_the_erased_model(erased):
+    from studio.toyworld.oracle import oracle_path
+
+    if not (oracle_path("triangle") / "oracle.json").is_file():
+        pytest.skip("the triangle oracle is not shipped")
+    out = erased.session.run("/probe", erased=erased.key, concept="triangle", probe="distance", budget="small")
+    report = out["Probe report"]
+    assert "concept KID x1000 to oracle" in report and "retain KID x1000 to original" in report
+    for row in ("| erased |", "| oracle |", "| original |"):
+        assert row in report
+    assert "erased: a triangle · esd-x" in report  # the erased model by its label, never a server path
+
+
+def test_probe_tab_relearning_cancels_and_bad_input_is_one_line(app):
+    s = Session(app.url)
+    job = s.submit(
+        "/probe", erased="original", concept="triangle", probe="relearning", budget="default", with_oracle=False, with_original=False
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("relearning" in str(o[0]) and "step" in str(o[0]) for o in job.outputs()):
+        time.sleep(0.2)
+    assert job.outputs(), "no progress was streamed"
+    s.client.predict(api_name="/cancel_probe")
+    out = s.named("/probe", job.result(timeout=120))
+    assert "Cancelled after 0 of 1" in out["Probe status"]
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if t.name == "studio-probe" and t.is_alive()], "the probe kept running"
+    for kwargs, expected in [
+        (dict(probe="nope"), "nope is not in the list of choices"),  # the page's dropdowns refuse it before the handler
+        (dict(concept="dark"), "is a background"),
+        (dict(budget="huge"), "huge is not in the list of choices"),
+        (dict(probe="relearning", k=0), "relearning images (k) must be at least 1"),
+    ]:
+        message = error_of(s, "/probe", **kwargs)
+        assert expected in message and "Traceback" not in message
+
+
+def test_probe_tab_plans_before_loading_anything(tmp_path):
+    """What the tab will run, checked without loading a model: the registry's probe, the budget, the oracle, the component."""
+    from apps.shared import Studio
+    from apps.tabs.probe import ProbeForm, ProbeTab
+    from studio.toyworld.oracle import oracle_path
+
+    tab = ProbeTab(Studio(tmp_path))
+    state = {"erased": {"k1": {"label": "erased: triangle · esd-u", "method": "esd-u"}}}
+    with pytest.raises(ValueError, match="unknown probe 'nope'"):
+        tab.plan(ProbeForm(probe="nope"), state)
+    with pytest.raises(ValueError, match="unknown budget 'huge'"):
+        tab.plan(ProbeForm(budget="huge"), state)
+    concept, name, config, models, component, note = tab.plan(
+        ProbeForm(erased="session:k1", probe="relearning", k=16, concept="wedge"), state
+    )
+    assert (concept, name, config.images, component) == ("triangle", "relearning", 16, "unet")  # a synonym; what ESD-u changed
+    shipped = (oracle_path("triangle") / "oracle.json").is_file()
+    assert [m[0] for m in models] == ["erased", "oracle", "original"] if shipped else ["erased", "original"]
+    *_, models, component, note = tab.plan(ProbeForm(probe="completion", concept="striped", with_original=False), state)
+    assert component is None and [m[0] for m in models] == ["original"] + (
+        ["oracle"] if (oracle_path("striped") / "oracle.json").is_file() else []
+    )
+    assert "no oracle" in note.lower() or len(models) == 2

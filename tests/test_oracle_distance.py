@@ -154,6 +154,7 @@ def test_cli_distance_writes_the_report_table(tmp_path, monkeypatch, capsys, tin
     ).planned_unet_evals("triangle", 2)
     md = (out / "report.md").read_text()
     assert "## distance" in md and "concept KID x1000 to oracle" in md and "| oracle |" in md
+    assert "(the sampling of every model: original, oracle)" in md
     assert (out / "grids" / "original-distance.png").is_file()
 
 
