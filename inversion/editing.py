@@ -39,6 +39,7 @@ def _resolve(module: str, config: str) -> tuple:
     return mod.invert, getattr(mod, config)
 
 
+TARGET_NULLS = ("shared", "empty")
 INVERTERS = {name: _resolve(*entry) for name, entry in REGISTRY.items()}  # name -> (invert, config class)
 
 
@@ -57,6 +58,7 @@ class EditConfig:
     blend_start: float = 0.2  # blend from this fraction of the steps on
     blend_side: int | None = None  # side of the maps LocalBlend reads; None: latent/4, at least 8 (SD v1: 16, toy: 8)
     self_max_side: int | None = None  # self-attention replaced on layers at most this high; None: latent/2, at least 8 (SD v1: 32)
+    target_null: str = "shared"  # null-text / negative-prompt: "shared" (paper) or "empty" (targets take the "" embedding)
 
 
 @dataclass
@@ -119,6 +121,8 @@ def edit(
         cfg = dataclasses.replace(cfg, **overrides)
     if method is not None and method not in INVERTERS:
         raise ValueError(f"unknown inversion method {method!r}; use one of {', '.join(INVERTERS)}")
+    if cfg.target_null not in TARGET_NULLS:
+        raise ValueError(f"unknown target_null {cfg.target_null!r}; use one of {', '.join(TARGET_NULLS)}")
     if not isinstance(source_prompt, str) or not source_prompt.strip():
         raise ValueError(f"the source prompt is empty ({source_prompt!r}); describe the image as it is, e.g. 'a red circle'")
     targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
@@ -162,7 +166,14 @@ def edit(
         prepared = to_pil(decode(pipe.vae, inversion.image_latent))[0] if image is None else prepare_image(pipe, image, inversion.fit)[0]
     inverted = time.perf_counter()
     latents, evals = sample_from_inversion(
-        pipe, inversion, [source_prompt, *targets], controller, callback=callback, cancel=cancel, progress=progress
+        pipe,
+        inversion,
+        [source_prompt, *targets],
+        controller,
+        target_null=cfg.target_null,
+        callback=callback,
+        cancel=cancel,
+        progress=progress,
     )
     images = to_pil(decode(pipe.vae, latents))
     mask = None
@@ -202,7 +213,15 @@ def check_inversion(pipe, inversion: InversionResult, source_prompt: str, method
 
 @torch.no_grad()
 def sample_from_inversion(
-    pipe, inversion: InversionResult, prompts: list[str], controller: Controller | None, *, callback=None, cancel=None, progress=False
+    pipe,
+    inversion: InversionResult,
+    prompts: list[str],
+    controller: Controller | None,
+    *,
+    target_null: str = "shared",
+    callback=None,
+    cancel=None,
+    progress=False,
 ):
     """DDIM + CFG from z*_T for the prompts [source, targets...] with the method's unconditional branch.
 
@@ -217,11 +236,15 @@ def sample_from_inversion(
     forward, _ = scheduler_pair(inversion.scheduler_config, n, device=device)
     w = inversion.guidance_scale
     b = len(prompts)
+    if target_null not in TARGET_NULLS:
+        raise ValueError(f"unknown target_null {target_null!r}; use one of {', '.join(TARGET_NULLS)}")
     cond = encode_prompts(pipe, prompts).to(dtype)  # (B, 77, D)
+    empty = embed(pipe, "").to(dtype)  # (1, 77, D)
+    own = target_null == "empty" and method in ("null-text", "negative-prompt")  # only the source row keeps the fitted embedding
     if method == "negative-prompt":
-        uncond = cond[:1].expand(b, -1, -1)
+        uncond = torch.cat([cond[:1], empty.expand(b - 1, -1, -1)]) if own else cond[:1].expand(b, -1, -1)
     elif method in ("ddim", "direct"):
-        uncond = embed(pipe, "").to(dtype).expand(b, -1, -1)
+        uncond = empty.expand(b, -1, -1)
     else:
         nulls = inversion.null_embeddings.to(device, dtype)  # (N, 77, D)
         if len(nulls) != n:
@@ -238,7 +261,7 @@ def sample_from_inversion(
         if controller is not None:
             controller.begin_step(i)
         if method == "null-text":
-            uncond = nulls[i][None].expand(b, -1, -1)
+            uncond = torch.cat([nulls[i][None], empty.expand(b - 1, -1, -1)]) if own else nulls[i][None].expand(b, -1, -1)
         if w > 1.0:
             eps_u, eps_c = unet_eps(unet, torch.cat([latents, latents]), t, torch.cat([uncond, cond]), **kwargs).chunk(2)
             eps = eps_u + w * (eps_c - eps_u)
