@@ -3,6 +3,7 @@ held-in check prompts, and the preset sweep's per-concept criterion. Tiny random
 what is tested is the rule's behaviour, not the toy model's."""
 
 import importlib.util
+import json
 import sys
 import threading
 from pathlib import Path
@@ -91,6 +92,8 @@ def test_stops_at_first_check_after_erased():
     assert stop["unet_evals"] == 3 * 3 * 2 * 2
     assert result.stats["unet_evals"] > stop["unet_evals"]
     assert any("erased" in line for line in report_lines(stop))
+    saved = json.loads(json.dumps(result.info()))  # what erasure.json holds says which happened
+    assert saved["stats"]["stop"]["reason"] == "erased" and saved["stats"]["stop"]["settings"]["target_rate"] == 0.05
 
 
 def test_budget_runs_out_without_erasure():
