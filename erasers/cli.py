@@ -254,7 +254,12 @@ def cmd_eval(args) -> int:
         ecfg.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
         ecfg.attack_settings, ecfg.attack_seeds, ecfg.toy_budget = card_sets, args.attack_seeds, budget == "toy"
         plan = card_plan(ecfg, original=True)  # unknown names, a budget of 0, bad settings: before any model loads
-        note += f"; report card: {', '.join(n for n, _, _ in plan)} on {ecfg.attack_prompts} prompts x {ecfg.attack_seeds} seed(s)"
+        note = (
+            f"evaluation ({budget} budget): {ecfg.prompts_per_form} prompts per form x {ecfg.seeds} seeds; report card: "
+            f"{', '.join(n for n, _, _ in plan)} on {ecfg.attack_prompts} prompts x {ecfg.attack_seeds} seed(s), each at its "
+            + ("toy budget" if ecfg.toy_budget else "defaults")
+            + " with the --attack-set settings"
+        )
     if not Path(args.erased).exists():
         raise FileNotFoundError(f"no erased model at {args.erased}; give the folder `studio erase` wrote (.../model)")
     out = check_folder(args.out or Path(args.erased).parent / "eval", known=EVAL_NAMES)
