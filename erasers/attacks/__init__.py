@@ -294,3 +294,4 @@ def asr(results) -> dict:
     return {"n": n, "pre_successes": pre, "post_successes": post, "asr": (pre + post) / n, "pre_asr": pre / n}
 from . import cce  # noqa: E402,F401
 from . import ring_a_bell  # noqa: E402,F401
+from . import p4d  # noqa: E402,F401

@@ -257,11 +257,12 @@ def judge_many(pipe, texts: list[str], seeds: list[int], is_success, steps: int,
     return verdicts, images, steps * (2 if guidance > 1.0 else 1)
 
 
-def batched_targets(original, prompts: list[str], seeds: list[int], batch_size: int) -> torch.Tensor:
-    """`target_latents(original, prompt, seed)` of every pair `(B, 4, h, w)`, `batch_size` images at a time."""
+def batched_targets(original, prompts: list[str], seeds: list[int], batch_size: int, num_inference_steps: int = 50) -> torch.Tensor:
+    """`target_latents(original, prompt, seed, num_inference_steps=...)` of every pair `(B, 4, h, w)`, `batch_size` images at a time."""
     out = []
     for lo in range(0, len(prompts), batch_size):
-        images = sample(original, prompts[lo : lo + batch_size], seed=seeds[lo : lo + batch_size], output_type="pt").images
+        chunk = slice(lo, lo + batch_size)
+        images = sample(original, prompts[chunk], seed=seeds[chunk], num_inference_steps=num_inference_steps, output_type="pt").images
         out.append(encode_image(original, images))
     return torch.cat(out)
 
