@@ -262,12 +262,6 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
             f"about {estimate / 60:.0f} min more."
         ),
         "",
-        "Original model: "
-        + ", ".join(
-            f"{c} shown {Rate(o['shown'], o['n'])}, others correct {Rate(o['retained_k'], o['retained_n'])}" for c, o in originals.items()
-        )
-        + ".",
-        "",
         "## Settings (best first)",
         "",
         "| setting | concepts measured | worst erasure | mean erasure | min retained ratio | eligible |",
@@ -283,11 +277,15 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         out = [
             f"## {title}: {fmt_setting(r['setting'])}",
             "",
-            "| concept | concept shown (direct) | erasure | retained | ratio to original |",
-            "|---|---|---|---|---|",
+            "| concept | original: shown, retained | concept shown (direct) | erasure | retained | ratio to original |",
+            "|---|---|---|---|---|---|",
         ]
         for c, row in r["per_concept"].items():
-            out.append(f"| {c} | {row['shown']} | {1 - row['concept_rate']:.0%} | {row['retained_rate']} | {row['retained_ratio']:.2f} |")
+            o = originals.get(c)
+            base = f"{Rate(o['shown'], o['n'])}, {Rate(o['retained_k'], o['retained_n'])}" if o else "-"
+            out.append(
+                f"| {c} | {base} | {row['shown']} | {1 - row['concept_rate']:.0%} | {row['retained_rate']} | {row['retained_ratio']:.2f} |"
+            )
         out += [
             "",
             f"Per-concept summary: mean erasure {r['mean_erasure']:.0%}, worst {r['worst_erasure']:.0%}; min retained ratio {r['min_retained_ratio']:.2f}.",
