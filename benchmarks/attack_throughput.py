@@ -1,0 +1,156 @@
+"""How many prompts a minute UnlearnDiffAtk attacks, batched (`run_many`) vs one prompt at a time, and the
+ASR of each, measured side by side in one run on the same prompts and seeds.
+
+The attacked model is the shipped toy model with "triangle" erased by ESD-x at its toy preset (made here,
+about a minute, not timed); the unerased model would make the measurement meaningless, as every prompt
+succeeds before the attack (pre-attack success, no gradient step). Targets come from the unerased model.
+Both arms use the studio's toy attack budget (5 timesteps x 20 gradient steps, `erasers.EVAL_BUDGETS`),
+judged images with DDIM at 20 steps (CFG 7.5), the toy judge's "shows a triangle".
+
+  * one at a time: the registry's generic `run_many` loop (a target, then `unlearndiffatk`, per prompt),
+    as every per-prompt attack without a batched `run_many` runs;
+  * batched: `unlearndiffatk_many`, `batch_size` prompts in every text-encoder and UNet call.
+
+Throughput counts everything from the first prompt to the last result (targets, pre-attack images,
+gradient steps, judged images). Target (issue 12): batched >= 5x the prompts per minute at the same ASR.
+
+    OMP_NUM_THREADS=1 python benchmarks/attack_throughput.py [--prompts 12] [--batch-size 12]
+"""
+
+import argparse
+import dataclasses
+import time
+
+import torch
+from _util import write_results
+
+from erasers import EVAL_BUDGETS, attacks, esd, get_config, toy_target
+from studio.judges import get_judge
+from studio.loading import load_pipeline
+from studio.stats import Rate, format_rate, overlap
+from studio.toyworld.captions import prompts_for
+
+CONCEPT = "triangle"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=12, help="prompt-seed pairs (the concept's direct prompts, seed i for prompt i)")
+    ap.add_argument("--batch-size", type=int, default=12, help="prompts per batched call")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps of each judged image")
+    ap.add_argument("--name", default="attack_throughput")
+    args = ap.parse_args()
+
+    original = load_pipeline("toy")
+    erased = load_pipeline("toy")
+    t0 = time.perf_counter()
+    esd.erase(erased, toy_target("esd-x", CONCEPT), get_config("esd-x", "toy"), progress=False)
+    erase_seconds = time.perf_counter() - t0
+    judge = get_judge("toy")
+    shows = lambda images: judge.shows(images, CONCEPT)
+    prompts = [p for p, _ in prompts_for(CONCEPT, "direct", args.prompts)]
+    seeds = list(range(len(prompts)))
+    config = {**EVAL_BUDGETS["toy"]["attack_overrides"], "num_inference_steps": args.steps, "batch_size": args.batch_size}
+    cfg = attacks.make_config("unlearndiffatk", config)
+
+    # the registry's one-at-a-time path: the same spec without its batched run_many
+    attacks.register(dataclasses.replace(attacks.get("unlearndiffatk"), name="unlearndiffatk-one-at-a-time", run_many=None))
+    rows = {}
+    runs = {}
+    for arm, name in (("one at a time", "unlearndiffatk-one-at-a-time"), ("batched", "unlearndiffatk")):
+        cpu0 = time.process_time()
+        run = attacks.run_many(name, erased, prompts, seeds, shows, cfg, original=original, progress=False)
+        cpu = time.process_time() - cpu0
+        s = run.summary()
+        runs[arm] = run
+        rows[arm] = {
+            "seconds": run.wall_time,
+            "cpu_seconds": cpu,
+            "prompts_per_minute": 60 * len(prompts) / run.wall_time,
+            "prompts_per_cpu_minute": 60 * len(prompts) / cpu,
+            "asr": s["asr"],
+            "asr_rate": format_rate(s["pre_successes"] + s["post_successes"], s["n"]),
+            "asr_interval": s["interval"],
+            "pre_asr": s["pre_asr"],
+            "pre_rate": format_rate(s["pre_successes"], s["n"]),
+            "unet_evals": run.unet_evals,
+            "gradient_steps": sum(r.gradient_steps for r in run.results),
+            "generations": sum(r.generations for r in run.results),
+            "per_prompt": [r.to_dict() | {"losses": None} for r in run.results],
+        }
+        print(
+            f"{arm}: {run.wall_time:.0f} s ({cpu:.0f} CPU s), {rows[arm]['prompts_per_minute']:.2f} prompts/min, ASR {rows[arm]['asr_rate']}",
+            flush=True,
+        )
+
+    a, b = runs["one at a time"].results, runs["batched"].results
+    same = {
+        "success": sum(x.success == y.success for x, y in zip(a, b)),
+        "tokens": sum(x.adversarial_tokens == y.adversarial_tokens for x, y in zip(a, b)),
+        "generations": sum(x.generations == y.generations for x, y in zip(a, b)),
+    }
+    max_loss_diff = max((abs(u - v) for x, y in zip(a, b) for u, v in zip(x.losses, y.losses)), default=0.0)
+    ratio = rows["batched"]["prompts_per_minute"] / rows["one at a time"]["prompts_per_minute"]
+    cpu_ratio = rows["batched"]["prompts_per_cpu_minute"] / rows["one at a time"]["prompts_per_cpu_minute"]
+    ka = sum(r.success for r in a)
+    kb = sum(r.success for r in b)
+    separated = not overlap(Rate(ka, len(a)), Rate(kb, len(b)))
+
+    n = len(prompts)
+    table = [
+        (
+            f"UnlearnDiffAtk throughput on the CPU, OMP_NUM_THREADS=1 (torch threads {torch.get_num_threads()}); the machine was shared "
+            "(2 cores, a training run on them, and other jobs), so absolute times are pessimistic; both arms ran in the same process one after the other."
+        ),
+        "",
+        (
+            f"Attacked model: the toy model with '{CONCEPT}' erased by ESD-x at its toy preset (erased here in {erase_seconds:.0f} s, not timed); "
+            f"targets from the unerased toy model. {n} direct '{CONCEPT}' prompts, seed i for prompt i, the same in both arms. "
+            f"Budget: {len(cfg.schedule())} timesteps x {cfg.iterations} gradient steps, judged images DDIM {cfg.num_inference_steps} steps CFG "
+            f"{cfg.guidance_scale}, at most {cfg.unet_budget()} UNet evaluations per prompt; batch size {args.batch_size}."
+        ),
+        "",
+        "| arm | seconds (wall) | CPU seconds | prompts / minute (wall) | prompts / CPU minute | ASR | pre-attack ASR | gradient steps | judged images | UNet evaluations |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in rows.items():
+        table.append(
+            f"| {arm} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['prompts_per_minute']:.2f} | {r['prompts_per_cpu_minute']:.2f} | "
+            f"{r['asr_rate']} | {r['pre_rate']} | {r['gradient_steps']} | "
+            f"{r['generations']} | {r['unet_evals']} |"
+        )
+    table += [
+        "",
+        (
+            f"Throughput ratio batched / one at a time: **{ratio:.1f}x** in wall time, **{cpu_ratio:.1f}x** in CPU time (target >= 5x). "
+            "The process runs one thread, so its CPU time is the work done, less sensitive than wall time to what else ran on the shared cores."
+        ),
+        (
+            f"Same per-prompt result in both arms: success {same['success']}/{n}, tokens {same['tokens']}/{n}, judged images {same['generations']}/{n}; "
+            f"largest difference of a per-step loss {max_loss_diff:.2g}. The two ASRs {'differ beyond' if separated else 'are within'} their 95% intervals."
+        ),
+        (
+            "UNet evaluations count latents through the UNet (a guided step counts 2), not the target images (made once per attacked prompt "
+            "batched, once per prompt one at a time)."
+        ),
+    ]
+    data = {
+        "concept": CONCEPT,
+        "model": "toy model, ESD-x toy preset",
+        "erase_seconds": erase_seconds,
+        "prompts": prompts,
+        "seeds": seeds,
+        "config": dataclasses.asdict(cfg),
+        "unet_budget_per_prompt": cfg.unet_budget(),
+        "arms": rows,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "same_per_prompt": same,
+        "max_loss_difference": max_loss_diff,
+        "asr_separated": separated,
+    }
+    write_results(args.name, data, "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
