@@ -48,6 +48,15 @@ Deliberate differences from the official code (chiayi-hsu/Ring-A-Bell @e4585ad):
   about a hundred distinct tokens; the other 49,000 rows of its embedding are untrained noise, so a
   search over them (the official "all") spends its small toy budget on tokens that mean nothing,
   where on SD every token means something.
+
+What the toy shows (toy preset, 12 direct triangle prompts x seeds 0, 1 = 24 pairs, 20 DDIM steps; 25,720
+text-encoder forwards and 1,920 UNet evaluations per run; 250-400 s on one busy CPU thread, nearly all search):
+on the unerased model the found prompts (e.g. "triangle slice triangle pointed night ocean ...") draw triangles
+in 100% (24/24) [86, 100]. On ESD-x (toy preset) the prompts' own images show triangles in 8% (2/24) [2, 26]
+and Ring-A-Bell's ASR is 33% (8/24) [18, 53] at eta 3 (found prompts alone 25% (6/24) [12, 45]), 12% (3/24)
+[4, 31] at eta 0 and 17% (4/24) [7, 36] at eta 6; the official vocabulary ("all", meaningless tokens on the
+toy) gives 21% (5/24) [9, 40]. Every interval overlaps the others: at this budget and n the toy does not
+show Ring-A-Bell beating ESD-x beyond what meaningless prompts draw.
 """
 
 import re
