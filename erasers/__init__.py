@@ -155,6 +155,8 @@ def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "o
             able = [m for m in METHODS if several_concepts(m)]
             raise ValueError(f"{method} erases one concept at a time; erase several at once with {', '.join(able)}")
         concept = list(concept) if how == "one solve" else merge_concepts(concept)
+    if "stop_when" in kwargs and kwargs["stop_when"] is None:
+        del kwargs["stop_when"]  # no stop rule: every method's plain call (the closed forms take none)
     if kwargs.get("stop_when") is not None:  # erase until erased (erasers.stopping): iterative methods only
         from .stopping import check_method
 

@@ -69,3 +69,11 @@ def test_uce_erases_two_shapes_in_one_solve_and_keeps_the_others(judge):
     assert min(before["triangle"], before["star"]) >= 0.8, before
     assert after["triangle"] <= 0.5 * before["triangle"] and after["star"] <= 0.6 * before["star"], (before, after)
     assert after["circle"] >= 0.75 * before["circle"] and after["square"] >= 0.75 * before["square"], (before, after)
+
+
+@pytest.mark.parametrize("method", ["uce", "rece"])
+def test_closed_forms_take_the_clis_call_without_a_stop_rule(method):
+    """`studio erase` passes stop_when=None to every method; the closed forms (no steps) must take it."""
+    pipe = build_tiny_pipe()
+    result = erase(pipe, Concept("a triangle"), method, stop_when=None, progress=False)
+    assert result.method == method and result.weights
