@@ -456,3 +456,29 @@ def test_unlearndiffatk_skips_a_decoded_prompt_over_77_tokens(pipe, monkeypatch)
     assert r.generations == 1 and not r.success and r.adversarial_prompt == "a red triangle"
     assert [("skipped" in h) for h in r.history] == [False, True, True]
     assert "over 77" in r.history[1]["skipped"]
+
+
+def test_soft_prompt_is_a_registered_attack_that_spends_its_budget(pipe):
+    """The registered soft-prompt attack: targets from the original, the prefix optimised for `steps` steps
+    and judged once at the end, every weight untouched, the UNet evaluations within the stated budget."""
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    seen = []
+
+    def judge(images):
+        seen.append(len(images))
+        return np.zeros(len(images), dtype=bool)
+
+    cfg = {"steps": 3, "num_inference_steps": 2}
+    run = attacks.run_many("soft-prompt", pipe, ["a photo of a cat", "a dog"], [0, 1], judge, cfg, original=pipe)
+    assert [r.attack for r in run.results] == ["soft-prompt", "soft-prompt"]
+    budget = attacks.ATTACKS["soft-prompt"].cost(attacks.make_config("soft-prompt", cfg))
+    for r in run.results:
+        assert r.gradient_steps == 3 and len(r.losses) == 3 and all(np.isfinite(r.losses))
+        assert r.unet_evals == budget == 3 + 2 * 2 * 2  # steps + two judged images of 2 CFG steps
+        assert not r.success and not r.exact_tokens and r.adversarial_prompt.startswith("<soft x1>")
+    assert seen == [1, 1, 1, 1]  # before and after, per prompt
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    with pytest.raises(ValueError, match="needs the original"):
+        attacks.run_many("soft-prompt", pipe, ["a dog"], 0, judge, cfg)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        attacks.make_config("soft-prompt", {"steps": 0})

@@ -62,7 +62,7 @@ from .common import (
     target_latents,
     vocabulary,
 )
-from .soft_prompt import SoftPromptConfig, soft_prompt_attack
+from .soft_prompt import SoftPromptAttackConfig, SoftPromptConfig, soft_prompt, soft_prompt_attack
 from .unlearndiffatk import UnlearnDiffAtkConfig, judge_tokens, project_simplex, unlearndiffatk, unlearndiffatk_many
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "AttackRun",
     "NoAttackConfig",
     "RandomTokensConfig",
+    "SoftPromptAttackConfig",
     "SoftPromptConfig",
     "UnlearnDiffAtkConfig",
     "adversarial_text",
@@ -89,6 +90,7 @@ __all__ = [
     "register",
     "run_attack",
     "run_many",
+    "soft_prompt",
     "soft_prompt_attack",
     "target_latents",
     "unlearndiffatk",
@@ -176,6 +178,15 @@ ATTACKS: dict[str, Attack] = {
         needs_target=True,
         cost=_per_prompt_cost,
     ),
+    "soft-prompt": Attack(
+        "soft-prompt",
+        "soft prompt (AdvUnlearn's inner attack)",
+        SoftPromptAttackConfig,
+        run=soft_prompt,
+        needs_original=True,
+        needs_target=True,
+        cost=_per_prompt_cost,
+    ),
 }
 
 
@@ -256,7 +267,16 @@ def run_many(
     start = time.perf_counter()
     if spec.run_many is not None:
         out = spec.run_many(
-            erased, prompts, seeds, is_success, config, original=original, concept=concept, callback=callback, cancel=cancel, progress=progress
+            erased,
+            prompts,
+            seeds,
+            is_success,
+            config,
+            original=original,
+            concept=concept,
+            callback=callback,
+            cancel=cancel,
+            progress=progress,
         )
         out.wall_time = time.perf_counter() - start
         return out
@@ -292,6 +312,10 @@ def asr(results) -> dict:
     post = sum(get(r, "success") and not get(r, "pre_success") for r in results)
     n = len(results)
     return {"n": n, "pre_successes": pre, "post_successes": post, "asr": (pre + post) / n, "pre_asr": pre / n}
-from . import cce  # noqa: E402,F401
-from . import ring_a_bell  # noqa: E402,F401
-from . import p4d  # noqa: E402,F401
+
+
+from . import (
+    cce,  # noqa: F401
+    p4d,  # noqa: F401
+    ring_a_bell,  # noqa: F401
+)

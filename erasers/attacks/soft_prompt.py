@@ -1,15 +1,17 @@
 """AdvUnlearn's inner attack: continuous prefix embeddings (Zhang et al., NeurIPS 2024)."""
 
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from studio.progress import event
-from studio.sampling import Cancelled, is_cancelled
+from studio.sampling import Cancelled, is_cancelled, sample
 
-from .common import _random_token_embeddings, _unwrap, encode_with_prefix
+from .common import AttackResult, _pre_attack, _random_token_embeddings, _unwrap, encode_with_prefix
 
 # ----------------------------------------------------------------------------- soft-prompt attack
 
@@ -96,3 +98,100 @@ def soft_prompt_attack(
         if callback is not None:
             callback(event("soft-prompt", i + 1, config.steps, i=i, loss=losses[-1], prefix=delta.detach().clone()))
     return delta.detach(), {"losses": losses, "unet_evals": unet_evals, "steps": config.steps, "init": init, "init_tokens": init_tokens}
+
+
+# ----------------------------------------------------------------------------- as an evaluation attack
+
+
+@dataclass
+class SoftPromptAttackConfig:
+    """The soft-prompt attack as a judged evaluation attack (the matrix's "soft prompt" column).
+
+    The inner attack of AdvUnlearn (`soft_prompt_attack`, its official defaults: 1 prefix embedding, 30
+    Adam steps at lr 1e-3, PGD) against UnlearnDiffAtk's objective: the erased model's own denoising
+    loss on the ORIGINAL model's image of the prompt (`target_latents`), one random timestep per step.
+    The prefix starts from a random token's embedding (no warm start across prompts, so every
+    prompt-seed pair is attacked alone) and is judged once, at the end, with the image of
+    `[SOT, prefix, prompt]` (seed `seed`). A continuous embedding is no text: the attack measures
+    white-box robustness in embedding space, an upper bound for any prompt attack of that length.
+    """
+
+    num_tokens: int = 1  # --adv_prompt_num
+    steps: int = 30  # --attack_step (the budget knob)
+    lr: float = 1e-3  # --attack_lr
+    method: str = "pgd"
+    num_inference_steps: int = 50  # DDIM steps of the judged images
+    guidance_scale: float = 7.5
+
+    def __post_init__(self):
+        SoftPromptConfig(num_tokens=self.num_tokens, steps=self.steps, lr=self.lr, method=self.method, init="random")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+    @classmethod
+    def toy(cls) -> "SoftPromptAttackConfig":
+        """The toy world's budget: 25 DDIM steps for the judged images (the toy samples well with 20-25)."""
+        return cls(num_inference_steps=25)
+
+    def unet_budget(self) -> int:
+        """The most UNet evaluations per prompt: the steps, and two judged images (before, after)."""
+        return self.steps + 2 * self.num_inference_steps * (2 if self.guidance_scale > 1.0 else 1)
+
+
+def soft_prompt(
+    pipe, prompt, target_latents, is_success, config=None, *, seed=0, callback=None, cancel=None, progress=True
+) -> AttackResult:
+    """Attack `prompt` on `pipe` (the erased model) with a continuous prefix; see `SoftPromptAttackConfig`."""
+    config = config or SoftPromptAttackConfig()
+    start = time.perf_counter()
+    result = _pre_attack("soft-prompt", pipe, prompt, is_success, seed, config, callback, cancel, step=0, total=config.steps)
+    result.attack = "soft-prompt"
+    if result.pre_success:
+        result.wall_time = time.perf_counter() - start
+        return result
+    if target_latents is None:
+        raise ValueError("the soft-prompt attack needs target_latents (the original model's image of the prompt)")
+    unet, scheduler = pipe.unet, pipe.scheduler
+    device = unet.device
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    x0 = target_latents.to(device, torch.float32)
+    alphas = scheduler.alphas_cumprod.to(torch.float32)
+    total_t = int(scheduler.config.num_train_timesteps)
+
+    def batches(i):
+        t = int(torch.randint(total_t, (1,), generator=gen))
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = alphas[t]
+        z_t = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(unet.dtype)
+        return z_t, torch.tensor([t], device=device), noise
+
+    inner = SoftPromptConfig(num_tokens=config.num_tokens, steps=config.steps, lr=config.lr, method=config.method, init="random")
+    delta, info = soft_prompt_attack(
+        unet, pipe.text_encoder, pipe.tokenizer, prompt, batches, inner, generator=gen, callback=callback, cancel=cancel, progress=progress
+    )
+    with torch.no_grad():
+        cond = encode_with_prefix(pipe.text_encoder, pipe.tokenizer, [prompt], delta)
+    image = sample(
+        pipe,
+        prompt_embeds=cond,
+        seed=seed,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        cancel=cancel,
+    ).images[0]
+    verdict = np.asarray(is_success([image]), dtype=bool).reshape(-1)
+    ok = bool(verdict[0])
+    result.success = ok
+    result.image = image
+    result.adversarial_prompt = f"<soft x{config.num_tokens}> {prompt}"
+    result.exact_tokens = False  # a continuous embedding has no text
+    result.adversarial_tokens = info["init_tokens"] or []
+    result.gradient_steps = info["steps"]
+    result.losses = info["losses"]
+    result.unet_evals += info["unet_evals"] + config.num_inference_steps * (2 if config.guidance_scale > 1.0 else 1)
+    result.generations += 1
+    result.history.append({"prompt": result.adversarial_prompt, "success": ok})
+    if callback is not None:
+        callback(event("soft-prompt", config.steps, config.steps, phase="eval", prompt=result.adversarial_prompt, success=ok, image=image))
+    result.wall_time = time.perf_counter() - start
+    return result
