@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from editing_table import ATTRS, TEMPLATE, dataset, swap  # noqa: E402
-from inversion import EditConfig, InversionResult, edit, invert, reconstruct  # noqa: E402
+from inversion import InversionResult, edit, invert, reconstruct  # noqa: E402
 from inversion.attention import install, probabilities, sdpa  # noqa: E402
 from inversion.common import embed, scheduler_pair, unet_eps  # noqa: E402
 from inversion.editing import sample_from_inversion  # noqa: E402
@@ -376,7 +376,7 @@ def markdown(results: dict) -> str:
         lines += ["|---|---|---|---|---|---|"]
         for name, v in r["summary"].items():
 
-            def c(key):
+            def c(key, v=v):
                 if key not in v:
                     return ""
                 return f"{v[key]:.2f} [{v[key + ' minus inversion: worst']:+.2f}]"

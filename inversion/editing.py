@@ -13,6 +13,16 @@ direct also sets the source row back onto the pivot after every step.
 
 The source and the targets are sampled as one batch [source, target 1, ...]; the source row *is*
 the reconstruction, so an edit costs one batched sampling pass after the inversion.
+
+`EditConfig.target_null` (null-text and negative-prompt): "shared", the paper's and the official
+notebook's, gives every row the source's fitted embedding; "empty" keeps it for the source row only
+and gives the targets the empty prompt's embedding (plain CFG, as DDIM and Direct Inversion's
+target branch; PnP Inversion's criticism of the shared null). Why it exists: an embedding that makes
+the guided step land on the w = 1 pivot must make the UNet predict, at the source latent, what the
+source prompt makes it predict (w eps_c + (1 - w) eps_u = eps_c requires eps_u = eps_c), so the
+targets' guidance with it is w (eps(c_tgt) - eps(c_src)): negative-prompting the source at w = 7.5.
+benchmarks/editing_study.md measures this on the toy world (the source-initialised nulls are the
+source prompt's embedding on most steps, so null-text edits there are negative-prompt edits).
 """
 
 import dataclasses

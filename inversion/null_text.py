@@ -35,6 +35,17 @@ Deliberate differences from the official code (all of them make it faster; the b
 * When the previous timestep needed no update, the first evaluation of a timestep runs without a
   graph (most timesteps then stop there) and batches eps_c with the embedding's eps_u in one UNet
   call, or makes just one call while the embedding still is the source prompt's (then eps_u = eps_c).
+
+What the toy world shows about editing with these embeddings (benchmarks/editing_study.md, one image so far): the
+optimised nulls end up read by the UNet as the source prompt. From `null_init="source"` they *are*
+the source prompt's embedding on most steps, so null-text edits equal negative-prompt edits; from the
+official "" start they travel as far from "" as the source prompt lies (0.9-1.0 of that distance
+after the first 15 of 50 steps) and the UNet's prediction with them sits 0.12-0.38 of the way from
+the source prompt's to the empty prompt's. That is what exact reconstruction asks for (a guided
+step that lands on the w = 1 pivot needs eps_u = eps_c at the source latent), and it makes the
+shared null of the edit a negative prompt of the source for the targets. The source branch of an
+edit reconstructs exactly as the inversion alone (0.00 dB, latents within 3e-6); see
+`EditConfig.target_null` for the targets.
 """
 
 from dataclasses import dataclass

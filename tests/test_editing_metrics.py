@@ -114,3 +114,15 @@ def test_target_null_empty_gives_the_targets_the_empty_prompt(tiny_pipe):
     assert not torch.allclose(shared[1], plain[1], atol=1e-3)
     with pytest.raises(ValueError, match="unknown target_null"):
         sample_from_inversion(tiny_pipe, inv, prompts, None, target_null="source")
+
+
+def test_the_tables_official_null_text_loop_runs(tiny_pipe):
+    """The table's plain copy of the notebook's loop (its reference for speed and PSNR) imported a helper that
+    no longer exists (`inversion.common.model_resolution`) and failed before it inverted anything."""
+    from studio.toyworld.render import render
+
+    image = render({"shape": "circle", "colour": "red", "style": "solid", "background": "light"}, seed=3).image
+    from PIL import Image
+
+    inv = T.official_null_text(tiny_pipe, Image.fromarray(image), "a red circle", steps=3, inner=2)
+    assert inv.null_embeddings.shape[0] == 3 and inv.resolution == 32
