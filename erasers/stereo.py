@@ -330,9 +330,14 @@ def toy_target(name: str) -> Concept:
     return Concept(erasure_prompts(c.name), anchors=anchors, name=c.name)
 
 
-# The toy world's preset: the measured budget on the toy model (CPU), see the module's report in issue 15. The toy
-# UNet erases with esd-x at lr 1e-3 in 50 steps (erasers.esd TOY_PRESETS); STEREO keeps that per round and for REO,
-# 2 rounds (the README's), a 16-image gallery, 20-step DDIM trajectories and 80 inversion steps of batch 4.
+# The toy world's preset (not swept): esd-x at lr 1e-3 for 50 steps per round and for REO (as erasers.esd's toy
+# preset), 2 rounds (the README's), a 16-image gallery, 20-step DDIM trajectories, 80 inversion steps of batch 4.
+# Measured on triangle, the first 20 direct prompts (seeds 5000-5019, 20 DDIM steps): judged triangle 45% (9/20)
+# [26, 66] (original 95% (19/20) [76, 99]; ESD-x toy preset 45% (9/20) [26, 66]); other shapes kept 95% (19/20)
+# [76, 99] (ESD-x 100% (20/20)); CCE (toy preset, original's images): ASR 75% (15/20) [53, 89], the token alone
+# 65% (13/20) [43, 82], the same as against ESD-x (75% (15/20), token alone 70% (14/20)): on the toy world at this
+# budget STEREO resists CCE no better than ESD-x. 4656 UNet evaluations, 2189 s on 2 heavily shared cores.
+# One round with 40 inversion steps on 8 images leaves 79% of the toy tests' triangle images (ESD-x's test: <= 30%).
 TOY_PRESETS: dict = {
     "stereo": {
         "train_method": "esd-x",
