@@ -51,6 +51,7 @@ METHOD_COMPONENTS = {
     "advunlearn": "text-encoder",
     "uce": "cross-attention",  # closed-form edits of the cross-attention K/V projections
     "rece": "cross-attention",
+    "stereo": "cross-attention",  # its ESD rounds and REO train attn2 (train_method esd-x, the toy preset and the default)
 }
 DEFAULT_COMPONENT = "cross-attention"  # for the original model and the oracle, unless told
 
