@@ -51,7 +51,6 @@ METHOD_COMPONENTS = {
     "advunlearn": "text-encoder",
     "uce": "cross-attention",  # closed-form edits of the cross-attention K/V projections
     "rece": "cross-attention",
-    "stereo": "cross-attention",  # its ESD rounds and REO train attn2 (train_method esd-x, the toy preset and the default)
 }
 DEFAULT_COMPONENT = "cross-attention"  # for the original model and the oracle, unless told
 
@@ -132,6 +131,8 @@ def component_for(model, default: str | None = DEFAULT_COMPONENT) -> str | None:
     method = info.get("method")
     if method == "doco" and info.get("config", {}).get("parameter_group") == "full-weight":
         return "unet-all"
+    if method == "stereo":  # its ESD rounds and REO train what its train_method names (esd-u by default, esd-x on the toy)
+        method = info.get("config", {}).get("train_method", "esd-u")
     if method not in METHOD_COMPONENTS:
         raise ValueError(
             f"{marker} names method {method!r}, for which relearning knows no component; pass component= (one of {', '.join(COMPONENTS)})"
