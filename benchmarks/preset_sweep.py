@@ -300,7 +300,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     if best:
         lines += per_concept(best, "Chosen")
     else:
-        lines += ["No setting is eligible yet" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
+        lines += ["No setting meets the criterion" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
     if done < len(cells):
         lines.append(f"Partial sweep: the choice above is among the {done} cells done; `--plan` lists the rest.")
     data = {
