@@ -351,9 +351,11 @@ def summarise_edits(variants) -> dict:
         return float(np.mean(xs)) if xs else float("nan")
 
     out = {}
-    for variant in variants:
-        cells = sorted((CELLS / slug(variant)).glob("*.json"))
-        records = [json.loads(p.read_text()) for p in cells]
+    found = {v: {p.stem for p in (CELLS / slug(v)).glob("*.json")} for v in variants}
+    found = {v: seeds for v, seeds in found.items() if seeds}
+    common = set.intersection(*found.values()) if found else set()  # every row on the same images
+    for variant in found:
+        records = [json.loads((CELLS / slug(variant) / f"{seed}.json").read_text()) for seed in sorted(common, key=int)]
         if not records:
             continue
         table = {"images": len(records), "source_row_psnr": finite_mean([r["source_row_psnr"] for r in records])}
@@ -385,7 +387,8 @@ def edits_markdown(pie: dict, settings: dict) -> list:
         f"Rendered images (seeds from {settings.get('seed', 100)}), each edited four ways (one word: colour, shape, style, background) "
         f"in one batched edit call; P2P replace, cross {settings.get('cross')}, self {settings.get('self_steps')}, no local blend; "
         "judged by the toy judge. Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --edits --images 40` "
-        "(cells cached in benchmarks/results/editing_cells/, a stopped run resumes).",
+        "(cells cached in benchmarks/results/editing_cells/, a stopped run resumes). Every row is over the same images: "
+        "those every variant has finished.",
         "",
         "- changed and kept: the edited attribute reads as the target value and the other three as in the original "
         "(the edited region's judged correctness, in place of PIE-Bench's CLIP similarity); 95% Wilson intervals.",

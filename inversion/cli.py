@@ -71,6 +71,13 @@ def register(sub) -> None:
         default="source",
         help="null-text: start from the source prompt's embedding or the empty prompt's (official)",
     )
+    p.add_argument(
+        "--target-null",
+        choices=("shared", "empty"),
+        default="shared",
+        help="null-text / negative-prompt: the targets share the source's fitted embedding (the paper) or take the empty prompt's "
+        "(benchmarks/editing_table.md: keeps more on the toy world)",
+    )
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: at most this many Adam steps per timestep")
     p.add_argument("--offset-target", action="store_true", help="direct: add the source's offsets to the target too")
     p.add_argument("--inversion", default=None, help="reuse an inversion saved with --save-inversion (skips inverting)")
@@ -111,6 +118,7 @@ def cmd_edit(args) -> int:
         self_replace_steps=args.self_steps,
         reweight=parse_reweight(args.reweight) or None,
         blend_words=parse_blend(args.blend),
+        target_null=args.target_null,
     )
     inversion = InversionResult.load(args.inversion) if args.inversion else None
     pipe = load_from_args(args)
