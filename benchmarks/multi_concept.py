@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=8, help="direct prompts per concept")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--cached", action="store_true", help="only the cells already measured (a missing one is left out)")
     args = ap.parse_args()
     judge = get_judge("toy")
     cfg = EvalConfig(seeds=args.seeds, prompts_per_form=args.prompts, num_inference_steps=args.steps, retain_prompts_per_concept=4)
@@ -120,6 +121,10 @@ def main():
     for method in args.methods.split(","):
         for g in groups:
             key = "+".join(g)
+            done = [(CELLS / f"{method}--{key}--{m}.json").exists() for m in ("together", "alone")]
+            if args.cached and not all(done):
+                lines.append(f"| {method} | {key} | not measured yet | | | | |")
+                continue
             together, alone = cell(method, g, "together", judge, cfg), cell(method, g, "alone", judge, cfg)
             rows[f"{method}/{key}"] = {"together": together, "alone": alone}
             lines.append(
