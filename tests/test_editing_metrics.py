@@ -91,7 +91,9 @@ def test_source_branch_of_a_null_text_edit_reconstructs_as_the_inversion(tiny_pi
     alone, alone_latent = reconstruct(tiny_pipe, inv)
     out = edit(tiny_pipe, None, "a red circle", ["a blue circle", "a red square"], inversion=inv, target_null=target_null)
     assert abs(psnr(out.reconstruction, image) - psnr(alone, image)) <= 0.05
-    assert torch.allclose(out.latents[0], alone_latent[0], atol=1e-4)
+    # batched with the targets vs alone: float reductions differ with the thread count (~1e-4 on 2 threads);
+    # a wrong null per step or a controller touching the source row moves latents by orders more
+    assert torch.allclose(out.latents[0], alone_latent[0], atol=1e-3)
     assert np.abs(np.asarray(out.edit, dtype=int) - np.asarray(out.reconstruction, dtype=int)).max() > 2  # and the target did change
 
 
