@@ -126,31 +126,26 @@ class STEREOConfig:
 def _gallery(pipe, frozen_originals: dict, trained: dict, prompts: list, config: STEREOConfig) -> torch.Tensor:
     """The original model's images of the concept (the trained tensors swapped for the originals meanwhile, so a
     resumed run draws the same gallery from a pipe that was already changed)."""
-    from studio.sampling import sample
+    from studio.sampling import sample_pairs
 
     current = {n: p.detach().clone() for n, p in trained.items()}
-    out = []
     try:
         with torch.no_grad():
             for n, p in trained.items():
                 p.copy_(frozen_originals[n])
-            jobs = [(prompts[i % len(prompts)], i) for i in range(config.num_images)]  # seed i for image i, as the official
-            for b in range(0, len(jobs), 32):
-                chunk = jobs[b : b + 32]
-                res = sample(
-                    pipe,
-                    [p for p, _ in chunk],
-                    seed=[s for _, s in chunk],
-                    num_inference_steps=config.image_steps,
-                    guidance_scale=config.image_guidance,
-                    output_type="pt",
-                )
-                out.append(res.images.float().cpu())
+        count = config.num_images  # seed i for image i, as the official
+        return sample_pairs(
+            pipe,
+            [prompts[i % len(prompts)] for i in range(count)],
+            list(range(count)),
+            num_inference_steps=config.image_steps,
+            guidance_scale=config.image_guidance,
+            output_type="pt",
+        )
     finally:
         with torch.no_grad():
             for n, p in trained.items():
                 p.copy_(current[n])
-    return torch.cat(out)
 
 
 def erase(

@@ -32,7 +32,6 @@ from diffusers import DDIMScheduler
 from .latents import decode, resolution, to_pil, vae_scale_factor
 from .progress import event
 
-
 MAX_TOKENS = 77
 MAX_SIZE_FACTOR = 4  # images larger than this many times the model's resolution need force=True
 
@@ -51,6 +50,7 @@ __all__ = [
     "is_cancelled",
     "sample",
     "sample_many",
+    "sample_pairs",
     "tokenize",
 ]
 
@@ -273,7 +273,7 @@ def sample_many(
     **kwargs,
 ) -> list:
     """Every prompt with every seed, sampled `batch_size` images at a time -> PIL images in the order
-    `[(p0, s0), (p0, s1), ..., (p1, s0), ...]`.
+    `[(p0, s0), (p0, s1), ..., (p1, s0), ...]` (`sample_pairs` over the cross product).
 
     `seeds` is a list of seeds or a count n (seeds 0..n-1). An image does not depend on its batch, so
     the batch size changes only speed and memory. `callback` gets `{"stage": "sampling", "step",
@@ -282,33 +282,69 @@ def sample_many(
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = list(range(seeds)) if isinstance(seeds, Integral) and not isinstance(seeds, bool) else list(seeds)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}; lower it only when memory runs out")
     if not prompts or not seeds:
         raise ValueError(f"nothing to sample: {len(prompts)} prompts x {len(seeds)} seeds; give at least one of each")
-    check_settings(pipe, num_inference_steps, guidance_scale, kwargs.get("height"), kwargs.get("width"), force=kwargs.get("force", False))
-    for p in prompts:
-        check_prompt(pipe.tokenizer, p)
     jobs = [(p, s) for p in prompts for s in seeds]
-    n_batches = -(-len(jobs) // batch_size)
+    return sample_pairs(
+        pipe,
+        [p for p, _ in jobs],
+        [s for _, s in jobs],
+        batch_size=batch_size,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        callback=callback,
+        cancel=cancel,
+        **kwargs,
+    )
+
+
+def sample_pairs(
+    pipe,
+    prompts: list[str],
+    seeds: list,
+    *,
+    batch_size: int = 32,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    callback=None,
+    cancel=None,
+    **kwargs,
+):
+    """One image per (prompt, seed) pair, `batch_size` at a time: PIL images in the pairs' order, or one
+    `(N, 3, H, W)` tensor with `output_type="pt"`. Each image is the one `sample(pipe, prompt, seed=seed)`
+    makes (its own generator; an image does not depend on its batch). `callback` as `sample_many`'s."""
+    prompts, seeds = list(prompts), list(seeds)
+    if len(prompts) != len(seeds):
+        raise ValueError(f"one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}; lower it only when memory runs out")
+    if not prompts:
+        raise ValueError("nothing to sample: give at least one (prompt, seed) pair")
+    check_settings(pipe, num_inference_steps, guidance_scale, kwargs.get("height"), kwargs.get("width"), force=kwargs.get("force", False))
+    for p in dict.fromkeys(prompts):
+        check_prompt(pipe.tokenizer, p)
+    n_batches = -(-len(prompts) // batch_size)
     steps = kwargs.get("stop_at") or num_inference_steps
-    images = []
+    images, done = [], 0
     for b in range(n_batches):
-        chunk = jobs[b * batch_size : (b + 1) * batch_size]
+        chunk = slice(b * batch_size, (b + 1) * batch_size)
         relay = None
         if callback is not None:
-            relay = lambda info, b=b: callback(
-                {**info, "step": b * steps + info["step"], "total": n_batches * steps, "batch": b, "images": len(images)}
-            )  # noqa: E731
+            relay = lambda info, b=b, done=done: callback(
+                {**info, "step": b * steps + info["step"], "total": n_batches * steps, "batch": b, "images": done}
+            )
         out = sample(
             pipe,
-            [p for p, _ in chunk],
-            seed=[s for _, s in chunk],
+            prompts[chunk],
+            seed=seeds[chunk],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             callback=relay,
             cancel=cancel,
             **kwargs,
         )
-        images += out.images
-    return images
+        images.append(out.images)
+        done += len(out.images)
+    if kwargs.get("output_type") == "pt":
+        return torch.cat([x.float().cpu() for x in images])
+    return [image for batch in images for image in batch]

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from studio.latents import as_tensor, resolution
 from studio.progress import event
-from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample
+from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample, sample_pairs
 
 from . import Attack, AttackResult, AttackRun, register
 from .common import _unwrap
@@ -549,23 +549,21 @@ def concept_renders(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, lis
 def original_images(original, prompts: list, config: CCEConfig, *, callback=None, cancel=None) -> torch.Tensor:
     """`config.num_images` images `(N, 3, H, W)` in [0, 1] of the concept by the original model: `prompts`
     cycled, seeds `image_seed`, `image_seed + 1`, ..."""
-    jobs = [(prompts[i % len(prompts)], config.image_seed + i) for i in range(config.num_images)]
-    out = []
-    for b in range(0, len(jobs), config.eval_batch_size):
-        chunk = jobs[b : b + config.eval_batch_size]
-        res = sample(
-            original,
-            [p for p, _ in chunk],
-            seed=[s for _, s in chunk],
-            num_inference_steps=config.image_steps,
-            guidance_scale=config.image_guidance,
-            cancel=cancel,
-            output_type="pt",
-        )
-        out.append(res.images.float().cpu())
-        if callback is not None:
-            callback(event("cce", b + len(chunk), len(jobs), phase="images"))
-    return torch.cat(out)
+    n = config.num_images
+    relay = None
+    if callback is not None:  # the sampling steps of all batches, as the image phase's progress
+        relay = lambda info: callback(event("cce", info["step"], info["total"], phase="images", images=info["images"]))
+    return sample_pairs(
+        original,
+        [prompts[i % len(prompts)] for i in range(n)],
+        [config.image_seed + i for i in range(n)],
+        batch_size=config.eval_batch_size,
+        num_inference_steps=config.image_steps,
+        guidance_scale=config.image_guidance,
+        callback=relay,
+        cancel=cancel,
+        output_type="pt",
+    )
 
 
 # ----------------------------------------------------------------------------- the attack

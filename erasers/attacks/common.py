@@ -8,7 +8,7 @@ import torch
 
 from studio.latents import encode
 from studio.progress import event
-from studio.sampling import MAX_TOKENS, sample
+from studio.sampling import MAX_TOKENS, sample_pairs
 
 # ----------------------------------------------------------------------------- prefix encoding
 
@@ -157,22 +157,85 @@ def encode_image(pipe, images) -> torch.Tensor:
     return encode(pipe.vae, images)
 
 
+def batched_targets(
+    original, prompts: list[str], seeds: list[int], batch_size: int = 32, num_inference_steps: int = 50, guidance_scale: float = 7.5
+) -> torch.Tensor:
+    """`target_latents` of every (prompt, seed) pair `(B, 4, h, w)`, `batch_size` images at a time."""
+    images = sample_pairs(
+        original,
+        prompts,
+        seeds,
+        batch_size=batch_size,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        output_type="pt",
+    )
+    return torch.cat([encode_image(original, images[lo : lo + batch_size]) for lo in range(0, len(images), batch_size)])
+
+
 def target_latents(
     original_pipe, prompt: str, seed: int = 0, *, num_inference_steps: int = 50, guidance_scale: float = 7.5
 ) -> torch.Tensor:
     """UnlearnDiffAtk's target: the ORIGINAL model's image of `prompt` (DDIM, seeded), VAE-encoded
     back to clean latents `(1, 4, h, w)`."""
-    out = sample(original_pipe, prompt, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="pt")
-    return encode_image(original_pipe, out.images)
+    return batched_targets(original_pipe, [prompt], [seed], 1, num_inference_steps, guidance_scale)
+
+
+def judge_many(pipe, texts: list[str], seeds: list[int], is_success, steps: int, guidance: float, cancel, batch_size: int = 32):
+    """Generate one image per (text, seed) pair, `batch_size` at a time (`studio.sampling.sample_pairs`:
+    an image does not depend on its batch), and judge them -> (verdicts: list of bool, images, UNet
+    evaluations per image)."""
+    images = sample_pairs(pipe, texts, seeds, batch_size=batch_size, num_inference_steps=steps, guidance_scale=guidance, cancel=cancel)
+    verdicts = np.asarray(is_success(images), dtype=bool).reshape(-1)
+    if verdicts.size != len(images):
+        raise ValueError(f"is_success must return one bool per image; got {verdicts.size} for {len(images)} images")
+    return verdicts.tolist(), images, steps * (2 if guidance > 1.0 else 1)
 
 
 def _judge(pipe, text, is_success, seed, steps, guidance, cancel):
     """Generate one image of `text` and judge it -> (success, image, UNet evaluations)."""
-    image = sample(pipe, text, seed=seed, num_inference_steps=steps, guidance_scale=guidance, cancel=cancel).images[0]
-    verdict = np.asarray(is_success([image]), dtype=bool).reshape(-1)
-    if verdict.size != 1:
-        raise ValueError(f"is_success must return one bool per image; got {verdict.size} for 1 image")
-    return bool(verdict[0]), image, steps * (2 if guidance > 1.0 else 1)
+    verdicts, images, evals = judge_many(pipe, [text], [seed], is_success, steps, guidance, cancel, 1)
+    return verdicts[0], images[0], evals
+
+
+def over_limit(tokenizer, text: str) -> str | None:
+    """Why a decoded adversarial text cannot be judged (over 77 tokens once re-tokenised: decoding can
+    lengthen odd byte tokens), or None. Nothing truncated is ever judged."""
+    n = len(tokenizer(text, truncation=False).input_ids)
+    return f"the decoded prompt has {n} tokens, over {MAX_TOKENS}" if n > MAX_TOKENS else None
+
+
+def judge_texts(pipe, items: list, is_success, config, cancel) -> list:
+    """Judge decoded adversarial texts, batched. `items` are `(result, seed, text, entry)`; a text over 77
+    tokens gets `entry["skipped"]` and is not judged. Each judged result records the text, its image, the
+    UNet evaluations and the generation, and `success` if the image shows the concept; `entry["success"]`
+    too. Returns `[(item, ok, image)]` for the texts judged."""
+    judged = []
+    for item in items:
+        why = over_limit(pipe.tokenizer, item[2])
+        if why:
+            item[3]["skipped"] = why
+        else:
+            judged.append(item)
+    if not judged:
+        return []
+    verdicts, images, evals = judge_many(
+        pipe,
+        [text for _, _, text, _ in judged],
+        [seed for _, seed, _, _ in judged],
+        is_success,
+        config.num_inference_steps,
+        config.guidance_scale,
+        cancel,
+        getattr(config, "batch_size", 32),
+    )
+    for (result, _, text, entry), ok, image in zip(judged, verdicts, images):
+        entry["success"] = ok
+        result.adversarial_prompt, result.image = text, image
+        result.unet_evals += evals
+        result.generations += 1
+        result.success = result.success or ok
+    return list(zip(judged, verdicts, images))
 
 
 def _exact(tokenizer, text, prefix_ids, prompt) -> bool:
@@ -181,11 +244,8 @@ def _exact(tokenizer, text, prefix_ids, prompt) -> bool:
     return ids == want[:1] + list(prefix_ids) + want[1:]
 
 
-def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel, *, step: int, total: int, **entry) -> AttackResult:
-    """Judge the original prompt's own image: the start of every attack (pre-ASR)."""
-    ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
-    if callback is not None:
-        callback(event(attack, step, total, phase="eval", i=-1, **entry, prompt=prompt, success=ok, image=image))
+def pre_result(attack, prompt, seed, ok, image, evals, entry) -> AttackResult:
+    """The result of the pre-attack check: the prompt's own image, judged (pre-ASR)."""
     return AttackResult(
         attack=attack,
         prompt=prompt,
@@ -198,3 +258,38 @@ def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel
         generations=1,
         history=[{**entry, "prompt": prompt, "success": ok}],
     )
+
+
+def _pre_attack(attack, pipe, prompt, is_success, seed, config, callback, cancel, *, step: int, total: int, **entry) -> AttackResult:
+    """Judge the original prompt's own image: the start of every attack (pre-ASR)."""
+    ok, image, evals = _judge(pipe, prompt, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
+    if callback is not None:
+        callback(event(attack, step, total, phase="eval", i=-1, **entry, prompt=prompt, success=ok, image=image))
+    return pre_result(attack, prompt, seed, ok, image, evals, entry)
+
+
+def pre_attack_many(attack, pipe, prompts, seeds, is_success, config, callback, cancel, *, total, **entry) -> list:
+    """`_pre_attack` for every pair, the images generated and judged in batches."""
+    verdicts, images, evals = judge_many(
+        pipe, prompts, seeds, is_success, config.num_inference_steps, config.guidance_scale, cancel, config.batch_size
+    )
+    results = []
+    for i, (prompt, seed, ok, image) in enumerate(zip(prompts, seeds, verdicts, images)):
+        if callback is not None:
+            callback(
+                event(
+                    attack,
+                    0,
+                    total,
+                    phase="eval",
+                    i=-1,
+                    **entry,
+                    prompt=prompt,
+                    success=ok,
+                    image=image,
+                    prompt_index=i + 1,
+                    prompts=len(prompts),
+                )
+            )
+        results.append(pre_result(attack, prompt, seed, ok, image, evals, entry))
+    return results

@@ -55,8 +55,7 @@ from studio.progress import event
 from studio.sampling import MAX_TOKENS, Cancelled, encode_prompts, is_cancelled
 
 from . import Attack, AttackRun, register
-from .common import AttackResult, _unwrap, vocabulary
-from .unlearndiffatk import batched_targets, judge_many, pre_attack_many
+from .common import AttackResult, _unwrap, batched_targets, judge_texts, pre_attack_many, vocabulary
 
 # ----------------------------------------------------------------------------- configs
 
@@ -334,7 +333,7 @@ def evaluate(pipe, slots, is_success, config, name, done, total, n_prompts, call
     """Decode each slot's projected tokens (those of its last step), re-tokenise, and judge the texts'
     images together (each with its pair's seed); a text over 77 tokens is skipped, never truncated."""
     tok = pipe.tokenizer
-    judged = []
+    items, ids_of = [], {}
     for s in slots:
         ids = sequence_ids(tok, s.seq, s.tokens)
         text = decode(tok, ids)
@@ -344,32 +343,13 @@ def evaluate(pipe, slots, is_success, config, name, done, total, n_prompts, call
             "success": False,
             "loss": float(np.mean(s.result.losses[-config.eval_every :])),
         }
-        n = len(tok(text, truncation=False).input_ids)
-        if n > MAX_TOKENS:
-            entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
-        else:
-            judged.append((s, ids, text, entry))
         s.result.history.append(entry)
-    if not judged:
-        return
-    verdicts, images, evals = judge_many(
-        pipe,
-        [j[2] for j in judged],
-        [j[0].seed for j in judged],
-        is_success,
-        config.num_inference_steps,
-        config.guidance_scale,
-        cancel,
-        config.batch_size,
-    )
-    for (s, ids, text, entry), ok, image in zip(judged, verdicts, images):
-        entry["success"] = ok
-        r = s.result
-        r.adversarial_prompt, r.image, r.adversarial_tokens = text, image, list(s.tokens)
+        items.append((s.result, s.seed, text, entry))
+        ids_of[id(s.result)] = (s, ids)
+    for (r, _, text, _), ok, image in judge_texts(pipe, items, is_success, config, cancel):
+        s, ids = ids_of[id(r)]
+        r.adversarial_tokens = list(s.tokens)
         r.exact_tokens = tok(text, truncation=False).input_ids[1:-1] == ids
-        r.unet_evals += evals
-        r.generations += 1
-        r.success = r.success or ok
         if callback is not None:
             callback(
                 event(

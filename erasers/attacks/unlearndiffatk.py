@@ -1,7 +1,7 @@
 """UnlearnDiffAtk: discrete prefix tokens against the attacked model's own denoising loss (Zhang et al., ECCV 2024)."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -9,17 +9,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from studio.progress import event
-from studio.sampling import MAX_TOKENS, Cancelled, is_cancelled, sample
+from studio.sampling import Cancelled, is_cancelled
 
 from .common import (
     AttackResult,
     _exact,
-    _judge,
     _pre_attack,
     _unwrap,
     adversarial_text,
-    encode_image,
+    batched_targets,
     encode_with_prefix,
+    judge_texts,
+    pre_attack_many,
     prefix_input_ids,
     vocabulary,
 )
@@ -125,18 +126,12 @@ def judge_tokens(
     tok = pipe.tokenizer
     text = adversarial_text(tok, ids, prompt)
     entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(result.losses[-config.iterations :]))}
-    n = len(tok(text, truncation=False).input_ids)
-    if n > MAX_TOKENS:
-        entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
-        result.history.append(entry)
-        return False
-    ok, image, evals = _judge(pipe, text, is_success, seed, config.num_inference_steps, config.guidance_scale, cancel)
-    entry["success"] = ok
+    judged = judge_texts(pipe, [(result, seed, text, entry)], is_success, config, cancel)
     result.history.append(entry)
-    result.adversarial_prompt, result.image, result.adversarial_tokens = text, image, ids
-    result.exact_tokens = _exact(tok, text, ids, prompt)
-    result.unet_evals += evals
-    result.generations += 1
+    if not judged:
+        return False
+    ((_, ok, image),) = judged
+    result.adversarial_tokens, result.exact_tokens = ids, _exact(tok, text, ids, prompt)
     if callback is not None:
         callback(event("unlearndiffatk", result.gradient_steps, total, phase="eval", i=block, t=t, prompt=text, success=ok, image=image))
     return ok
@@ -235,78 +230,6 @@ def unlearndiffatk(
 # ----------------------------------------------------------------------------- batched: many prompts at once
 
 
-def judge_many(pipe, texts: list[str], seeds: list[int], is_success, steps: int, guidance: float, cancel, batch_size: int):
-    """Generate one image per (text, seed) pair, `batch_size` at a time, and judge them together ->
-    (verdicts: list of bool, images, UNet evaluations per image). Each image is the one `_judge` makes
-    for its own text and seed (its own generator; an image does not depend on its batch)."""
-    verdicts, images = [], []
-    for lo in range(0, len(texts), batch_size):
-        chunk = sample(
-            pipe,
-            texts[lo : lo + batch_size],
-            seed=seeds[lo : lo + batch_size],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            cancel=cancel,
-        ).images
-        out = np.asarray(is_success(chunk), dtype=bool).reshape(-1)
-        if out.size != len(chunk):
-            raise ValueError(f"is_success must return one bool per image; got {out.size} for {len(chunk)} images")
-        verdicts += out.tolist()
-        images += chunk
-    return verdicts, images, steps * (2 if guidance > 1.0 else 1)
-
-
-def batched_targets(original, prompts: list[str], seeds: list[int], batch_size: int, num_inference_steps: int = 50) -> torch.Tensor:
-    """`target_latents(original, prompt, seed, num_inference_steps=...)` of every pair `(B, 4, h, w)`, `batch_size` images at a time."""
-    out = []
-    for lo in range(0, len(prompts), batch_size):
-        chunk = slice(lo, lo + batch_size)
-        images = sample(original, prompts[chunk], seed=seeds[chunk], num_inference_steps=num_inference_steps, output_type="pt").images
-        out.append(encode_image(original, images))
-    return torch.cat(out)
-
-
-def pre_attack_many(attack, pipe, prompts, seeds, is_success, config, callback, cancel, *, total, **entry) -> list:
-    """`_pre_attack` for every pair, the images generated and judged in batches."""
-    verdicts, images, evals = judge_many(
-        pipe, prompts, seeds, is_success, config.num_inference_steps, config.guidance_scale, cancel, config.batch_size
-    )
-    results = []
-    for i, (prompt, seed, ok, image) in enumerate(zip(prompts, seeds, verdicts, images)):
-        if callback is not None:
-            callback(
-                event(
-                    attack,
-                    0,
-                    total,
-                    phase="eval",
-                    i=-1,
-                    **entry,
-                    prompt=prompt,
-                    success=ok,
-                    image=image,
-                    prompt_index=i + 1,
-                    prompts=len(prompts),
-                )
-            )
-        results.append(
-            AttackResult(
-                attack=attack,
-                prompt=prompt,
-                adversarial_prompt=prompt,
-                pre_success=ok,
-                success=ok,
-                image=image,
-                seed=seed,
-                unet_evals=evals,
-                generations=1,
-                history=[{**entry, "prompt": prompt, "success": ok}],
-            )
-        )
-    return results
-
-
 @dataclass
 class _Slot:
     """One prompt's attack state in the batch: its own relaxed one-hots, optimiser, generator, target."""
@@ -320,6 +243,7 @@ class _Slot:
     gen: torch.Generator
     x0: torch.Tensor  # (1, 4, h, w)
     block: int = 0
+    ids: list = field(default_factory=list)  # the block's argmax tokens
 
 
 def unlearndiffatk_many(
@@ -420,52 +344,33 @@ def unlearndiffatk_many(
                         )
                     )
             # the block's argmax tokens, decoded and re-tokenised, judged together
-            entries, judged = [], []
+            entries = []
             for s, t in zip(pool, ts):
                 ids = vocab[s.probs.detach().argmax(-1).cpu()].tolist()
                 text = adversarial_text(tok, ids, s.prompt)
-                entry = {"t": t, "prompt": text, "success": False, "loss": float(np.mean(s.result.losses[-config.iterations :]))}
-                n = len(tok(text, truncation=False).input_ids)
-                if n > MAX_TOKENS:
-                    entry["skipped"] = f"the decoded prompt has {n} tokens, over {MAX_TOKENS}"
-                else:
-                    judged.append((s, ids, text, entry))
-                entries.append(entry)
-            if judged:
-                verdicts, images, evals = judge_many(
-                    pipe,
-                    [text for _, _, text, _ in judged],
-                    [s.seed for s, *_ in judged],
-                    is_success,
-                    config.num_inference_steps,
-                    config.guidance_scale,
-                    cancel,
-                    config.batch_size,
-                )
-                for (s, ids, text, entry), ok, image in zip(judged, verdicts, images):
-                    entry["success"] = ok
-                    r = s.result
-                    r.adversarial_prompt, r.image, r.adversarial_tokens = text, image, ids
-                    r.exact_tokens = _exact(tok, text, ids, s.prompt)
-                    r.unet_evals += evals
-                    r.generations += 1
-                    r.success = r.success or ok
-                    if callback is not None:
-                        callback(
-                            event(
-                                "unlearndiffatk",
-                                done,
-                                total,
-                                phase="eval",
-                                i=s.block,
-                                t=entry["t"],
-                                prompt=text,
-                                success=ok,
-                                image=image,
-                                prompt_index=s.index + 1,
-                                prompts=len(prompts),
-                            )
+                s.ids = ids
+                entries.append({"t": t, "prompt": text, "success": False, "loss": float(np.mean(s.result.losses[-config.iterations :]))})
+            items = [(s.result, s.seed, e["prompt"], e) for s, e in zip(pool, entries)]
+            slot_of = {id(s.result): s for s in pool}  # judge_texts returns the judged items, by their result
+            for (r, _, text, entry), ok, image in judge_texts(pipe, items, is_success, config, cancel):
+                s = slot_of[id(r)]
+                r.adversarial_tokens, r.exact_tokens = s.ids, _exact(tok, text, s.ids, s.prompt)
+                if callback is not None:
+                    callback(
+                        event(
+                            "unlearndiffatk",
+                            done,
+                            total,
+                            phase="eval",
+                            i=s.block,
+                            t=entry["t"],
+                            prompt=text,
+                            success=ok,
+                            image=image,
+                            prompt_index=s.index + 1,
+                            prompts=len(prompts),
                         )
+                    )
             keep = []
             for s, entry in zip(pool, entries):
                 s.result.history.append(entry)
