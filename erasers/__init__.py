@@ -141,6 +141,12 @@ def several_concepts(method: str) -> str | None:
     return getattr(_module(method), "SEVERAL_CONCEPTS", None)
 
 
+def stops_when(method: str):
+    """True when `method`'s erase takes a stop rule (`stop_when=`, erasers.stopping), else why not (its
+    module's `STOP_WHEN`)."""
+    return getattr(_module(method), "STOP_WHEN", "takes no stop rule")
+
+
 def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "official", **kwargs):
     """Erase `concept` (a `Concept`, or a list of them: several concepts into one model, see
     `several_concepts`) from `pipe` (in place) with `method`; `config` is a config object or a dict of
@@ -155,8 +161,6 @@ def erase(pipe, concept, method: str = "esd-x", *, config=None, preset: str = "o
             able = [m for m in METHODS if several_concepts(m)]
             raise ValueError(f"{method} erases one concept at a time; erase several at once with {', '.join(able)}")
         concept = list(concept) if how == "one solve" else merge_concepts(concept)
-    if "stop_when" in kwargs and kwargs["stop_when"] is None:
-        del kwargs["stop_when"]  # no stop rule: every method's plain call (the closed forms take none)
     if kwargs.get("stop_when") is not None:  # erase until erased (erasers.stopping): iterative methods only
         from .stopping import check_method
 
@@ -230,5 +234,6 @@ __all__ = [
     "eval_config",
     "get_config",
     "several_concepts",
+    "stops_when",
     "toy_target",
 ]

@@ -384,6 +384,9 @@ def erase(
 # several concepts into one model (erasers.several_concepts): each step draws its prompt from all of them
 SEVERAL_CONCEPTS = "shared prompt set"
 
+# erase until erased (erasers.stopping): this method's erase takes stop_when
+STOP_WHEN = True
+
 # The toy world's preset, chosen by the committed sweep (benchmarks/esd_sweep.py --methods advunlearn, results in
 # benchmarks/results/advunlearn_sweep.md): max mean erasure of triangle and striped with retained accuracy >= 90% of
 # the original's. SD's defaults above are for a 123M-parameter encoder and 1000 steps on a GPU; the toy trajectories

@@ -637,6 +637,9 @@ def toy_target(name: str, anchor: str | None = None, n_prompts: int | None = Non
     return Concept(erasure_prompts(c.name), anchors=erasure_prompts(a.name) + captions, name=c.name)
 
 
+# erase until erased (erasers.stopping): this method's erase takes stop_when
+STOP_WHEN = True
+
 # The toy world's presets (method -> config fields), chosen by the committed sweep benchmarks/doco_sweep.py
 # (results in benchmarks/results/doco_sweep.md). SD's defaults above are for an 860M-parameter UNet trained
 # 2000 steps on a GPU; the toy UNet is tiny and runs on a CPU.

@@ -203,6 +203,9 @@ def sample_frozen(pipe, frozen: FrozenUNet, cond, uncond, config: ESDConfig, see
 # several concepts into one model (erasers.several_concepts): each step draws its prompt from all of them
 SEVERAL_CONCEPTS = "shared prompt set"
 
+# erase until erased (erasers.stopping): this method's erase takes stop_when
+STOP_WHEN = True
+
 # The toy world's presets (method -> config fields), chosen by the committed sweep
 # benchmarks/esd_sweep.py (results in benchmarks/results/esd_sweep.md). SD's defaults above are for a
 # 860M-parameter UNet; the toy UNet is tiny and needs its own learning rate and budget. Criterion: max mean

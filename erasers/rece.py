@@ -245,10 +245,15 @@ class _Validator:
 
 
 def erase(
-    pipe, concept, config: RECEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+    pipe, concept, config: RECEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True, stop_when=None
 ) -> ErasureResult:
     """Erase `concept` (a Concept or a list of them) from `pipe.unet`'s K/V in place: UCE, then `epochs`
-    rounds of derive -> erase. `checkpoint_dir` is accepted for the common interface and unused (seconds of solves)."""
+    rounds of derive -> erase. `checkpoint_dir` and `stop_when` are the common interface: seconds of solves, nothing to resume
+    or stop (a stop rule is a clear error)."""
+    if stop_when is not None:
+        from .stopping import check_method
+
+        check_method("rece")  # the clear error: a closed form has nothing to stop
     config = config or RECEConfig()
     t0 = time.perf_counter()
     ucfg = config.uce_config()
@@ -344,6 +349,11 @@ def erase(
     }
     return ErasureResult("rece", concept, config_dict(config), "unet", best_weights, stats)
 
+
+# erase until erased (erasers.stopping): a closed form has no steps to stop; its trade-off is a scale, chosen once
+STOP_WHEN = (
+    "is closed-form (one edit, no training steps; its erasure/utility trade-off is its erase_scale, swept by benchmarks/preset_sweep.py)"
+)
 
 # several concepts into one model (erasers.several_concepts): every concept's rows in the same solve
 SEVERAL_CONCEPTS = "one solve"

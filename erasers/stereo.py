@@ -163,7 +163,9 @@ def erase(
     `concept.anchors` are REO's anchor prompts (required)."""
     config = config or STEREOConfig()
     if stop_when is not None:
-        raise ValueError("STEREO runs a fixed schedule of stages; it takes no stop_when (use esd-x, esd-u, advunlearn or doco)")
+        from .stopping import check_method
+
+        check_method("stereo")  # the clear error: a fixed schedule of stages
     concept.check(pipe.tokenizer)
     if not concept.anchors:
         raise ValueError(
@@ -324,6 +326,9 @@ def toy_target(name: str) -> Concept:
     anchors = [anchors[i] for i in rng.permutation(len(anchors))][:48]
     return Concept(erasure_prompts(c.name), anchors=anchors, name=c.name)
 
+
+# erase until erased (erasers.stopping): STEREO's stages are a fixed schedule
+STOP_WHEN = "runs a fixed schedule of stages (STE rounds, then REO)"
 
 # The toy world's preset (not swept): esd-x at lr 1e-3 for 50 steps per round and for REO (as erasers.esd's toy
 # preset), 2 rounds (the README's), a 16-image gallery, 20-step DDIM trajectories, 80 inversion steps of batch 4.

@@ -36,8 +36,6 @@ import torch
 from studio.images import psnr
 from studio.stats import Rate, format_rate
 
-ITERATIVE = ("esd-x", "esd-u", "esd-x-strict", "esd-all", "advunlearn", "doco")  # methods whose erase takes stop_when
-CLOSED_FORM = ("uce", "rece")
 REASONS = {
     "erased": "the concept was erased",
     "utility": "utility fell below the guard; the last checkpoint that met it was restored",
@@ -120,15 +118,14 @@ class StopWhen:
 
 
 def check_method(method: str) -> None:
-    """A clear error for a method that has no steps to stop."""
-    if method in CLOSED_FORM:
-        raise ValueError(
-            f"{method} is closed-form (one edit, no training steps), so stop_when has nothing to stop; drop --until / stop_when, "
-            "or choose an iterative method (" + ", ".join(ITERATIVE) + "). Its erasure/utility trade-off is its erase_scale "
-            "(benchmarks/preset_sweep.py sweeps it)."
-        )
-    if method not in ITERATIVE:
-        raise ValueError(f"stop_when works with {', '.join(ITERATIVE)}; {method!r} is not one of them")
+    """A clear error for a method that has no steps to stop: each method's module says, with `STOP_WHEN`
+    (True, or why not), whether its `erase` takes a stop rule."""
+    from . import METHODS, stops_when
+
+    why = stops_when(method)
+    if why is not True:
+        able = ", ".join(m for m in METHODS if stops_when(m) is True)
+        raise ValueError(f"{method} {why}, so stop_when has nothing to stop; drop --until / stop_when, or choose one of {able}")
 
 
 # ---------------------------------------------------------------- the toy world's held-in check prompts

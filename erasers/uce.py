@@ -288,11 +288,16 @@ def preserve_weight(config_scale, preserve: list) -> float:
 
 
 def erase(
-    pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True
+    pipe, concept, config: UCEConfig | None = None, *, checkpoint_dir=None, callback=None, cancel=None, progress=True, stop_when=None
 ) -> ErasureResult:
     """Erase `concept` (a Concept, or a list of them: one solve) from `pipe.unet`'s K/V in place; see the module docstring.
 
-    `checkpoint_dir` is accepted for the common interface and unused: the edit is one solve, with nothing to resume."""
+    `checkpoint_dir` and `stop_when` are the common interface: the edit is one solve, with nothing to resume or stop
+    (a stop rule is a clear error)."""
+    if stop_when is not None:
+        from .stopping import check_method
+
+        check_method("uce")  # the clear error: a closed form has nothing to stop
     config = config or UCEConfig()
     t0 = time.perf_counter()
     concept, guides, preserve = resolve(pipe, concept, config)
@@ -328,6 +333,11 @@ def erase(
     )
     return ErasureResult("uce", result_concept, config_dict(config), "unet", weights, stats)
 
+
+# erase until erased (erasers.stopping): a closed form has no steps to stop; its trade-off is a scale, chosen once
+STOP_WHEN = (
+    "is closed-form (one edit, no training steps; its erasure/utility trade-off is its erase_scale, swept by benchmarks/preset_sweep.py)"
+)
 
 # several concepts into one model (erasers.several_concepts): every concept's rows in the same solve
 SEVERAL_CONCEPTS = "one solve"
