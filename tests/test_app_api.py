@@ -623,8 +623,8 @@ def test_probe_tab_relearning_cancels_and_bad_input_is_one_line(app):
     job = s.submit(
         "/probe", erased="original", concept="triangle", probe="relearning", budget="default", with_oracle=False, with_original=False
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not any("relearning" in str(o[0]) and "step" in str(o[0]) for o in job.outputs()):
+    deadline = time.time() + 120  # until the job streams a progress line ("sampling 3/50", "relearning 2/200"): it is running
+    while time.time() < deadline and not any(re.search(r"\b\d+/\d+ \(", str(o[0])) for o in job.outputs()):
         time.sleep(0.2)
     assert job.outputs(), "no progress was streamed"
     s.client.predict(api_name="/cancel_probe")
