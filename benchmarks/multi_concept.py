@@ -6,6 +6,9 @@ one solve for UCE and RECE, a shared prompt set for ESD and AdvUnlearn) and once
 erased model is judged on each concept's direct prompts (the concept's rate) and on the other concepts
 of the kind that no erasure in the group touches (retained accuracy: the judge agrees with every
 attribute the prompt asks among the kind and shape/colour, as `erasers.evaluate` scores utility).
+A shared prompt set splits the preset's steps between the concepts, so the iterative methods get a third
+mode, "together, N x steps": the preset's iterations times the group's size, each concept's share of the
+steps then equal to its erasure alone (the same total as one at a time).
 Every rate with its count and 95% Wilson interval. Cells (method x group x mode) are cached as JSON in
 `benchmarks/results/multi_concept_cells/` and a rerun skips them.
 
@@ -21,7 +24,7 @@ import time
 
 from _util import RESULTS, write_results
 
-from erasers import erase, toy_target
+from erasers import erase, get_config, several_concepts, toy_target
 from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
 from studio.judges import get_judge
 from studio.loading import load_pipeline
@@ -51,9 +54,12 @@ def cell(method, group, mode, judge, cfg) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    if mode == "together":
+    if mode in ("together", "together-scaled"):
         pipe = load_pipeline("toy")
-        result = erase(pipe, toy_target(method, "+".join(group)), method, preset="toy", progress=False)
+        config = get_config(method, "toy")
+        if mode == "together-scaled":
+            config = get_config(method, "toy", {"iterations": config.iterations * len(group)})
+        result = erase(pipe, toy_target(method, "+".join(group)), method, config=config, progress=False)
         row = {
             "erase_seconds": time.perf_counter() - t0,
             "unet_evals": result.stats.get("unet_evals", 0),
@@ -131,6 +137,14 @@ def main():
                 f"| {method} | {key} | together | {rate(together[g[0]])} | {rate(together[g[1]])} | {rate(together['retained'])} "
                 f"| {together['erase_seconds']:.1f} |"
             )
+            scaled_done = (CELLS / f"{method}--{key}--together-scaled.json").exists()
+            if several_concepts(method) == "shared prompt set" and (scaled_done or not args.cached):
+                scaled = cell(method, g, "together-scaled", judge, cfg)
+                rows[f"{method}/{key}"]["together-scaled"] = scaled
+                lines.append(
+                    f"| {method} | {key} | together, {len(g)} x steps | {rate(scaled[g[0]])} | {rate(scaled[g[1]])} | "
+                    f"{rate(scaled['retained'])} | {scaled['erase_seconds']:.1f} |"
+                )
             ret = " / ".join(rate(alone[f"retained_after_{n}"]) for n in g)
             lines.append(
                 f"| {method} | {key} | one at a time | {rate(alone[g[0]])} | {rate(alone[g[1]])} | {ret} | {alone['erase_seconds']:.1f} |"
@@ -140,10 +154,14 @@ def main():
     for name, r in rows.items():
         g = name.split("/")[1].split("+")
         for c in g:
-            a, b = Rate(r["together"][c]["k"], r["together"][c]["n"]), Rate(r["alone"][c]["k"], r["alone"][c]["n"])
-            if not overlap(a, b):
-                found = True
-                lines.append(f"- {name}, {c}: together {a} vs alone {b}")
+            b = Rate(r["alone"][c]["k"], r["alone"][c]["n"])
+            for mode, label in (("together", "together"), ("together-scaled", f"together ({len(g)} x steps)")):
+                if mode not in r:
+                    continue
+                a = Rate(r[mode][c]["k"], r[mode][c]["n"])
+                if not overlap(a, b):
+                    found = True
+                    lines.append(f"- {name}, {c}: {label} {a} vs alone {b}")
     if not found:
         lines.append("- none: at these counts every pair of rates overlaps.")
     write_results("multi_concept", {"settings": vars(args), "original": original, "rows": rows}, "\n".join(lines))

@@ -43,10 +43,12 @@ GRIDS = {
     "doco": ({"lr": [1e-5, 3e-5, 1e-4]}, ("iterations", [250, 500, 1000])),
     "uce": ({"erase_scale": [0.1, 0.3, 1.0, 3.0]}, None),
     "rece": ({"regular_scale": [1e-3, 1e-1]}, ("epochs", [1, 2, 3])),
+    # STE's rounds (erase + concept inversion) are the costly part and kept at the toy preset; REO is swept
+    "stereo": ({"reo_lr": [1e-3, 3e-3]}, ("reo_iterations", [25, 50, 100])),
 }
 # seconds per cell on the shared 2-core CPU (one thread), used by --plan until cells of the method are done:
 # training to the largest budget (from esd_sweep / closed_form_speed / doco_sweep timings) + one quick evaluation per budget
-PRIOR_SECONDS = {"esd-x": 300, "esd-u": 1000, "advunlearn": 1500, "doco": 2500, "uce": 60, "rece": 180}
+PRIOR_SECONDS = {"esd-x": 300, "esd-u": 1000, "advunlearn": 1500, "doco": 2500, "uce": 60, "rece": 180, "stereo": 1200}
 ORIGINAL_SECONDS = 60  # the original model's quick evaluation, once per concept
 SEEDS, STEPS, DIRECT, RETAIN = 2, 25, 8, 4
 
@@ -154,11 +156,14 @@ def run_cell(method: str, setting: dict, concept: str, budget, judge) -> dict:
         overrides[field] = max(budgets)
     config = get_config(method, "toy", overrides)
     measured, t0, eval_seconds = {}, time.time(), [0.0]
+    # the budget is the run's last stage (all of it for most methods; STEREO's REO comes after its STE rounds)
+    offset = getattr(config, "total_steps", max(budgets) if field else 0) - (max(budgets) if field else 0)
 
     def at_budget(info):
-        if field and info["stage"] == method and info["step"] in budgets and info["step"] not in measured:
+        b = info["step"] - offset
+        if field and info["stage"] == method and b in budgets and b not in measured:
             t = time.time()
-            measured[info["step"]] = quick_eval(pipe, concept, judge)
+            measured[b] = quick_eval(pipe, concept, judge)
             eval_seconds[0] += time.time() - t
 
     result = erase(pipe, toy_target(method, concept), method, config=config, callback=at_budget, progress=False)

@@ -71,6 +71,7 @@ class STEREOConfig:
     train_method: str = "esd-u"  # the official noxattn (README, nudity); esd-x for the official xattn
     rounds: int = 4  # STE rounds = adversarial tokens collected (--n_iterations, --num_of_adv_concepts; README 2)
     iterations: int = 200  # ESD steps of each STE round, and of REO (--iterations)
+    reo_iterations: int | None = None  # REO's steps when they differ from the rounds' (None: `iterations`, the official one flag)
     ste_lr: float = 5e-6  # AdamW, STE erasures
     reo_lr: float = 2e-5  # AdamW, REO
     negative_guidance: float = 1.0  # ESD's eta in STE; 1.0 = the official 2.0 (target e(""), see the docstring)
@@ -98,6 +99,10 @@ class STEREOConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"STEREO {name} must be a whole number >= 1, got {value!r}")
+        if self.reo_iterations is not None and (
+            isinstance(self.reo_iterations, bool) or not isinstance(self.reo_iterations, int) or self.reo_iterations < 1
+        ):
+            raise ValueError(f"STEREO reo_iterations must be a whole number >= 1 or None, got {self.reo_iterations!r}")
         if self.num_images < self.rounds:
             raise ValueError(f"the gallery ({self.num_images} images) must give each of the {self.rounds} rounds at least one image")
         for name in ("ste_lr", "reo_lr", "ti_lr"):
@@ -107,8 +112,12 @@ class STEREOConfig:
             raise ValueError(f"unknown STEREO templates {self.templates!r}; use 'object' or 'style'")
 
     @property
+    def reo_steps(self) -> int:
+        return self.iterations if self.reo_iterations is None else self.reo_iterations
+
+    @property
     def total_steps(self) -> int:
-        return self.rounds * self.iterations + self.iterations
+        return self.rounds * self.iterations + self.reo_steps
 
     def inversion_config(self) -> CCEConfig:
         return CCEConfig(
@@ -218,9 +227,10 @@ def erase(
     templates = OBJECT_TEMPLATES if config.templates == "object" else STYLE_TEMPLATES
     ste_steps, I, K = config.rounds * config.iterations, config.iterations, config.rounds
     frozen_teacher, frozen_original = FrozenUNet(unet, teacher), FrozenUNet(unet, originals)
-    # REO: erase concepts stratified over the steps (each about I / (K + 1) times), anchors spread likewise
-    plan = np.random.default_rng([config.seed, 7]).permutation(np.arange(I) % (K + 1))
-    anchor_plan = np.random.default_rng([config.seed, 11]).permutation(np.arange(I) % len(concept.anchors))
+    # REO: erase concepts stratified over the steps (each about R / (K + 1) times), anchors spread likewise
+    R = config.reo_steps
+    plan = np.random.default_rng([config.seed, 7]).permutation(np.arange(R) % (K + 1))
+    anchor_plan = np.random.default_rng([config.seed, 11]).permutation(np.arange(R) % len(concept.anchors))
 
     def token_cond(k: int) -> torch.Tensor:  # (1, 77, D): the token alone, as the official prompt_k+1 = t_k
         return encode_with_token(pipe.text_encoder, pipe.tokenizer, [PLACEHOLDER], tokens[k], PLACEHOLDER).to(unet.dtype)

@@ -79,6 +79,18 @@ def test_bad_inputs_are_clear_errors():
         STEREOConfig(rounds=4, num_images=2)
     with pytest.raises(ValueError, match="train_method"):
         STEREOConfig(train_method="xattn")
+    with pytest.raises(ValueError, match="reo_iterations"):
+        STEREOConfig(reo_iterations=0)
+
+
+def test_reo_can_run_its_own_number_of_steps():
+    """`reo_iterations` (the preset sweep's budget) changes REO's length only; None keeps the official one flag."""
+    assert STEREOConfig(rounds=2, iterations=5).total_steps == 15
+    assert STEREOConfig(rounds=2, iterations=5, reo_iterations=2).total_steps == 12
+    events = []
+    result = erase(build_tiny_pipe(), CONCEPT, "stereo", config={**TINY, "reo_iterations": 5}, callback=events.append, progress=False)
+    assert [e.get("phase") for e in events if e["stage"] == "stereo"] == ["ste"] * 6 + ["reo"] * 5
+    assert result.stats["steps"] == 11
 
 
 def test_toy_anchors_show_the_concept_and_are_not_evaluation_prompts():
