@@ -238,6 +238,19 @@ def test_edit_sample_with_prompt_to_prompt_options(app):
     assert "replace mode" in out["Edit details"] and "128x128, resized to 32x32" in out["Edit details"]
 
 
+def test_edit_with_the_targets_on_the_empty_null(app):
+    out = Session(app.url).run(
+        "/edit",
+        image=handle_file(str(SAMPLE)),
+        source="a red triangle",
+        target="a blue triangle",
+        method="null-text",
+        target_null="empty",
+        **EDIT,
+    )
+    assert "The targets' null: empty." in out["Edit details"] and Path(out["Edit"]).is_file()
+
+
 def test_edit_with_the_erased_model_and_refine(erased):
     s = erased.session
     out = s.run(
@@ -422,6 +435,7 @@ def test_bad_input_gets_a_readable_error(app, tmp_path, api_name, kwargs, expect
         ("/attack", dict(iters=2.5), "attack steps per timestep must be a whole number, got 2.5"),
         ("/attack", dict(attack="random", draws="many"), "random draws must be a whole number, got 'many'"),
         ("/edit", dict(image=str(SAMPLE), inner_steps=0.5), "null-text inner steps must be a whole number"),
+        ("/edit", dict(image=str(SAMPLE), method="null-text", target_null="source"), "target null must be one of shared, empty"),
         # the prompt-to-prompt syntax of inversion.options (WORD=SCALE; the old 'word: scale' is refused)
         ("/edit", dict(image=str(SAMPLE), reweight="blue: 2"), "write WORD=SCALE pairs separated by commas"),
         ("/edit", dict(image=str(SAMPLE), blend="red |"), "words on both sides of one bar"),

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from inversion import METHODS, EditConfig, NullTextConfig
+from inversion.editing import TARGET_NULLS
 from inversion.options import parse_blend, parse_reweight
 from studio.paths import SAMPLES
 from studio.sampling import Cancelled
@@ -28,6 +29,7 @@ SAMPLE_PROMPTS = {  # sample file stem -> (source prompt, target prompt, local-b
     "dotted-purple-cross": ("a dotted purple cross", "a dotted red cross", ""),
 }
 _ED, _NT = EditConfig(), NullTextConfig()
+NULL_METHODS = ("null-text", "negative-prompt")  # the inversions whose null embedding the targets may share (EditConfig.target_null)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class EditForm(Picked):
     mode: str = _ED.mode
     cross: float = _ED.cross_replace_steps
     self_steps: float = _ED.self_replace_steps
+    target_null: str = _ED.target_null
     reweight: str = ""
     blend: str = ""
     steps: int = _NT.num_inference_steps
@@ -69,6 +72,10 @@ def options_of(form) -> dict:
         "cross_replace_steps": as_float(form.cross, "cross replace steps"),
         "self_replace_steps": as_float(form.self_steps, "self replace steps"),
     }
+    if form.method in NULL_METHODS:
+        if form.target_null not in TARGET_NULLS:
+            raise ValueError(f"target null must be one of {', '.join(TARGET_NULLS)}, got {form.target_null!r}")
+        options["target_null"] = form.target_null
     weights = parse_reweight(form.reweight)
     if weights:
         options["reweight"] = weights
@@ -172,6 +179,15 @@ class EditTab:
                     c["self_steps"] = gr.Slider(
                         0, 1, value=f.self_steps, step=0.05, label="Self-attention steps", info="share of steps with the source's layout"
                     )
+                c["target_null"] = gr.Radio(
+                    [("shared (paper)", "shared"), ("empty", "empty")],
+                    value=f.target_null,
+                    label="Target rows' null",
+                    elem_id="edit-target-null",
+                    visible=f.method in NULL_METHODS,
+                    info="shared: the source's fitted null on every row, as the paper (on the toy it negative-prompts the source); "
+                    "empty: the targets take the empty prompt's (benchmarks/results/editing_table.md)",
+                )
                 with gr.Row():
                     c["steps"] = gr.Number(f.steps, label="Steps", min_width=80, elem_id="edit-steps")
                     c["guidance"] = gr.Number(f.guidance, label="Guidance", min_width=80)
@@ -200,6 +216,9 @@ class EditTab:
         c["cancel"].click(self.studio.canceller("edit"), None, None, api_name="cancel_edit", **light)
         c["method"].change(
             lambda m: gr.update(visible=m == "null-text"), [c["method"]], [c["inner_steps"]], api_visibility="private", **light
+        )
+        c["method"].change(
+            lambda m: gr.update(visible=m in NULL_METHODS), [c["method"]], [c["target_null"]], api_visibility="private", **light
         )
 
     def run(self, form, state, session):
@@ -292,6 +311,8 @@ class EditTab:
             f"{form.method} inversion on {label}: {st.get('mode', form.mode)} mode, {st.get('inversion_seconds', 0):.1f} s to invert, "
             f"{st.get('edit_seconds', 0):.1f} s to edit. {result.inversion.stats.get('image', '')}."
         )
+        if form.method in NULL_METHODS:
+            info += f" The targets' null: {form.target_null}."
         if small:
             info += f" The input was upscaled to {res}x{res}: an image this small holds little to invert."
         blend = MASK_CAPTION if mask is None else f"**Where it may change**: {result.blend_mask[0].mean():.0%} of the image (local blend)"
