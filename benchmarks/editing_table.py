@@ -339,7 +339,43 @@ def run_edits(args) -> dict:
                 f"image {n + 1}/{len(items)} seed {item['seed']} {variant}: {record['inversion_seconds'] + record['edit_seconds']:.0f} s",
                 flush=True,
             )
+    inversion_alone(pipe, items, args.variants, args.steps)
     return summarise_edits(args.variants)
+
+
+ALONE = CELLS / "inversion-alone.json"  # {variant: {seed: PSNR of the inversion's own reconstruction}}
+
+
+def inversion_alone(pipe, items, variants, steps) -> dict:
+    """PSNR of each variant's inversion reconstructed alone (no edit in the batch), for the source row's comparison."""
+    done = json.loads(ALONE.read_text()) if ALONE.is_file() else {}
+    for variant in variants:
+        method, null_init, _ = EDIT_VARIANTS[variant]
+        for item in items:
+            if str(item["seed"]) in done.get(variant, {}) or not (CELLS / slug(variant) / f"{item['seed']}.json").is_file():
+                continue
+            rec, _ = reconstruct(pipe, cached_inversion(pipe, item, method, null_init, steps))
+            done.setdefault(variant, {})[str(item["seed"])] = psnr(rec, item["image"])
+    ALONE.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def paired(a: list, b: list) -> dict:
+    """Two variants' outcomes on the same edits: both, only a, only b, neither, and the exact two-sided McNemar
+    (sign test on the discordant pairs) p-value."""
+    from math import comb
+
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    tail = sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
+    return {
+        "both": sum(x and y for x, y in zip(a, b)),
+        "only_a": only_a,
+        "only_b": only_b,
+        "neither": sum(not x and not y for x, y in zip(a, b)),
+        "p": min(1.0, 2 * tail),
+    }
 
 
 def summarise_edits(variants) -> dict:
@@ -374,6 +410,30 @@ def summarise_edits(variants) -> dict:
                 "seconds": finite_mean([r["inversion_seconds"] + r["edit_seconds"] for r in records]),
             }
         out[variant] = table
+        alone = json.loads(ALONE.read_text()).get(variant, {}) if ALONE.is_file() else {}
+        if all(str(r["seed"]) in alone for r in records):
+            d = [r["source_row_psnr"] - alone[str(r["seed"])] for r in records]
+            table["inversion_alone_psnr"] = finite_mean([alone[str(r["seed"])] for r in records])
+            table["source_minus_alone"] = {"mean": finite_mean(d), "min": float(np.min(d)), "max": float(np.max(d))}
+    reference = "null-text, target_null empty"
+    if reference in out:
+        by = {v: [json.loads((CELLS / slug(v) / f"{seed}.json").read_text()) for seed in sorted(common, key=int)] for v in out}
+        ok = {v: [r["edits"][a]["changed"] and r["edits"][a]["kept"] for r in recs for a in ATTRS] for v, recs in by.items()}
+        bg = {v: [r["edits"][a]["preserved"]["psnr"] for r in recs for a in ATTRS] for v, recs in by.items()}
+        for v, table in out.items():
+            if v == reference:
+                continue
+            d = [x - y for x, y in zip(bg[reference], bg[v]) if np.isfinite(x) and np.isfinite(y)]
+            table["paired_with_reference"] = {
+                **paired(ok[reference], ok[v]),
+                "reference": reference,
+                "preserved_psnr_minus": {
+                    "mean": finite_mean(d),
+                    "wins": int(sum(x > 0 for x in d)),
+                    "n": len(d),
+                    "sign_p": paired([x > 0 for x in d], [x < 0 for x in d])["p"],  # sign test: higher vs lower, ties dropped
+                },
+            }
     return out
 
 
@@ -409,6 +469,33 @@ def edits_markdown(pie: dict, settings: dict) -> list:
             f"{rate(a['kept'])} | {a['preserved_psnr']:.2f} | {a['preserved_ssim']:.3f} | {1e4 * a['preserved_mse']:.1f} | "
             f"{a['edited_vs_ideal_psnr']:.2f} | {a['iou_ideal']:.2f} | {t['source_row_psnr']:.2f} |"
         )
+    notes = []
+    for variant, t in pie.items():
+        if "source_minus_alone" in t:
+            d = t["source_minus_alone"]
+            notes.append(
+                f"- {variant}: source row {t['source_row_psnr']:.2f} dB, the inversion reconstructed alone {t['inversion_alone_psnr']:.2f} dB; "
+                f"source minus alone per image {d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}] dB"
+            )
+    if notes:
+        lines += ["", "Source row of the edit against the inversion alone (same images):", "", *notes]
+    pairs = {v: t["paired_with_reference"] for v, t in pie.items() if "paired_with_reference" in t}
+    if pairs:
+        ref = next(iter(pairs.values()))["reference"]
+        lines += [
+            "",
+            f"Paired with {ref} on the same edits (changed and kept): both / only {ref} / only the other / neither, exact McNemar "
+            "p (two-sided); preserved PSNR: mean paired difference, the edits where it is higher and the sign test's p. The four "
+            "edits of an image share its inversion, so the tests' independence is approximate.",
+            "",
+            "| other variant | both | only reference | only other | neither | McNemar p | preserved PSNR, reference minus other | reference higher | sign p |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v, q in pairs.items():
+            b = q["preserved_psnr_minus"]
+            lines.append(
+                f"| {v} | {q['both']} | {q['only_a']} | {q['only_b']} | {q['neither']} | {q['p']:.2f} | {b['mean']:+.2f} dB | {b['wins']}/{b['n']} | {b['sign_p']:.3g} |"
+            )
     for variant, t in pie.items():
         lines += [
             "",
@@ -436,6 +523,42 @@ def method_config(method: str, steps: int):
     return INVERTERS[method][1](num_inference_steps=steps)
 
 
+def invert_every_way(
+    pipe, image, prompt: str, record: dict, counter, *, steps: int, first_official: bool, official: bool = True, frozen: bool = True
+) -> dict:
+    """Every inversion of `image` (the official loop, ours and the others), timed and counted, its reconstruction's PSNR /
+    SSIM at guidance 7.5 written into record["reconstruction"], its cost into record["speed"]; returns the inversions.
+    The official loops run first when `first_official`, last otherwise (alternate per image: drift of the machine's load
+    cancels out)."""
+    officials = ["official", *(["official-frozen"] if frozen else [])]
+    order = [*officials, *METHODS, STRICT, EMPTY] if first_official else [EMPTY, STRICT, *METHODS, *officials]
+    if not official:
+        order = [m for m in order if not m.startswith("official")]
+    inversions = {}
+    for name in order:
+        counter.reset()
+        t0 = time.perf_counter()
+        if name.startswith("official"):
+            inv = official_null_text(pipe, image, prompt, steps=steps, frozen=name == "official-frozen")
+        elif name == STRICT:
+            inv = invert(pipe, image, prompt, "null-text", NullTextConfig(steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6))
+        elif name == EMPTY:
+            inv = invert(pipe, image, prompt, "null-text", NullTextConfig(steps, null_init="empty"))
+        else:
+            inv = invert(pipe, image, prompt, name, method_config(name, steps))
+        seconds = time.perf_counter() - t0
+        record["speed"][name] = {"seconds": seconds, "unet_forward": counter.forward, "unet_backward": counter.backward}
+        if "inner_steps" in inv.stats:
+            inner = [int(k) for k in inv.stats["inner_steps"]]
+            record["speed"][name]["adam_steps"] = int(sum(inner))
+            record["speed"][name]["steps_without_update"] = sum(k == 0 for k in inner)  # passed the early stop before any update
+        inversions[name] = inv
+        rec, _ = reconstruct(pipe, inv)
+        label = f"null-text (official loop{', frozen' if name == 'official-frozen' else ''})" if name.startswith("official") else name
+        record["reconstruction"][label] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
+    return inversions
+
+
 def run(args) -> dict:
     from studio.loading import load_pipeline
     from studio.toyworld.judge import ToyJudge
@@ -459,40 +582,9 @@ def run(args) -> dict:
         record["judge_on_render"] = judge.predict([image])[0]
         record["mask_estimator_iou"] = iou(object_mask(item["image"]), item["mask"])
 
-        # official loops first on even images, ours first on odd ones: drift of the machine's load cancels out
-        order = (
-            ["official", "official-frozen", *METHODS, STRICT, EMPTY]
-            if n % 2 == 0
-            else [EMPTY, STRICT, *METHODS, "official", "official-frozen"]
+        inversions = invert_every_way(
+            pipe, image, item["prompt"], record, counter, steps=args.steps, first_official=n % 2 == 0, official=not args.skip_official
         )
-        if args.skip_official:
-            order = [m for m in order if not m.startswith("official")]
-        inversions = {}
-        for name in order:
-            counter.reset()
-            t0 = time.perf_counter()
-            if name.startswith("official"):
-                inv = official_null_text(pipe, image, item["prompt"], steps=args.steps, frozen=name == "official-frozen")
-            elif name == STRICT:
-                inv = invert(
-                    pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, early_stop_epsilon=3e-6, early_stop_slope=6e-6)
-                )
-            elif name == EMPTY:
-                inv = invert(pipe, image, item["prompt"], "null-text", NullTextConfig(args.steps, null_init="empty"))
-            else:
-                inv = invert(pipe, image, item["prompt"], name, method_config(name, args.steps))
-            seconds = time.perf_counter() - t0
-            record["speed"][name] = {"seconds": seconds, "unet_forward": counter.forward, "unet_backward": counter.backward}
-            if "inner_steps" in inv.stats:
-                record["speed"][name]["adam_steps"] = int(sum(inv.stats["inner_steps"]))
-            inversions[name] = inv
-            rec, _ = reconstruct(pipe, inv)
-            record["reconstruction"][
-                f"null-text (official loop{', frozen' if name == 'official-frozen' else ''})" if name.startswith("official") else name
-            ] = {
-                "psnr": psnr(rec, image),
-                "ssim": ssim(rec, image),
-            }
         # w = 1 round trip (reference: what the pivot itself reconstructs)
         ddim_inv = inversions["ddim"]
         w1 = InversionResult(**{**ddim_inv.__dict__, "guidance_scale": 1.0})
@@ -605,6 +697,16 @@ def summarise(records: list) -> dict:
 
 
 def markdown(results: dict) -> str:
+    """The md: the reconstruction / speed / edit tables, then the sections run (beyond the renders, erase then edit)."""
+    lines = [_markdown_core(results)]
+    if results.get("beyond"):
+        lines += ["", *beyond_markdown(results["beyond"])]
+    if results.get("erase_edit"):
+        lines += ["", *erase_edit_markdown(results["erase_edit"])]
+    return "\n".join(lines)
+
+
+def _markdown_core(results: dict) -> str:
     if "summary" not in results:  # only the edit table
         return "\n".join(["# Inversion and editing on the toy world", "", *edits_markdown(results["pie"], results["pie_settings"])])
     s = results["summary"]
@@ -674,6 +776,381 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- beyond the renders: images the toy model never saw
+
+BEYOND_CELLS = ROOT / "benchmarks" / "results" / "editing_beyond"
+
+
+def _draw(background, shapes, *, size=32, supersample=4, texture=None):
+    """A PIL drawing at `supersample` x the size, box-downsampled (antialiased edges like the renderer's).
+    `shapes`: [(kind, xy in image pixels, fill RGB)], kind one of "polygon", "ellipse", "ring"."""
+    from PIL import Image, ImageDraw
+
+    big = size * supersample
+    if callable(background):
+        canvas = Image.fromarray(background(big))
+    else:
+        canvas = Image.new("RGB", (big, big), tuple(background))
+    draw = ImageDraw.Draw(canvas)
+    for kind, xy, fill in shapes:
+        xy = [c * supersample for c in xy]
+        if kind == "polygon":
+            draw.polygon(list(zip(xy[::2], xy[1::2])), fill=tuple(fill))
+        elif kind == "ellipse":
+            draw.ellipse(xy, fill=tuple(fill))
+        elif kind == "ring":
+            draw.ellipse(xy, outline=tuple(fill), width=3 * supersample)
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+    img = np.asarray(canvas, dtype=np.float64)
+    if texture is not None:
+        img = texture(img, big)
+    return img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3)).round().clip(0, 255).astype(np.uint8)
+
+
+def beyond_images() -> list:
+    """Images outside the toy grammar (shape, colour, texture, layout or background it never had), drawn with PIL, each
+    with the prompt a user would write (its words outside the grammar too), plus two renders as in-grammar controls
+    measured in the same run."""
+    rng = np.random.default_rng(7)
+    hexagon = [16 + 10 * np.cos(a) if k % 2 == 0 else 16 + 10 * np.sin(a) for a in np.linspace(0, 2 * np.pi, 7)[:-1] for k in (0, 1)]
+
+    def checker(img, big):  # a checkerboard fill inside the ellipse: the ellipse's colour and its tint, 4-pixel cells
+        yy, xx = np.mgrid[0:big, 0:big] // (4 * 4)
+        inside = np.abs(img - np.array([40, 200, 210])).max(-1) < 1
+        tint = img * 0.4 + 255 * 0.6
+        return np.where((inside & ((yy + xx) % 2 == 0))[..., None], tint, img)
+
+    def gradient(big):  # pink to teal, left to right
+        t = np.linspace(0, 1, big)[None, :, None]
+        row = (1 - t) * np.array([235, 150, 190]) + t * np.array([40, 150, 150])
+        return np.broadcast_to(row, (big, big, 3)).round().astype(np.uint8)
+
+    def blobs(big):  # a smooth random colour field: no object, no plain background
+        coarse = rng.uniform(0, 255, size=(4, 4, 3))
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((big, big), Image.BICUBIC))
+
+    items = [
+        ("orange hexagon", _draw((232, 232, 226), [("polygon", hexagon, (250, 130, 20))]), "a solid orange hexagon on a light background"),
+        (
+            "checkered cyan ellipse",
+            _draw((34, 34, 40), [("ellipse", (4, 9, 28, 23), (40, 200, 210))], texture=checker),
+            "a checkered cyan ellipse on a dark background",
+        ),
+        (
+            "two objects",
+            _draw(
+                (232, 232, 226), [("ellipse", (3, 3, 14, 14), (215, 35, 35)), ("polygon", (18, 17, 29, 17, 29, 28, 18, 28), (35, 75, 225))]
+            ),
+            "a red circle and a blue square on a light background",
+        ),
+        (
+            "triangle on a gradient",
+            _draw(gradient, [("polygon", (16, 5, 6, 25, 26, 25), (30, 170, 60))]),
+            "a solid green triangle on a gradient background",
+        ),
+        ("grey ring on grey", _draw((128, 128, 128), [("ring", (6, 6, 26, 26), (60, 60, 60))]), "a dark grey ring on a grey background"),
+        ("colour field", _draw(blobs, []), "a colourful abstract pattern"),
+    ]
+    out = [{"name": n, "image": img, "prompt": prompt, "in_grammar": False} for n, img, prompt in items]
+    for item in dataset(2, seed=100):
+        out.append({"name": f"render {item['seed']}", "image": item["image"], "prompt": item["prompt"], "in_grammar": True})
+    return out
+
+
+def run_beyond(args) -> dict:
+    """Reconstruction and inversion cost on `beyond_images()`, one cached cell per image under editing_beyond/."""
+    from PIL import Image
+
+    from studio.loading import load_pipeline
+
+    torch.manual_seed(0)
+    pipe = load_pipeline(args.model, device="cpu")
+    counter = UnetCounter(pipe.unet)
+    items = beyond_images()
+    for n, item in enumerate(items):
+        path = BEYOND_CELLS / f"{slug(item['name'])}.json"
+        if path.is_file():
+            continue
+        image = Image.fromarray(item["image"])
+        record = {"name": item["name"], "prompt": item["prompt"], "in_grammar": item["in_grammar"], "reconstruction": {}, "speed": {}}
+        ceiling = to_pil(decode_latents(pipe, encode_image(pipe, image)))[0]
+        record["reconstruction"]["vae"] = {"psnr": psnr(ceiling, image), "ssim": ssim(ceiling, image)}
+        inversions = invert_every_way(pipe, image, item["prompt"], record, counter, steps=args.steps, first_official=n % 2 == 0)
+        w1 = InversionResult(**{**inversions["ddim"].__dict__, "guidance_scale": 1.0})
+        rec, _ = reconstruct(pipe, w1)
+        record["reconstruction"]["ddim (w = 1 round trip)"] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
+        BEYOND_CELLS.mkdir(parents=True, exist_ok=True)
+        image.save(BEYOND_CELLS / f"{slug(item['name'])}.png")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=float))
+        tmp.replace(path)
+        print(
+            f"beyond {n + 1}/{len(items)} {item['name']}: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in record["speed"].items()),
+            flush=True,
+        )
+    counter.close()
+    return summarise_beyond()
+
+
+def summarise_beyond() -> dict:
+    """Per group (outside the grammar / the in-grammar controls): mean PSNR / SSIM, PSNR minus the official loop's
+    (paired, per image), mean cost, and the speed-up (total seconds of the official loop over the method's)."""
+    records = [json.loads(p.read_text()) for p in sorted(BEYOND_CELLS.glob("*.json"))]
+    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
+    out = {}
+    for group, rows in (
+        ("outside the grammar", [r for r in records if not r["in_grammar"]]),
+        ("renders", [r for r in records if r["in_grammar"]]),
+    ):
+        if not rows:
+            continue
+        official = "null-text (official loop)"
+        g = {"images": [r["name"] for r in rows], "prompts": {r["name"]: r["prompt"] for r in rows}, "reconstruction": {}, "speed": {}}
+        for name in rows[0]["reconstruction"]:
+            v = {m: mean([r["reconstruction"][name][m] for r in rows]) for m in ("psnr", "ssim")}
+            d = [r["reconstruction"][name]["psnr"] - r["reconstruction"][official]["psnr"] for r in rows]
+            v.update(minus_official_mean=mean(d), minus_official_min=float(np.min(d)), minus_official_max=float(np.max(d)))
+            v["per_image"] = {r["name"]: r["reconstruction"][name]["psnr"] for r in rows}
+            g["reconstruction"][name] = v
+        total = {ref: sum(r["speed"][ref]["seconds"] for r in rows) for ref in ("official", "official-frozen")}
+        for name in rows[0]["speed"]:
+            v = {m: mean([r["speed"][name][m] for r in rows]) for m in ("seconds", "unet_forward", "unet_backward")}
+            for m in ("adam_steps", "steps_without_update"):
+                if m in rows[0]["speed"][name]:
+                    v[m] = mean([r["speed"][name][m] for r in rows])
+            own = sum(r["speed"][name]["seconds"] for r in rows)
+            v["speedup_vs_official"] = total["official"] / own
+            v["speedup_vs_official_frozen"] = total["official-frozen"] / own
+            g["speed"][name] = v
+        out[group] = g
+    return out
+
+
+def beyond_markdown(beyond: dict, steps: int = 50) -> list:
+    lines = [
+        "## Beyond the renders: images the toy model never saw",
+        "",
+        "Drawn with PIL (32x32, antialiased): shapes, colours, a texture, a layout and backgrounds outside the grammar, each inverted "
+        "with the prompt a user would write (its words outside the grammar too); two renders measured in the same run as controls. "
+        f'{steps} DDIM steps, guidance 7.5. `null-text` is ours (null_init="source", early stop before the update); the official loop '
+        'follows the notebook ("" start). Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --beyond` (one cached cell '
+        "per image in benchmarks/results/editing_beyond/, with the image as PNG). Seconds are noisy (a shared machine); UNet counts exact.",
+        "",
+    ]
+    for group, g in beyond.items():
+        lines += [f"### {group} ({len(g['images'])} images)", ""]
+        lines += ["Images and prompts: " + "; ".join(f'{n}: "{p}"' for n, p in g["prompts"].items()) + ".", ""]
+        lines += ["| method | PSNR (dB) | SSIM | minus official loop, mean [min, max] |", "|---|---|---|---|"]
+        for name, v in g["reconstruction"].items():
+            d = f"{v['minus_official_mean']:+.2f} [{v['minus_official_min']:+.2f}, {v['minus_official_max']:+.2f}]"
+            lines.append(f"| {name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {d} |")
+        lines += [
+            "",
+            "| method | seconds | UNet forward rows | UNet backward | Adam steps | timesteps with no update (of 50) | speed-up vs official loop | vs frozen |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, v in g["speed"].items():
+            label = {"official": "null-text, official loop", "official-frozen": "null-text, official loop, frozen UNet"}.get(name, name)
+            adam = f"{v['adam_steps']:.0f}" if "adam_steps" in v else ""
+            idle = f"{v['steps_without_update']:.1f}" if "steps_without_update" in v else ""
+            lines.append(
+                f"| {label} | {v['seconds']:.2f} | {v['unet_forward']:.0f} | {v['unet_backward']:.0f} | {adam} | {idle} | "
+                f"{v['speedup_vs_official']:.1f}x | {v['speedup_vs_official_frozen']:.1f}x |"
+            )
+        per = g["reconstruction"]
+        names = ["null-text", "null-text (official loop)", "ddim", "direct", "vae"]
+        lines += [
+            "",
+            "PSNR per image (dB): "
+            + "; ".join(f"{img}: " + ", ".join(f"{m} {per[m]['per_image'][img]:.1f}" for m in names if m in per) for img in g["images"])
+            + ".",
+            "",
+        ]
+    return lines
+
+
+# ---------------------------------------------------------------- erase, then edit: the edit path on an erased model
+
+ERASE_CELLS = ROOT / "benchmarks" / "results" / "editing_erase_cells"
+ERASED_MODELS = ROOT / "runs" / "editing_erased"  # erased models (minutes to make; not committed)
+ERASE_CONCEPT = "triangle"
+ERASE_METHODS = {"null-text, target_null empty": ("null-text", {"target_null": "empty"}), "ddim": ("ddim", {})}
+
+
+def erase_edit_images(n: int, seed: int = 300) -> list:
+    """n renders of a triangle in any colour but red (so that "red" is a change), style and background drawn from the seed."""
+    items, k = [], 0
+    while len(items) < n:
+        rng = np.random.default_rng(seed + k)
+        labels = sample_labels(rng, {"shape": ERASE_CONCEPT})
+        k += 1
+        if labels["colour"] == "red":
+            continue
+        r = render(labels, rng=rng)
+        items.append({"seed": seed + k - 1, "labels": r.labels, "image": r.image, "mask": r.mask, "prompt": TEMPLATE.format(**r.labels)})
+    return items
+
+
+def erased_model(method: str, log=print) -> str:
+    """'toy' for the original; else the toy model with the triangle erased by `method` at its toy preset, made once."""
+    if method == "original":
+        return "toy"
+    from erasers import erase, toy_target
+    from studio.loading import load_pipeline
+
+    folder = ERASED_MODELS / f"{method}--{ERASE_CONCEPT}"
+    if not (folder / "erasure.json").is_file():
+        log(f"erasing {ERASE_CONCEPT} with {method} (toy preset) -> {folder}")
+        pipe = load_pipeline("toy", device="cpu")
+        t0 = time.time()
+        result = erase(
+            pipe, toy_target(method, ERASE_CONCEPT), method, preset="toy", checkpoint_dir=folder.with_suffix(".checkpoint"), progress=False
+        )
+        result.stats["wall_seconds"] = round(time.time() - t0, 1)
+        result.save(folder, pipe, base_model="toy")
+    return str(folder)
+
+
+def erase_edit_cell(pipe, judge, item: dict, steps: int, edit_cfg: EditConfig) -> dict:
+    """One image on one model: inverted with null-text and DDIM (by that model), then edited two ways in one call:
+    the shape to a square, the colour to red (the triangle kept); every output judged, the source row too."""
+    from PIL import Image
+
+    labels = item["labels"]
+    targets = {"square": TEMPLATE.format(**{**labels, "shape": "square"}), "red triangle": TEMPLATE.format(**{**labels, "colour": "red"})}
+    record = {"seed": item["seed"], "labels": labels, "prompt": item["prompt"], "targets": targets, "methods": {}}
+    for name, (method, overrides) in ERASE_METHODS.items():
+        t0 = time.perf_counter()
+        inv = invert(pipe, Image.fromarray(item["image"]), item["prompt"], method, method_config(method, steps))
+        out = edit(pipe, None, item["prompt"], list(targets.values()), method, inversion=inv, config=edit_cfg, **overrides)
+        verdicts = judge.predict([out.reconstruction, *out.edits])
+        record["methods"][name] = {
+            "seconds": time.perf_counter() - t0,
+            "source_row_psnr": psnr(out.reconstruction, item["image"]),
+            "source_verdict": verdicts[0],
+            "edits": {
+                k: {"verdict": v, "iou_source": iou(object_mask(np.asarray(img)), item["mask"])}
+                for k, v, img in zip(targets, verdicts[1:], out.edits)
+            },
+        }
+    return record
+
+
+def run_erase_edit(args) -> dict:
+    from studio.loading import load_pipeline
+    from studio.toyworld.judge import ToyJudge
+
+    judge = ToyJudge.load(args.judge)
+    edit_cfg = EditConfig(cross_replace_steps=args.cross, self_replace_steps=args.self_steps)
+    items = erase_edit_images(args.erase_images)
+    for model in ["original", *args.erasers]:
+        todo = [it for it in items if not (ERASE_CELLS / model / f"{it['seed']}.json").is_file()]
+        if not todo:
+            continue
+        torch.manual_seed(0)
+        pipe = load_pipeline(erased_model(model), device="cpu")
+        for item in todo:
+            record = erase_edit_cell(pipe, judge, item, args.steps, edit_cfg)
+            path = ERASE_CELLS / model / f"{item['seed']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1, default=float))
+            tmp.replace(path)
+            print(
+                f"erase-edit {model} seed {item['seed']}: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in record["methods"].items()),
+                flush=True,
+            )
+        del pipe
+    return summarise_erase_edit()
+
+
+def _erase_edit_rates(rows: list) -> dict:
+    """rows: [(one inversion's record of one image, the image's labels)] -> the judged outcomes as rates."""
+    from studio.stats import Rate
+
+    def count(pred):
+        return Rate(sum(bool(pred(row, lab)) for row, lab in rows), len(rows)).as_dict()
+
+    def kept(verdict, lab, skip):
+        return all(verdict[a] == lab[a] for a in ATTRS if a != skip)
+
+    def shapes(key):
+        judged = [row["edits"][key]["verdict"]["shape"] for row, _ in rows]
+        return {s: judged.count(s) for s in sorted(set(judged))}
+
+    def sq(row):
+        return row["edits"]["square"]["verdict"]
+
+    def rt(row):
+        return row["edits"]["red triangle"]["verdict"]
+
+    return {
+        "source_row_psnr": float(np.mean([row["source_row_psnr"] for row, _ in rows])),
+        "source_shows_triangle": count(lambda row, lab: row["source_verdict"]["shape"] == ERASE_CONCEPT),
+        "source_all_four": count(lambda row, lab: kept(row["source_verdict"], lab, None)),
+        "square_changed_and_kept": count(lambda row, lab: sq(row)["shape"] == "square" and kept(sq(row), lab, "shape")),
+        "square_still_triangle": count(lambda row, lab: sq(row)["shape"] == ERASE_CONCEPT),
+        "square_shape": shapes("square"),
+        "red_changed_and_kept": count(lambda row, lab: rt(row)["colour"] == "red" and kept(rt(row), lab, "colour")),
+        "red_is_red": count(lambda row, lab: rt(row)["colour"] == "red"),
+        "red_shows_triangle": count(lambda row, lab: rt(row)["shape"] == ERASE_CONCEPT),
+        "red_shape": shapes("red triangle"),
+    }
+
+
+def summarise_erase_edit() -> dict:
+    """Per model and inversion: rates (count, Wilson interval) of what the judge sees, over the images every model has."""
+    models = [p.name for p in sorted(ERASE_CELLS.iterdir()) if p.is_dir() and any(p.glob("*.json"))]
+    models.sort(key=lambda m: (m != "original", m))
+    common = set.intersection(*[{p.stem for p in (ERASE_CELLS / m).glob("*.json")} for m in models]) if models else set()
+    out = {}
+    for model in models:
+        records = [json.loads((ERASE_CELLS / model / f"{s}.json").read_text()) for s in sorted(common, key=int)]
+        erasure = ERASED_MODELS / f"{model}--{ERASE_CONCEPT}" / "erasure.json"
+        out[model] = {
+            "images": len(records),
+            "erasure_seconds": json.loads(erasure.read_text()).get("stats", {}).get("wall_seconds") if erasure.is_file() else None,
+        }
+        for name in ERASE_METHODS:
+            rows = [(r["methods"][name], r["labels"]) for r in records]
+            out[model][name] = _erase_edit_rates(rows)
+    return out
+
+
+def erase_edit_markdown(table: dict) -> list:
+    from studio.stats import format_rate
+
+    rate = lambda r: format_rate(r["k"], r["n"])  # noqa: E731
+    lines = [
+        "## Erase, then edit",
+        "",
+        f"The {ERASE_CONCEPT} erased from the toy model by each eraser at its toy preset (`erasers.erase(pipe, toy_target(method, "
+        f'"{ERASE_CONCEPT}"), method, preset="toy")`), beside the original. Rendered triangles (any colour but red, seeds from 300) '
+        "are inverted *by the erased model* with their full prompt, then edited in one call two ways by one word: the shape to "
+        '"square" ("a ... square on a ... background") and the colour to "red" ("a ... red triangle ..."); P2P replace, cross '
+        "0.8, self 0.5. Judged by the toy judge; 95% Wilson intervals. Source row: the edit's reconstruction of the input. "
+        "Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce` (cells in "
+        "benchmarks/results/editing_erase_cells/; erased models under runs/editing_erased/, not committed).",
+        "",
+        "| model | inversion | images | source row PSNR | source row shows a triangle | square edit: square, rest kept | square edit: still a triangle | "
+        "red edit: red, rest kept (a red triangle) | red edit: shows a triangle | shapes judged (square edit / red edit) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, t in table.items():
+        for name in ERASE_METHODS:
+            v = t[name]
+            shapes = " / ".join(", ".join(f"{s} {k}" for s, k in v[key].items()) for key in ("square_shape", "red_shape"))
+            lines.append(
+                f"| {model} | {name} | {t['images']} | {v['source_row_psnr']:.2f} | {rate(v['source_shows_triangle'])} | "
+                f"{rate(v['square_changed_and_kept'])} | {rate(v['square_still_triangle'])} | {rate(v['red_changed_and_kept'])} | "
+                f"{rate(v['red_shows_triangle'])} | {shapes} |"
+            )
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy")
@@ -693,13 +1170,35 @@ def main(argv=None) -> int:
     p.add_argument("--edits", action="store_true", help="only the PIE-Bench-style edit table (cached cells; the rest of --out is kept)")
     p.add_argument("--seed", type=int, default=100, help="first render seed of the edit table's images")
     p.add_argument("--variants", nargs="+", default=list(EDIT_VARIANTS), choices=list(EDIT_VARIANTS), help="edit table rows")
+    p.add_argument(
+        "--beyond", action="store_true", help="only the reconstruction / speed table on images outside the grammar (cached cells)"
+    )
+    p.add_argument("--erase-edit", action="store_true", help="only the erase-then-edit rows (cached cells; erased models under runs/)")
+    p.add_argument("--erasers", nargs="+", default=["esd-x", "uce"], help="erase-then-edit: the erasers (toy presets) of the triangle")
+    p.add_argument("--erase-images", type=int, default=12, help="erase-then-edit: rendered triangle images")
     args = p.parse_args(argv)
     if args.quick:
         args.images = 2
+    if args.beyond or args.erase_edit:
+        out = Path(args.out)
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        if args.beyond:
+            results["beyond"] = run_beyond(args)
+        if args.erase_edit:
+            results["erase_edit"] = run_erase_edit(args)
+        out.write_text(json.dumps(results, indent=1, default=float))
+        md = markdown(results)
+        out.with_suffix(".md").write_text(md + "\n")
+        print(md)
+        return 0
     if args.edits or (args.summarise and CELLS.is_dir()):
         out = Path(args.out)
         results = json.loads(out.read_text()) if out.is_file() else {}
         results["pie"] = run_edits(args) if args.edits else summarise_edits(args.variants)
+        if args.summarise and BEYOND_CELLS.is_dir():
+            results["beyond"] = summarise_beyond()
+        if args.summarise and ERASE_CELLS.is_dir():
+            results["erase_edit"] = summarise_erase_edit()
         results["pie_settings"] = {"seed": args.seed, "cross": args.cross, "self_steps": args.self_steps, "steps": args.steps}
         out.write_text(json.dumps(results, indent=1, default=float))
         md = markdown(results)

@@ -128,3 +128,35 @@ def test_the_tables_official_null_text_loop_runs(tiny_pipe):
 
     inv = T.official_null_text(tiny_pipe, Image.fromarray(image), "a red circle", steps=3, inner=2)
     assert inv.null_embeddings.shape[0] == 3 and inv.resolution == 32
+
+
+# ---------------------------------------------------------------- erase, then edit: what the judge saw, counted
+
+
+def test_erase_edit_rates_count_the_judged_outcomes():
+    labels = {"shape": "triangle", "colour": "blue", "style": "solid", "background": "light"}
+
+    def row(square_shape, red_colour, red_shape, source_shape="triangle", square_style="solid"):
+        return (
+            {
+                "source_row_psnr": 30.0,
+                "source_verdict": {**labels, "shape": source_shape},
+                "edits": {
+                    "square": {"verdict": {**labels, "shape": square_shape, "style": square_style}},
+                    "red triangle": {"verdict": {**labels, "colour": red_colour, "shape": red_shape}},
+                },
+            },
+            labels,
+        )
+
+    rows = [
+        row("square", "red", "triangle"),  # both edits as asked
+        row("square", "red", "circle", square_style="striped"),  # square but the style changed; red, triangle lost
+        row("triangle", "blue", "triangle", source_shape="none"),  # nothing changed; the reconstruction lost the triangle
+    ]
+    r = T._erase_edit_rates(rows)
+    assert (r["square_changed_and_kept"]["k"], r["square_changed_and_kept"]["n"]) == (1, 3)
+    assert r["square_still_triangle"]["k"] == 1 and r["square_shape"] == {"square": 2, "triangle": 1}
+    assert r["red_changed_and_kept"]["k"] == 1 and r["red_is_red"]["k"] == 2  # red but not a triangle is not "kept"
+    assert r["red_shows_triangle"]["k"] == 2 and r["red_shape"] == {"circle": 1, "triangle": 2}
+    assert r["source_shows_triangle"]["k"] == 2 and r["source_all_four"]["k"] == 2
