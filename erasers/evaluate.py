@@ -21,6 +21,13 @@ Measures (the papers' protocol, on the toy world's known labels):
 Every rate is reported with its count and 95% Wilson interval (`studio.stats`): in report.json as
 {k, n, rate, low, high, abstained} beside the plain share, in report.md as "23% (7/30) [12, 41]".
 
+Abstentions: a judge with `verdicts(images, concept)` (1 shows, 0 does not, -1 abstained; the toy world's
+`get_judge("toy-strict")`, two judges and a confidence threshold) has its abstentions counted apart from
+"shows" and "does not show": the erasure and retained-accuracy rates are k of the decided images, with
+`abstained` beside them ("90% (36/40) [77, 96], 3 abstained"). `EvalConfig.abstain=True` applies that
+rule to the plain toy judge too (default False: every image is judged shown or not, as the committed
+tables were). The attack success rates stay on the judge's `shows` (an abstention is not a success).
+
 This lives in `erasers/` rather than `studio/` because it runs the attacks, and `studio` imports
 nothing above it.
 """
@@ -56,6 +63,7 @@ class EvalConfig:
     guidance_scale: float = 7.5
     seed: int = 0
     batch_size: int = 64
+    abstain: bool = False  # count abstentions apart with the toy judges' two-judge rule (studio.judges.StrictJudge)
 
 
 @dataclass
@@ -106,6 +114,20 @@ def all_match(pred: dict, asked: dict) -> bool:
     return all(pred.get(a) == v for a, v in asked.items())
 
 
+def match_verdicts(judge, images, asked: list) -> np.ndarray:
+    """Per image, whether it shows every concept its prompt asked for ({attribute: value}): 1 when every
+    verdict is 1, 0 when any is 0, else -1 (abstained); the judge's `verdicts`, one call per asked value."""
+    out = np.ones(len(images), dtype=np.int8)
+    for value in sorted({v for a in asked for v in a.values()}):
+        idx = [i for i, a in enumerate(asked) if value in a.values()]
+        for i, v in zip(idx, verdicts_of(judge, [images[i] for i in idx], value)):
+            if v == 0:
+                out[i] = 0
+            elif v < 0 and out[i] == 1:
+                out[i] = -1
+    return out
+
+
 class _Phase:
     """One phase's progress (stage "evaluation: erasure" ...) over several sample_many calls: their
     steps added up, so one bar goes from 0 to the phase's total once."""
@@ -149,6 +171,9 @@ def evaluate(
     plan = card_plan(config, original) if config.attacks else None
     t0 = time.time()
     report: dict = {"concept": spec.concept, "judge": judge.name, "config": _jsonable(asdict(config))}
+    rates_judge = with_abstain(judge, config.abstain)  # erasure and retained accuracy; the attacks use `judge`
+    if rates_judge is not judge:
+        report["rates_judge"] = rates_judge.name
     stages = ["erasure", "utility", "attacks" if plan else "attack"]
     bar = tqdm(total=len(stages), desc="evaluating", disable=not progress, leave=False)
 
@@ -163,9 +188,9 @@ def evaluate(
 
     card_images = {}
     try:
-        report["erasure"], keep_images = erasure_rates(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
+        report["erasure"], keep_images = erasure_rates(original, erased, spec, rates_judge, config, callback=report_to, cancel=cancel)
         tick("erasure")
-        report["utility"] = utility(original, erased, spec, judge, config, callback=report_to, cancel=cancel)
+        report["utility"] = utility(original, erased, spec, rates_judge, config, callback=report_to, cancel=cancel)
         tick("utility")
         if plan:
             card = report_card(original, erased, spec, judge, config, plan=plan, callback=report_to, cancel=cancel, progress=progress)
@@ -193,6 +218,38 @@ def rate_of(flags) -> Rate:
     """The `Rate` of a boolean array: how many are true, of how many."""
     flags = np.asarray(flags, dtype=bool).reshape(-1)
     return Rate(int(flags.sum()), int(flags.size))
+
+
+def with_abstain(judge, abstain: bool):
+    """The judge whose verdicts the rates count: itself when it has `verdicts` or `abstain` is off; with
+    `abstain`, the toy judge paired with the check judge (`studio.judges.StrictJudge`)."""
+    if not abstain or hasattr(judge, "verdicts"):
+        return judge
+    from studio.judges import StrictJudge, ToyWorldJudge
+
+    if isinstance(judge, ToyWorldJudge):
+        return StrictJudge(primary=judge.judge)
+    raise ValueError(
+        f"abstain=True needs a judge that can abstain (a `verdicts(images, concept)` method, e.g. get_judge('toy-strict')); "
+        f"judge {getattr(judge, 'name', type(judge).__name__)!r} has none: pass abstain=False"
+    )
+
+
+def verdicts_of(judge, images, concept: str) -> np.ndarray:
+    """1 shows, 0 does not show, -1 abstained: the judge's own `verdicts`, else its `shows` (never abstains)."""
+    if hasattr(judge, "verdicts"):
+        return np.asarray(judge.verdicts(images, concept), dtype=np.int8).reshape(-1)
+    return np.asarray(judge.shows(images, concept), dtype=bool).reshape(-1).astype(np.int8)
+
+
+def rate_of_verdicts(verdicts, value: int = 1) -> Rate:
+    """The `Rate` of verdicts equal to `value` (1 shows, 0 does not) over the decided ones; -1 counted as abstained."""
+    v = np.asarray(verdicts).reshape(-1)
+    return Rate(int((v == value).sum()), int((v >= 0).sum()), int((v < 0).sum()))
+
+
+def _share(rate: Rate) -> float:
+    return rate.share if rate.n else 0.0
 
 
 def rate_from(d: dict) -> Rate:
@@ -234,23 +291,25 @@ def erasure_rates(original, erased, spec: EvalSpec, judge, config: EvalConfig, *
     shares (original_rate, erased_rate, erasure_success) and their `Rate` dicts (k, n, low, high):
     original_shown, erased_shown and erasure (images that do not show the concept)."""
     forms = {form: prompts for form, prompts in spec.forms.items() if prompts}
+    judge = with_abstain(judge, config.abstain)
     phase = _Phase(callback, "evaluation: erasure", [p for p in forms.values() for _ in range(2)], config)
     erasure, keep_images = {}, {}
     for form, prompts in forms.items():
         before = generate(original, prompts, config, cancel, phase.relay(form=form, model="original"))
         after = generate(erased, prompts, config, cancel, phase.relay(form=form, model="erased"))
-        shown_before = np.asarray(judge.shows(before, spec.concept), dtype=bool)
-        shown_after = np.asarray(judge.shows(after, spec.concept), dtype=bool)
+        v_before, v_after = verdicts_of(judge, before, spec.concept), verdicts_of(judge, after, spec.concept)
+        shown_before, shown_after = v_before == 1, v_after == 1
+        r_before, r_after, r_erasure = rate_of_verdicts(v_before, 1), rate_of_verdicts(v_after, 1), rate_of_verdicts(v_after, 0)
         erasure[form] = {
             "prompts": len(prompts),
             "images": len(after),
-            "original_rate": float(shown_before.mean()),
-            "erased_rate": float(shown_after.mean()),
-            "erasure_success": float(1 - shown_after.mean()),
-            "original_shown": rate_of(shown_before).as_dict(),
-            "erased_shown": rate_of(shown_after).as_dict(),
-            "erasure": rate_of(~shown_after).as_dict(),
-            "differs_from_original": not overlap(rate_of(shown_before), rate_of(shown_after)),
+            "original_rate": _share(r_before),
+            "erased_rate": _share(r_after),
+            "erasure_success": _share(r_erasure),
+            "original_shown": r_before.as_dict(),
+            "erased_shown": r_after.as_dict(),
+            "erasure": r_erasure.as_dict(),
+            "differs_from_original": not overlap(r_before, r_after),
         }
         keep_images[form] = (prompts, before, after, shown_before, shown_after)
     return erasure, keep_images
@@ -267,14 +326,18 @@ def utility(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     after = generate(erased, prompts, config, cancel, phase.relay(model="erased"))
     out = {}
     asked = [a for _, a in spec.retain for _ in range(config.seeds)]
-    if any(asked) and hasattr(judge, "predict"):
+    judge = with_abstain(judge, config.abstain)
+    if any(asked) and hasattr(judge, "verdicts"):
+        ok_b, ok_a = rate_of_verdicts(match_verdicts(judge, before, asked)), rate_of_verdicts(match_verdicts(judge, after, asked))
+    elif any(asked) and hasattr(judge, "predict"):
         pb, pa = judge.predict(before), judge.predict(after)
         ok_b = rate_of([all_match(p, a) for p, a in zip(pb, asked)])
         ok_a = rate_of([all_match(p, a) for p, a in zip(pa, asked)])
+    if any(asked) and (hasattr(judge, "verdicts") or hasattr(judge, "predict")):
         out.update(
-            retained_acc_original=ok_b.share,
-            retained_acc_erased=ok_a.share,
-            retained_ratio=ok_a.share / max(ok_b.share, 1e-9),
+            retained_acc_original=_share(ok_b),
+            retained_acc_erased=_share(ok_a),
+            retained_ratio=_share(ok_a) / max(_share(ok_b), 1e-9),
             retained_original=ok_b.as_dict(),
             retained_erased=ok_a.as_dict(),
             retained_differs=not overlap(ok_a, ok_b),

@@ -332,10 +332,14 @@ def cmd_toyworld_train(args) -> int:
     work, out = toyworld_train_paths(args)
     ensure_writable(work)
     ensure_writable(out)
-    cfg = TrainConfig(seed=args.seed, without=args.without or "", **SHIPPED_RECIPE)
+    cfg = TrainConfig(
+        seed=args.seed, without=args.without or "", judge_seed=args.judge_seed, judge_augment=args.judge_augment, **SHIPPED_RECIPE
+    )
     if args.quick:
         quick = dict(pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20)
-        cfg = TrainConfig(seed=args.seed, without=args.without or "", **quick)
+        cfg = TrainConfig(seed=args.seed, without=args.without or "", judge_seed=args.judge_seed, judge_augment=args.judge_augment, **quick)
+    if args.judge_steps:
+        cfg.judge_steps = args.judge_steps
     stages = tuple(args.stages.split(","))
     timings = train(cfg, work, out, stages=stages)
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
@@ -384,6 +388,14 @@ def _add_toyworld(sub) -> None:
     )
     t.add_argument("--stages", default="vae,diffusion,judge", help="comma-separated stages to run (default all)")
     t.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    t.add_argument("--judge-seed", type=int, default=None, help="the judge stage's own seed (default: --seed)")
+    t.add_argument("--judge-steps", type=int, default=None, help="judge training steps (default 1500; the shipped toy-judge-check: 1000)")
+    t.add_argument(
+        "--judge-augment",
+        choices=("renders", "generation"),
+        default="renders",
+        help="judge data: renders (the shipped judge) or generation-like morphs/blends/blur (written to toy-judge-check/)",
+    )
     t.add_argument("--quick", action="store_true", help="a few steps of each stage, to check the machinery (never installed)")
     add_threads_arg(t)
     t.set_defaults(fn=cmd_toyworld_train)

@@ -16,6 +16,12 @@ Recipe:
     a short fine-tune with offset noise so that the model can draw dark backgrounds.
   * judge: cross-entropy on the four heads over fresh renders, half of them passed through the VAE
     (so that it reads decoded images as well as clean ones), plus empty and noise images ("none").
+  * check judge (`judge_augment="generation"`, with its own `judge_seed`; written to `toy-judge-check`):
+    the same recipe on images that look like generations: morphs between two shapes (their soft
+    silhouettes blended, labelled with the dominant shape, or left out of the shape loss when neither
+    dominates), blended colours and part-filled styles (the same rule), holes in the object, blur and
+    low-frequency noise, on top of the VAE round trips. `studio toyworld train --stages judge
+    --judge-seed 1 --judge-augment generation` trains it against the shipped VAE (no pool needed).
 """
 
 import copy
@@ -67,6 +73,8 @@ class TrainConfig:
     judge_steps: int = 1500
     judge_batch: int = 128
     judge_lr: float = 2e-3
+    judge_seed: int | None = None  # the judge's own seed (None: `seed`); the check judge uses another one
+    judge_augment: str = "renders"  # renders | generation (morphs, blends, partial fills, blur: the check judge)
     checkpoint_every: int = 250
     # an oracle: the text encoder and UNet retrained from scratch on the same pool with every image of
     # this concept removed (so no caption names it either); the VAE and judge are the shipped ones
@@ -252,8 +260,18 @@ def train_diffusion(cfg: TrainConfig, work: Path, pool: Pool, vae, tokenizer):
 # ---------------------------------------------------------------- judge
 
 
-def judge_batch(rng: np.random.Generator, n: int, vae=None, vae_rate: float = 0.5):
-    """Fresh renders (+ empties and noise images labelled none), half passed through the VAE."""
+JUDGE_AUGMENTS = ("renders", "generation")
+IGNORE = -100  # a label left out of its head's loss (F.cross_entropy's ignore_index)
+DOMINANT = 0.7  # a blend counts as its dominant part from this share on; below it the label is left out
+
+
+def judge_batch(rng: np.random.Generator, n: int, vae=None, vae_rate: float = 0.5, augment: str = "renders"):
+    """Fresh renders (+ empties and noise images labelled none), half passed through the VAE.
+    `augment="generation"`: half of the objects are drawn as generations look (`_generation_like`), and
+    every image may be blurred; a label that no part dominates is `IGNORE` (left out of the loss)."""
+    if augment not in JUDGE_AUGMENTS:
+        raise ValueError(f"unknown judge augment {augment!r}; use one of {', '.join(JUDGE_AUGMENTS)}")
+    generation = augment == "generation"
     images, targets = [], {a: [] for a in HEADS}
     for _ in range(n):
         u = rng.random()
@@ -264,31 +282,135 @@ def judge_batch(rng: np.random.Generator, n: int, vae=None, vae_rate: float = 0.
             base = rng.uniform(0, 255, 3)
             img = np.clip(base + rng.normal(0, rng.uniform(5, 40), (32, 32, 3)), 0, 255).astype(np.float32)
             labels = {"shape": NONE, "colour": NONE, "style": NONE, "background": "light" if img.mean() > 127 else "dark"}
+        elif generation and u < 0.56:
+            img, labels = _generation_like(rng)
         else:
             r = render(rng=rng)
             img, labels = r.image.astype(np.float32), r.labels
         images.append(img)
         for a in HEADS:
-            targets[a].append(HEADS[a].index(labels[a]))
+            targets[a].append(IGNORE if labels[a] is None else HEADS[a].index(labels[a]))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1
+    if generation:  # low-frequency colour noise (generations drift in tone), then blur on some
+        low = torch.from_numpy(rng.normal(0, 1, (n, 3, 4, 4)).astype(np.float32) * rng.uniform(0, 0.08, (n, 1, 1, 1)).astype(np.float32))
+        x = (x + F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)).clamp(-1, 1)
+        x = _blur_some(x, rng, share=0.4)
     if vae is not None:
         through = torch.from_numpy(rng.random(n) < vae_rate)
         if through.any():
             with torch.no_grad():
                 x[through] = vae.decode(vae.encode(x[through]).latent_dist.mean).sample.clamp(-1, 1)
-    x = x + torch.from_numpy(rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32))
+    x = x + torch.from_numpy(rng.normal(0, rng.uniform(0, 0.06 if generation else 0.03), x.shape).astype(np.float32))
     return x, {a: torch.tensor(v) for a, v in targets.items()}
 
 
+def _blur_some(x: torch.Tensor, rng: np.random.Generator, share: float) -> torch.Tensor:
+    """Gaussian blur (sigma 0.3 to 1.2 px) on a random `share` of the batch."""
+    x = x.clone()
+    r = torch.arange(-3, 4, dtype=torch.float32)
+    for i in np.flatnonzero(rng.random(len(x)) < share):
+        k = torch.exp(-(r**2) / (2 * rng.uniform(0.3, 1.2) ** 2))
+        k = k / k.sum()
+        xi = F.pad(x[i : i + 1], (3, 3, 3, 3), mode="replicate")
+        xi = F.conv2d(xi, k.view(1, 1, 1, 7).expand(3, 1, 1, 7), groups=3)
+        x[i] = F.conv2d(xi, k.view(1, 1, 7, 1).expand(3, 1, 7, 1), groups=3)[0]
+    return x
+
+
+def _soft(cover: np.ndarray, passes: int = 2) -> np.ndarray:
+    """A boolean silhouette at 4x resolution -> a soft one (box blur), so that two can be blended."""
+    m = cover.astype(np.float32)
+    for _ in range(passes):
+        p = np.pad(m, 3, mode="edge")
+        m = sum(p[dy : dy + m.shape[0], dx : dx + m.shape[1]] for dy in range(7) for dx in range(7)) / 49
+    return m
+
+
+def _generation_like(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """One object drawn the way erased and attacked models draw them: (image float (32, 32, 3), labels).
+
+    The silhouette is a blend of two shapes (weight t of the second; labelled with the dominant one when
+    max(t, 1 - t) >= DOMINANT, else None), the colour a blend of two colours (same rule), the fill one
+    style over part of the object and another elsewhere (labelled with the style covering DOMINANT of
+    it, else None), and some objects have holes of background. Every part of it is drawn from `rng`."""
+    from .grammar import ATTRIBUTES, BACKGROUND_RGB, RGB, SHAPES
+    from .render import DOT_PERIOD, DOT_RADIUS, SIZE, STRIPE_PERIOD, SUPER, TINT, silhouette
+
+    labels = {a: v[rng.integers(len(v))] for a, v in ATTRIBUTES.items()}
+    background = np.array(BACKGROUND_RGB[labels["background"]], dtype=np.float32) + rng.uniform(-10, 10, 3)
+    half = rng.uniform(6.0, 12.5)
+    cx, cy = rng.uniform(half + 0.5, SIZE - half - 0.5, size=2)
+    s = (np.arange(SIZE * SUPER) + 0.5) / SUPER
+    py, px = np.meshgrid(s, s, indexing="ij")
+    u, v = (px - cx) / half, (py - cy) / half
+
+    def dominant(a, b, t):  # the label of a blend of a (weight 1 - t) and b (weight t)
+        if a == b:
+            return a
+        return a if 1 - t >= DOMINANT else b if t >= DOMINANT else None
+
+    cover = silhouette(labels["shape"], u, v)
+    if rng.random() < 0.6:  # a morph between two shapes
+        other = SHAPES[rng.integers(len(SHAPES))]
+        t = rng.uniform(0, 1)
+        soft = (1 - t) * _soft(cover) + t * _soft(silhouette(other, u, v))
+        cover = soft >= 0.5
+        labels["shape"] = dominant(labels["shape"], other, t)
+        if not cover.any():
+            cover = silhouette(other, u, v)
+            labels["shape"] = other
+    colour = np.array(RGB[labels["colour"]], dtype=np.float32)
+    if rng.random() < 0.35:  # a blended colour
+        other = ATTRIBUTES["colour"][rng.integers(5)]
+        t = rng.uniform(0, 1)
+        colour = (1 - t) * colour + t * np.array(RGB[other], dtype=np.float32)
+        labels["colour"] = dominant(labels["colour"], other, t)
+    colour = np.clip(colour + rng.uniform(-18, 18, 3), 0, 255)
+    tint = colour * (1 - TINT) + 255 * TINT * rng.uniform(0.8, 1.1)
+    phase = rng.uniform(0, 1, size=2)
+
+    def fill_of(style):
+        if style == "solid":
+            return np.ones_like(cover)
+        if style == "striped":
+            return ((py / STRIPE_PERIOD * rng.uniform(0.85, 1.15) + phase[0]) % 1.0) < rng.uniform(0.35, 0.65)
+        gx, gy = (px / DOT_PERIOD + phase[0]) % 1.0 - 0.5, (py / DOT_PERIOD + phase[1]) % 1.0 - 0.5
+        return (gx**2 + gy**2) * DOT_PERIOD**2 <= (DOT_RADIUS * rng.uniform(0.8, 1.3)) ** 2
+
+    full = fill_of(labels["style"])
+    if rng.random() < 0.35:  # part of the object filled with another style (split along a random line)
+        other = ATTRIBUTES["style"][rng.integers(3)]
+        angle = rng.uniform(0, 2 * np.pi)
+        side = (u * np.cos(angle) + v * np.sin(angle)) > rng.uniform(-1, 1)
+        t = float(side[cover].mean()) if cover.any() else 0.0
+        full = np.where(side, fill_of(other), full)
+        labels["style"] = dominant(labels["style"], other, t)
+    if rng.random() < 0.2:  # holes of background (a partly drawn object); at most a quarter of it
+        for _ in range(rng.integers(1, 4)):
+            hx, hy, hr = rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.15, 0.35)
+            hole = (u - hx) ** 2 + (v - hy) ** 2 <= hr**2
+            if (cover & ~hole).sum() >= 0.75 * cover.sum():
+                cover = cover & ~hole
+    hi = np.where(cover[..., None], np.where(full[..., None], colour, tint), background)
+    image = hi.reshape(SIZE, SUPER, SIZE, SUPER, 3).mean(axis=(1, 3))
+    return np.clip(image, 0, 255).astype(np.float32), labels
+
+
+def judge_folder(cfg: TrainConfig) -> str:
+    """Where the judge stage writes under `out`: toy-judge, or toy-judge-check for the generation-augmented one."""
+    return "toy-judge-check" if cfg.judge_augment == "generation" else "toy-judge"
+
+
 def train_judge(cfg: TrainConfig, work: Path, vae):
-    torch.manual_seed(cfg.seed + 2)
+    seed = cfg.seed if cfg.judge_seed is None else cfg.judge_seed
+    torch.manual_seed(seed + 2)
     net = JudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.judge_lr, weight_decay=1e-4)
-    ckpt = work / "judge.ckpt.safetensors"
+    ckpt = work / ("judge.ckpt.safetensors" if judge_folder(cfg) == "toy-judge" else f"{judge_folder(cfg)}-{seed}.ckpt.safetensors")
     step = _resume(ckpt, {"judge": net}, {"opt": opt})
     bar = tqdm(range(step, cfg.judge_steps), initial=step, total=cfg.judge_steps, desc="judge")
     for step in bar:
-        x, y = judge_batch(_rng(cfg.seed, 3, step), cfg.judge_batch, vae)
+        x, y = judge_batch(_rng(seed, 3, step), cfg.judge_batch, vae, augment=cfg.judge_augment)
         for g in opt.param_groups:
             g["lr"] = cfg.judge_lr * _cosine(step, cfg.judge_steps, 100, floor=0.02)
         logits = net(x)
@@ -379,11 +501,13 @@ def train(cfg: TrainConfig, work: Path, out: Path, stages=("vae", "diffusion", "
     pool less every image of that concept, and `<out>/toy-oracle-<concept>` holding only the text
     encoder and UNet (the loader completes it from the shipped model).
     """
-    from safetensors.torch import save_file
-
     if cfg.without:
         concept(cfg.without)  # an unknown concept fails here, before any work
         stages = ("diffusion",)
+    if cfg.judge_augment not in JUDGE_AUGMENTS:
+        raise ValueError(f"unknown judge augment {cfg.judge_augment!r}; use one of {', '.join(JUDGE_AUGMENTS)}")
+    if tuple(stages) == ("judge",) and not (work / "vae.ckpt.safetensors").is_file():
+        return _train_judge_alone(cfg, work, out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -410,8 +534,27 @@ def train(cfg: TrainConfig, work: Path, out: Path, stages=("vae", "diffusion", "
             _write_pipeline(out / "toy-model", vae, text_encoder, unet, tokenizer)
     if "judge" in stages:
         net = timed("judge", lambda: train_judge(cfg, work, vae))
-        jdir = out / "toy-judge"
-        jdir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(jdir / "judge.safetensors"))
-        (jdir / "config.json").write_text(json.dumps({"width": 32, "heads": {a: list(v) for a, v in HEADS.items()}}, indent=2))
+        _write_judge(out / judge_folder(cfg), net, cfg)
     return timings
+
+
+def _write_judge(jdir: Path, net, cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    jdir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(jdir / "judge.safetensors"))
+    info = {"width": 32, "heads": {a: list(v) for a, v in HEADS.items()}}
+    if judge_folder(cfg) != "toy-judge":
+        seed = cfg.seed if cfg.judge_seed is None else cfg.judge_seed
+        info.update(seed=seed, augment=cfg.judge_augment, steps=cfg.judge_steps, batch=cfg.judge_batch)
+    (jdir / "config.json").write_text(json.dumps(info, indent=2))
+
+
+def _train_judge_alone(cfg: TrainConfig, work: Path, out: Path) -> dict:
+    """The judge stage on its own, against the shipped VAE (no pool: the judge renders its own batches)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    start = time.time()
+    net = train_judge(cfg, work, shipped_vae())
+    _write_judge(out / judge_folder(cfg), net, cfg)
+    return {"judge_s": time.time() - start}
