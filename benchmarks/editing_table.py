@@ -1087,10 +1087,19 @@ def run_erase_edit(args) -> dict:
     items = erase_edit_images(args.erase_images)
     for model in ["original", *args.erasers]:
         todo = [it for it in items if not (ERASE_CELLS / model / f"{it['seed']}.json").is_file()]
-        if not todo:
+        generated = ERASE_CELLS / f"generated-{model}.json"
+        if not todo and generated.is_file():
             continue
         torch.manual_seed(0)
         pipe = load_pipeline(erased_model(model), device="cpu")
+        if not generated.is_file():  # the model's own images of the red-triangle prompts, from noise (no inversion)
+            from studio.sampling import sample_pairs
+
+            prompts = [TEMPLATE.format(**{**it["labels"], "colour": "red"}) for it in items]
+            images = sample_pairs(pipe, prompts, [it["seed"] for it in items], num_inference_steps=args.steps)
+            verdicts = judge.predict(images)
+            ERASE_CELLS.mkdir(parents=True, exist_ok=True)
+            generated.write_text(json.dumps({"prompts": prompts, "seeds": [it["seed"] for it in items], "verdicts": verdicts}, indent=1))
         for item in todo:
             record = erase_edit_cell(pipe, judge, item, args.steps, edit_cfg)
             path = ERASE_CELLS / model / f"{item['seed']}.json"
@@ -1142,6 +1151,8 @@ def _erase_edit_rates(rows: list) -> dict:
 
 def summarise_erase_edit() -> dict:
     """Per model and inversion: rates (count, Wilson interval) of what the judge sees, over the images every model has."""
+    from studio.stats import Rate
+
     models = [p.name for p in sorted(ERASE_CELLS.iterdir()) if p.is_dir() and any(p.glob("*.json"))]
     models.sort(key=lambda m: (m != "original", m))
     common = set.intersection(*[{p.stem for p in (ERASE_CELLS / m).glob("*.json")} for m in models]) if models else set()
@@ -1153,6 +1164,14 @@ def summarise_erase_edit() -> dict:
             "images": len(records),
             "erasure_seconds": json.loads(erasure.read_text()).get("stats", {}).get("wall_seconds") if erasure.is_file() else None,
         }
+        generated = ERASE_CELLS / f"generated-{model}.json"
+        if generated.is_file():
+            g = json.loads(generated.read_text())
+            keep = [v for s, v in zip(g["seeds"], g["verdicts"]) if str(s) in common]
+            out[model]["generated_triangle"] = Rate(sum(v["shape"] == ERASE_CONCEPT for v in keep), len(keep)).as_dict()
+            out[model]["generated_red_triangle"] = Rate(
+                sum(v["shape"] == ERASE_CONCEPT and v["colour"] == "red" for v in keep), len(keep)
+            ).as_dict()
         for name in ERASE_METHODS:
             rows = [(r["methods"][name], r["labels"]) for r in records]
             out[model][name] = _erase_edit_rates(rows)
@@ -1171,6 +1190,8 @@ def erase_edit_markdown(table: dict) -> list:
         "are inverted *by the erased model* with their full prompt, then edited in one call two ways by one word: the shape to "
         '"square" ("a ... square on a ... background") and the colour to "red" ("a ... red triangle ..."); P2P replace, cross '
         "0.8, self 0.5. Judged by the toy judge; 95% Wilson intervals. Source row: the edit's reconstruction of the input. "
+        'Rows "none": the model\'s own images of the red-triangle prompts from noise, same seeds (what the erasure does without '
+        "an inversion). "
         "Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce` (cells in "
         "benchmarks/results/editing_erase_cells/; erased models under runs/editing_erased/, not committed).",
         "",
@@ -1179,6 +1200,9 @@ def erase_edit_markdown(table: dict) -> list:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, t in table.items():
+        if "generated_triangle" in t:
+            red, tri = rate(t["generated_red_triangle"]), rate(t["generated_triangle"])
+            lines.append(f"| {model} | none (from noise) | {t['images']} |  |  |  |  | red triangles {red} | {tri} |  |")
         for name in ERASE_METHODS:
             v = t[name]
             shapes = " / ".join(", ".join(f"{s} {k}" for s, k in v[key].items()) for key in ("square_shape", "red_shape"))
