@@ -1155,10 +1155,13 @@ def summarise_erase_edit() -> dict:
 
     models = [p.name for p in sorted(ERASE_CELLS.iterdir()) if p.is_dir() and any(p.glob("*.json"))]
     models.sort(key=lambda m: (m != "original", m))
-    common = set.intersection(*[{p.stem for p in (ERASE_CELLS / m).glob("*.json")} for m in models]) if models else set()
+    seeds = {m: {p.stem for p in (ERASE_CELLS / m).glob("*.json")} for m in models}
+    most = max((len(v) for v in seeds.values()), default=0)
+    complete = [m for m in models if len(seeds[m]) == most]  # a model still running is shown on the images it has
+    common = set.intersection(*[seeds[m] for m in complete]) if complete else set()
     out = {}
     for model in models:
-        records = [json.loads((ERASE_CELLS / model / f"{s}.json").read_text()) for s in sorted(common, key=int)]
+        records = [json.loads((ERASE_CELLS / model / f"{s}.json").read_text()) for s in sorted(common & seeds[model], key=int)]
         erasure = ERASED_MODELS / f"{model}--{ERASE_CONCEPT}" / "erasure.json"
         out[model] = {
             "images": len(records),
