@@ -340,13 +340,16 @@ def toy_target(name: str) -> Concept:
 # erase until erased (erasers.stopping): STEREO's stages are a fixed schedule
 STOP_WHEN = "runs a fixed schedule of stages (STE rounds, then REO)"
 
-# The toy world's preset (not swept): esd-x at lr 1e-3 for 50 steps per round and for REO (as erasers.esd's toy
-# preset), 2 rounds (the README's), a 16-image gallery, 20-step DDIM trajectories, 80 inversion steps of batch 4.
-# Measured on triangle, the first 20 direct prompts (seeds 5000-5019, 20 DDIM steps): judged triangle 45% (9/20)
-# [26, 66] (original 95% (19/20) [76, 99]; ESD-x toy preset 45% (9/20) [26, 66]); other shapes kept 95% (19/20)
-# [76, 99] (ESD-x 100% (20/20)); CCE (toy preset, original's images): ASR 75% (15/20) [53, 89], the token alone
-# 65% (13/20) [43, 82], the same as against ESD-x (75% (15/20), token alone 70% (14/20)): on the toy world at this
-# budget STEREO resists CCE no better than ESD-x. 4656 UNet evaluations, 2189 s on 2 heavily shared cores.
+# The toy world's preset: esd-x at lr 1e-3 for 50 steps per round (as erasers.esd's toy preset), 2 rounds (the
+# README's), a 16-image gallery, 20-step DDIM trajectories, 80 inversion steps of batch 4; REO at lr 1e-3 for 100
+# steps, chosen by the committed sweep `benchmarks/preset_sweep.py --method stereo --concepts triangle,striped`
+# (reo_lr 1e-3 / 3e-3 x REO 25 / 50 / 100 steps; criterion of the other methods: the worst concept's erasure with
+# retained >= 90% of the original's): triangle shown 25% (4/16) [10, 49], striped 81% (13/16) [57, 93], retained
+# ratios 1.00 and 0.94; every lr-3e-3 setting erased more, with a worst retained ratio of 0.62 or less. See
+# benchmarks/results/preset_sweep_stereo.md. The earlier preset (REO 50 steps) against CCE, triangle, 20 direct
+# prompts (seeds 5000-5019, 20 DDIM steps): judged triangle 45% (9/20) [26, 66], CCE ASR 75% (15/20) [53, 89],
+# the token alone 65% (13/20) [43, 82], the same as against ESD-x (75% (15/20), token alone 70% (14/20)): on the
+# toy world at this budget STEREO resists CCE no better than ESD-x.
 # One round with 40 inversion steps on 8 images leaves 79% of the toy tests' triangle images (ESD-x's test: <= 30%).
 TOY_PRESETS: dict = {
     "stereo": {
@@ -355,6 +358,7 @@ TOY_PRESETS: dict = {
         "iterations": 50,
         "ste_lr": 1e-3,
         "reo_lr": 1e-3,
+        "reo_iterations": 100,
         "num_inference_steps": 20,
         "num_images": 16,
         "image_steps": 20,
