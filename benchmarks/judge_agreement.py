@@ -38,6 +38,7 @@ SEEDS = (0, 1)
 ATTRIBUTES = ("shape", "colour", "style", "background")
 SAMPLE = {"original": 24, "erased": 16}  # images per model in the hand-labelled sample (24 + 6 x 16 = 120)
 GRID_COLS, GRID_ROWS, UPSCALE = 6, 5, 8
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
 
 def model_names() -> list:
@@ -125,18 +126,24 @@ def verdict_rates(verdicts) -> dict:
     return {"shown": Rate(int((v == 1).sum()), int((v >= 0).sum()), int((v < 0).sum()))}
 
 
+def to_pil(arrays) -> list:
+    from PIL import Image
+
+    return [Image.fromarray(np.asarray(a)) for a in arrays]
+
+
 def load_judges():
     from studio.judges import get_judge
 
     return get_judge("toy"), get_judge("toy-check")
 
 
-def calibrate(n: int = 2048, seed: int = 777) -> dict:
+def calibrate(n: int = 1024, seed: int = 777) -> dict:
     """The abstain threshold from held-out generation-like renders (`judge_batch(augment="generation")` at a
     seed neither judge trained on, through the shipped VAE): for each threshold, the share of clearly
     labelled images kept and the primary judge's accuracy on them, and the share of ambiguous blends
-    (no dominant label) it abstains on. The rule's threshold is the smallest that keeps accuracy >= 99%
-    on the asked attribute, over shape and style (the attributes the toy erasures ask)."""
+    (no dominant label) it abstains on. The rule's threshold maximises Youden's J (clear images
+    kept minus ambiguous blends kept), averaged over shape and style (the attributes the toy erasures ask)."""
     import torch
 
     from studio.toyworld.judge import ToyJudge
@@ -161,7 +168,7 @@ def calibrate(n: int = 2048, seed: int = 777) -> dict:
         right = pa[attr].argmax(-1).numpy() == y[attr]
         labelled, ambiguous = y[attr] != IGNORE, y[attr] == IGNORE
         rows = []
-        for t in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98):
+        for t in THRESHOLDS:
             keep = (conf >= t) & agree
             rows.append(
                 {
@@ -173,12 +180,14 @@ def calibrate(n: int = 2048, seed: int = 777) -> dict:
                 }
             )
         table[attr] = rows
-    ok = [
-        t
-        for t in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
-        if all(r["accuracy_kept"]["rate"] >= 0.99 for a in table for r in table[a] if r["threshold"] == t)
-    ]
-    return {"images": len(x), "seed": seed, "table": table, "chosen": ok[0] if ok else None}
+    # Youden's J per threshold: clearly labelled images kept minus ambiguous blends kept, averaged over the attributes
+    j = {
+        t: float(
+            np.mean([r["kept"]["rate"] - (1 - r["ambiguous_abstained"]["rate"]) for a in table for r in table[a] if r["threshold"] == t])
+        )
+        for t in THRESHOLDS
+    }
+    return {"images": len(x), "seed": seed, "table": table, "youden": {str(t): v for t, v in j.items()}, "chosen": max(j, key=j.get)}
 
 
 # ----------------------------------------------------------------------------- the sample to label
@@ -228,17 +237,16 @@ def report(calibration: dict | None) -> None:
 
     judge_a, judge_b = load_judges()
     strict = StrictJudge(judge_a.judge, judge_b.judge)
-    rows, data = (
-        [],
-        {"models": {}, "settings": {"prompts_per_form": PROMPTS, "retain": RETAIN, "seeds": list(SEEDS), "threshold": strict.threshold}},
-    )
+    data = {"models": {}, "settings": {"prompts_per_form": PROMPTS, "retain": RETAIN, "seeds": list(SEEDS), "threshold": strict.threshold}}
     lines = [
         "# Judge agreement on generated images",
         "",
-        "Judge A: assets/toy-judge (renders, seed 0). Judge B: assets/toy-judge-check (seed 1, generation-like augmentations: "
-        "shape morphs, colour blends, part-filled styles, holes, blur, low-frequency noise, VAE round trips). "
-        f"Images per model: the concept's first {PROMPTS} prompts of each form x seeds {list(SEEDS)} and {RETAIN} retain prompts x seed 0; "
-        "DDIM 50 steps, guidance 7.5; erased models at their toy presets. Agreement: both judges give the same value.",
+        (
+            "Judge A: assets/toy-judge (renders, seed 0). Judge B: assets/toy-judge-check (seed 1, generation-like augmentations: "
+            "shape morphs, colour blends, part-filled styles, holes, blur, low-frequency noise, VAE round trips). "
+            f"Images per model: the concept's first {PROMPTS} prompts of each form x seeds {list(SEEDS)} and {RETAIN} retain prompts x seed 0; "
+            "DDIM 50 steps, guidance 7.5; erased models at their toy presets. Agreement: both judges give the same value."
+        ),
         "",
         "| model | images | shape | colour | style | background | concept verdict (A vs B) | A: shows concept | strict: shows, abstained |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -246,7 +254,7 @@ def report(calibration: dict | None) -> None:
     all_a, all_b = [], []
     for name in model_names():
         d = generate(name)
-        images = list(d["images"])
+        images = to_pil(d["images"])
         pa, pb = judge_a.predict(images), judge_b.predict(images)
         all_a += pa
         all_b += pb
@@ -276,14 +284,16 @@ def report(calibration: dict | None) -> None:
     lines.append("| **all models** | " + str(len(all_a)) + " | " + " | ".join(str(total[a]) for a in ATTRIBUTES) + " | | | |")
     lines += [
         "",
-        "Per-attribute columns count every image of the model (concept and retain prompts); the verdict columns count the "
-        "concept's own prompts only. 'strict' is `get_judge(\"toy-strict\")`: abstains when either judge's top-1 probability on "
-        f"the asked attribute is below {strict.threshold} or the two judges' verdicts differ; its rate is over the decided images.",
+        (
+            "Per-attribute columns count every image of the model (concept and retain prompts); the verdict columns count the "
+            "concept's own prompts only. 'strict' is `get_judge(\"toy-strict\")`: abstains when either judge's top-1 probability on "
+            f"the asked attribute is below {strict.threshold} or the two judges' verdicts differ; its rate is over the decided images."
+        ),
     ]
     labels_path = RESULTS / "judge_labels.json"
     if labels_path.is_file():
         labelled = json.loads(labels_path.read_text())["images"]
-        images = [generate(e["model"])["images"][e["i"]] for e in labelled]
+        images = to_pil([generate(e["model"])["images"][e["i"]] for e in labelled])
         acc = {"A": accuracy(judge_a.predict(images), labelled), "B": accuracy(judge_b.predict(images), labelled)}
         data["hand_labels"] = {j: {a: r.as_dict() for a, r in v.items()} for j, v in acc.items()}
         lines += [
@@ -300,7 +310,7 @@ def report(calibration: dict | None) -> None:
         for a in ("shape", "style"):
             right = wrong = abstained = 0
             for e, im in zip(labelled, images):
-                if e.get(a) in (None, "unclear"):
+                if e.get(a) in (None, "unclear", "none"):
                     continue
                 v = strict.verdicts([im], e[a])[0]
                 abstained += v < 0
@@ -326,7 +336,11 @@ def report(calibration: dict | None) -> None:
             for r in rows_:
                 f = lambda d: str(Rate(d["k"], d["n"]))
                 lines.append(f"| {a} | {r['threshold']} | {f(r['kept'])} | {f(r['accuracy_kept'])} | {f(r['ambiguous_abstained'])} |")
-        lines += ["", f"Smallest threshold with accuracy on kept >= 99% on both: {calibration['chosen']}."]
+        youden = ", ".join(f"{t}: {v:.2f}" for t, v in calibration.get("youden", {}).items())
+        lines += [
+            "",
+            f"Threshold with the largest Youden's J (clear kept minus ambiguous kept, mean of shape and style): {calibration['chosen']} ({youden}).",
+        ]
     write_results("judge_agreement", data, "\n".join(lines))
 
 

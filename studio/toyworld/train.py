@@ -18,13 +18,14 @@ Recipe:
     (so that it reads decoded images as well as clean ones), plus empty and noise images ("none").
   * check judge (`judge_augment="generation"`, with its own `judge_seed`; written to `toy-judge-check`):
     the same recipe on images that look like generations: morphs between two shapes (their soft
-    silhouettes blended, labelled with the dominant shape, or left out of the shape loss when neither
+    boundary radii blended ray by ray, labelled with the dominant shape, or left out of the shape loss when neither
     dominates), blended colours and part-filled styles (the same rule), holes in the object, blur and
     low-frequency noise, on top of the VAE round trips. `studio toyworld train --stages judge
     --judge-seed 1 --judge-augment generation` trains it against the shipped VAE (no pool needed).
 """
 
 import copy
+import functools
 import json
 import math
 import shutil
@@ -317,19 +318,31 @@ def _blur_some(x: torch.Tensor, rng: np.random.Generator, share: float) -> torch
     return x
 
 
-def _soft(cover: np.ndarray, passes: int = 2) -> np.ndarray:
-    """A boolean silhouette at 4x resolution -> a soft one (box blur), so that two can be blended."""
-    m = cover.astype(np.float32)
-    for _ in range(passes):
-        p = np.pad(m, 3, mode="edge")
-        m = sum(p[dy : dy + m.shape[0], dx : dx + m.shape[1]] for dy in range(7) for dx in range(7)) / 49
-    return m
+@functools.cache
+def _radii(shape: str, bins: int = 720) -> np.ndarray:
+    """The shape's boundary radius along each of `bins` rays from its centre (every toy shape is
+    star-shaped about it), in units of the half-size: a morph blends two shapes' radii ray by ray."""
+    from .render import silhouette
+
+    theta = np.linspace(-np.pi, np.pi, bins, endpoint=False)
+    r = np.linspace(0, 1.6, 641)
+    outside = ~silhouette(shape, np.cos(theta)[:, None] * r, np.sin(theta)[:, None] * r)
+    outside[:, -1] = True
+    return r[outside.argmax(1)]
+
+
+def _morph(a: str, b: str, t: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Points (u, v) inside the morph (1 - t) * a + t * b: exactly `a` at t = 0 and `b` at t = 1."""
+    ra, rb = _radii(a), _radii(b)
+    k = ((np.arctan2(v, u) + np.pi) / (2 * np.pi) * len(ra)).astype(int) % len(ra)
+    return np.hypot(u, v) <= (1 - t) * ra[k] + t * rb[k]
 
 
 def _generation_like(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """One object drawn the way erased and attacked models draw them: (image float (32, 32, 3), labels).
 
-    The silhouette is a blend of two shapes (weight t of the second; labelled with the dominant one when
+    The silhouette is a morph of two shapes (their boundary radii blended ray by ray from the centre,
+    weight t of the second; labelled with the dominant one when
     max(t, 1 - t) >= DOMINANT, else None), the colour a blend of two colours (same rule), the fill one
     style over part of the object and another elsewhere (labelled with the style covering DOMINANT of
     it, else None), and some objects have holes of background. Every part of it is drawn from `rng`."""
@@ -350,15 +363,11 @@ def _generation_like(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         return a if 1 - t >= DOMINANT else b if t >= DOMINANT else None
 
     cover = silhouette(labels["shape"], u, v)
-    if rng.random() < 0.6:  # a morph between two shapes
+    if rng.random() < 0.5:  # a morph between two shapes
         other = SHAPES[rng.integers(len(SHAPES))]
         t = rng.uniform(0, 1)
-        soft = (1 - t) * _soft(cover) + t * _soft(silhouette(other, u, v))
-        cover = soft >= 0.5
+        cover = _morph(labels["shape"], other, t, u, v)
         labels["shape"] = dominant(labels["shape"], other, t)
-        if not cover.any():
-            cover = silhouette(other, u, v)
-            labels["shape"] = other
     colour = np.array(RGB[labels["colour"]], dtype=np.float32)
     if rng.random() < 0.35:  # a blended colour
         other = ATTRIBUTES["colour"][rng.integers(5)]
