@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/editing_table.py --quick         # 2 images, to check the machinery
     OMP_NUM_THREADS=1 python benchmarks/editing_table.py --edits --images 40            # the PIE-Bench-style edit table (cached cells)
     OMP_NUM_THREADS=1 python benchmarks/editing_table.py --beyond                       # reconstruction / speed outside the grammar
-    OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce   # edits with the triangle erased
+    OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce rece   # edits with the triangle erased
     OMP_NUM_THREADS=1 python benchmarks/editing_table.py --summarise                    # rewrite the md from the json and the cells
 
 Images are rendered by the toy world's renderer, so they are *real* images for the model (it never
@@ -1195,7 +1195,7 @@ def erase_edit_markdown(table: dict) -> list:
         "0.8, self 0.5. Judged by the toy judge; 95% Wilson intervals. Source row: the edit's reconstruction of the input. "
         'Rows "none": the model\'s own images of the red-triangle prompts from noise, same seeds (what the erasure does without '
         "an inversion). "
-        "Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce` (cells in "
+        "Reproduce: `OMP_NUM_THREADS=1 python benchmarks/editing_table.py --erase-edit --erasers esd-x uce rece` (cells in "
         "benchmarks/results/editing_erase_cells/; erased models under runs/editing_erased/, not committed).",
         "",
         "| model | inversion | images | source row PSNR | source row shows a triangle | square edit: square, rest kept | square edit: still a triangle | "
@@ -1240,7 +1240,9 @@ def main(argv=None) -> int:
         "--beyond", action="store_true", help="only the reconstruction / speed table on images outside the grammar (cached cells)"
     )
     p.add_argument("--erase-edit", action="store_true", help="only the erase-then-edit rows (cached cells; erased models under runs/)")
-    p.add_argument("--erasers", nargs="+", default=["esd-x", "uce"], help="erase-then-edit: the erasers (toy presets) of the triangle")
+    p.add_argument(
+        "--erasers", nargs="+", default=["esd-x", "uce", "rece"], help="erase-then-edit: the erasers (toy presets) of the triangle"
+    )
     p.add_argument("--erase-images", type=int, default=12, help="erase-then-edit: rendered triangle images")
     args = p.parse_args(argv)
     if args.quick:
