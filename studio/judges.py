@@ -18,8 +18,8 @@ The abstain rule (`StrictJudge`): erased models draw in-between shapes (a star h
 triangle), which the render-trained toy judge reads with confidence either way. A verdict is
 "abstained" when either toy judge's top-1 probability on the asked attribute is below
 `ABSTAIN_THRESHOLD`, or when the two judges' verdicts differ. The threshold was chosen on held-out
-generation-like renders (`benchmarks/judge_agreement.py`, calibration: the smallest threshold that keeps
-the kept images' accuracy at 99% or more on shape and style), not on the hand labels.
+generation-like renders (`benchmarks/judge_agreement.py`, calibration: the threshold with the largest
+Youden's J, clear images kept minus ambiguous blends kept, over shape and style), not on the hand labels.
 """
 
 import numpy as np
