@@ -114,6 +114,14 @@ def all_match(pred: dict, asked: dict) -> bool:
     return all(pred.get(a) == v for a, v in asked.items())
 
 
+def retained_rate(judge, images, asked: list) -> Rate:
+    """Images that show every attribute their prompt asked for: through the judge's `verdicts` (abstentions
+    counted apart) where it has them, else through its `predict`."""
+    if hasattr(judge, "verdicts"):
+        return rate_of_verdicts(match_verdicts(judge, images, asked))
+    return rate_of([all_match(p, a) for p, a in zip(judge.predict(images), asked)])
+
+
 def match_verdicts(judge, images, asked: list) -> np.ndarray:
     """Per image, whether it shows every concept its prompt asked for ({attribute: value}): 1 when every
     verdict is 1, 0 when any is 0, else -1 (abstained); the judge's `verdicts`, one call per asked value."""
@@ -327,13 +335,8 @@ def utility(original, erased, spec: EvalSpec, judge, config: EvalConfig, *, call
     out = {}
     asked = [a for _, a in spec.retain for _ in range(config.seeds)]
     judge = with_abstain(judge, config.abstain)
-    if any(asked) and hasattr(judge, "verdicts"):
-        ok_b, ok_a = rate_of_verdicts(match_verdicts(judge, before, asked)), rate_of_verdicts(match_verdicts(judge, after, asked))
-    elif any(asked) and hasattr(judge, "predict"):
-        pb, pa = judge.predict(before), judge.predict(after)
-        ok_b = rate_of([all_match(p, a) for p, a in zip(pb, asked)])
-        ok_a = rate_of([all_match(p, a) for p, a in zip(pa, asked)])
     if any(asked) and (hasattr(judge, "verdicts") or hasattr(judge, "predict")):
+        ok_b, ok_a = retained_rate(judge, before, asked), retained_rate(judge, after, asked)
         out.update(
             retained_acc_original=_share(ok_b),
             retained_acc_erased=_share(ok_a),

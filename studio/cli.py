@@ -325,28 +325,23 @@ def toyworld_train_paths(args) -> tuple[Path, Path]:
 
 
 def cmd_toyworld_train(args) -> int:
-    from .toyworld.train import SHIPPED_RECIPE, TrainConfig, train
+    from .toyworld.train import SHIPPED_RECIPE, TrainConfig, judge_folder, train
 
     if args.without and args.stages != "vae,diffusion,judge":
         raise ValueError("--without trains the diffusion stage only (the VAE and judge are the shipped ones); drop --stages")
     work, out = toyworld_train_paths(args)
     ensure_writable(work)
     ensure_writable(out)
-    cfg = TrainConfig(
-        seed=args.seed, without=args.without or "", judge_seed=args.judge_seed, judge_augment=args.judge_augment, **SHIPPED_RECIPE
-    )
-    if args.quick:
-        quick = dict(pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20)
-        cfg = TrainConfig(seed=args.seed, without=args.without or "", judge_seed=args.judge_seed, judge_augment=args.judge_augment, **quick)
-    if args.judge_steps:
-        cfg.judge_steps = args.judge_steps
+    quick = dict(pool_size=2000, vae_steps=60, diffusion_steps=60, finetune_steps=20, judge_steps=60, checkpoint_every=20)
+    recipe = {**(quick if args.quick else SHIPPED_RECIPE), **({"judge_steps": args.judge_steps} if args.judge_steps else {})}
+    cfg = TrainConfig(seed=args.seed, without=args.without or "", judge_seed=args.judge_seed, judge_augment=args.judge_augment, **recipe)
     stages = tuple(args.stages.split(","))
     timings = train(cfg, work, out, stages=stages)
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
     if args.without:
         print(f"oracle: {out / f'toy-oracle-{args.without}'}")
     else:
-        print(f"pipeline: {out / 'toy-model'}   judge: {out / 'toy-judge'}")
+        print(f"pipeline: {out / 'toy-model'}   judge: {out / judge_folder(cfg)}")
     if not args.install:
         print("not installed: pass --install to write into assets/ (replaces the shipped files)")
     return 0

@@ -83,9 +83,9 @@ class ToyCheckJudge(ToyWorldJudge):
     name = "toy-check"
 
     def __init__(self, path=None, device="cpu"):
-        from .paths import ASSETS
+        from .paths import TOY_JUDGE_CHECK
 
-        super().__init__(path or ASSETS / "toy-judge-check", device)
+        super().__init__(path or TOY_JUDGE_CHECK, device)
 
 
 def abstain_verdicts(probs_a, probs_b, index: int, threshold: float = ABSTAIN_THRESHOLD) -> np.ndarray:
@@ -104,20 +104,20 @@ def abstain_verdicts(probs_a, probs_b, index: int, threshold: float = ABSTAIN_TH
     return out
 
 
-class StrictJudge:
+class StrictJudge(ToyWorldJudge):
     """The toy judge with an abstain rule: `verdicts(images, concept)` -> int8 array of 1 (shows), 0 (does
     not show), -1 (abstained: low confidence or the two judges disagree; see `abstain_verdicts`).
     `shows` is `verdicts == 1` (an abstention does not count as shown); `predict` and `features` are
-    the primary judge's. `primary` and `check` are `ToyJudge`s (or any object with `probabilities`)."""
+    the primary judge's (ToyWorldJudge's). `primary` and `check` are `ToyJudge`s (or any object with `probabilities`)."""
 
     name = "toy-strict"
 
     def __init__(self, primary=None, check=None, threshold: float = ABSTAIN_THRESHOLD, device="cpu"):
-        from .paths import ASSETS, TOY_JUDGE
+        from .paths import TOY_JUDGE, TOY_JUDGE_CHECK
         from .toyworld.judge import ToyJudge
 
         self.judge = primary if primary is not None else ToyJudge.load(TOY_JUDGE, device=device)
-        self.check = check if check is not None else ToyJudge.load(ASSETS / "toy-judge-check", device=device)
+        self.check = check if check is not None else ToyJudge.load(TOY_JUDGE_CHECK, device=device)
         if not 0 <= threshold <= 1:
             raise ValueError(f"the abstain threshold is a probability in [0, 1], got {threshold}")
         self.threshold = threshold
@@ -134,16 +134,6 @@ class StrictJudge:
 
     def shows(self, images, concept: str) -> np.ndarray:
         return self.verdicts(images, concept) == 1
-
-    def predict(self, images) -> list:
-        return self.judge.predict(images)
-
-    @torch.no_grad()
-    def features(self, images) -> np.ndarray:
-        from .toyworld.judge import to_judge_input
-
-        x = to_judge_input(images).to(self.judge.device)
-        return torch.cat([self.judge.net.features(x[i : i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
 
 
 class NudeNetJudge:

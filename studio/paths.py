@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 TOY_MODEL = ASSETS / "toy-model"
 TOY_JUDGE = ASSETS / "toy-judge"
+TOY_JUDGE_CHECK = ASSETS / "toy-judge-check"  # the second toy judge (generation-like training), for the abstain rule
 TOKENIZER = ASSETS / "tokenizer"
 CONFIGS = ASSETS / "configs"  # local diffusers configs for single-file checkpoints (no download)
 PROMPTS = ASSETS / "prompts"

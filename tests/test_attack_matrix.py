@@ -1,26 +1,14 @@
 """benchmarks/attack_matrix.py without running an attack: the cells it plans from the registries, a killed run
 that resumes without redoing finished cells, the cost estimate, and the table's intervals and differences."""
 
-import importlib.util
 import json
-import sys
 
 import pytest
-from conftest import ROOT
+from conftest import load_benchmark
 
 from studio.stats import Rate, format_rate
 
-
-def _matrix():
-    path = ROOT / "benchmarks" / "attack_matrix.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("attack_matrix", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-M = _matrix()
+M = load_benchmark("attack_matrix")
 # a fake cell: rate k/n fixed per (eraser, attack), cost stated
 RATES = {("original", "none"): (20, 20), ("original", "random"): (20, 20), ("uce", "none"): (0, 20), ("uce", "random"): (3, 20)}
 

@@ -1,26 +1,12 @@
 """The editing table's PIE-Bench-style metrics (benchmarks/editing_table.py) on hand-made pairs, and
 the source branch of a prompt-to-prompt edit from null-text embeddings against the inversion alone."""
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
-from conftest import ROOT
-
-
-def _table():
-    path = ROOT / "benchmarks" / "editing_table.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("editing_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _table()
+T = load_benchmark("editing_table")
 
 
 def _pair():

@@ -1,29 +1,16 @@
 """The second toy judge (toy-check), the abstain rule (toy-strict) and how the evaluation counts
 abstentions apart, and the judge-agreement benchmark's core measures on hand-made cases."""
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import load_benchmark
 from PIL import Image
 
 from erasers.evaluate import EvalConfig, EvalSpec, erasure_rates, format_table, rate_from, utility, with_abstain
 from studio.judges import StrictJudge, abstain_verdicts, get_judge
 from studio.stats import Rate
 from studio.toyworld.models import HEADS
-
-
-def _benchmark():
-    path = ROOT / "benchmarks" / "judge_agreement.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("judge_agreement", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # ----------------------------------------------------------------------------- the check judge
 
@@ -174,7 +161,7 @@ def test_abstain_option_wraps_the_toy_judge_and_refuses_a_judge_that_cannot_abst
 
 
 def test_agreement_and_accuracy_on_a_hand_made_case():
-    m = _benchmark()
+    m = load_benchmark("judge_agreement")
     a = [{"shape": "triangle", "colour": "red"}, {"shape": "star", "colour": "red"}, {"shape": "circle", "colour": "blue"}]
     b = [{"shape": "triangle", "colour": "red"}, {"shape": "triangle", "colour": "red"}, {"shape": "circle", "colour": "green"}]
     agree = m.agreement(a, b, attributes=("shape", "colour"))

@@ -2,7 +2,6 @@
 held-in check prompts, and the preset sweep's per-concept criterion. Tiny random pipelines and judge stubs:
 what is tested is the rule's behaviour, not the toy model's."""
 
-import importlib.util
 import json
 import sys
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, build_tiny_pipe
+from conftest import build_tiny_pipe, load_benchmark
 
 from erasers import Concept, erase, get_config
 from erasers.stopping import StopWhen, evaluation_prompts, held_in_prompts, report_lines, toy_stop_when
@@ -239,17 +238,8 @@ def test_stop_when_in_toy_config_settings_dict():
 # ---------------------------------------------------------------- the preset sweep's criterion
 
 
-def _sweep():
-    path = ROOT / "benchmarks" / "preset_sweep.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("preset_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sweep_criterion_picks_the_worst_concepts_best_setting():
-    sweep = _sweep()
+    sweep = load_benchmark("preset_sweep")
     # setting -> concept -> (concept shown, retained ratio)
     table = {
         "A": {"circle": (0.00, 0.95), "striped": (0.50, 0.97)},  # the best mean, but striped is half left: worst erasure 50%

@@ -39,12 +39,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..paths import ASSETS, TOKENIZER
+from ..paths import ASSETS, TOKENIZER, TOY_JUDGE, TOY_JUDGE_CHECK
 from ..text_encoder import save_text_encoder
 from .captions import caption
 from .grammar import NONE, concept
 from .models import HEADS, JudgeNet, build_scheduler, build_text_encoder, build_train_scheduler, build_unet, build_vae
 from .render import render
+
+
+JUDGE_AUGMENTS = ("renders", "generation")  # the judge stage's data: renders (toy-judge) or generation-like (toy-judge-check)
 
 
 @dataclass
@@ -80,6 +83,15 @@ class TrainConfig:
     # an oracle: the text encoder and UNet retrained from scratch on the same pool with every image of
     # this concept removed (so no caption names it either); the VAE and judge are the shipped ones
     without: str = ""
+
+    def __post_init__(self):
+        if self.judge_augment not in JUDGE_AUGMENTS:
+            raise ValueError(f"unknown judge augment {self.judge_augment!r}; use one of {', '.join(JUDGE_AUGMENTS)}")
+
+    @property
+    def judge_rng_seed(self) -> int:
+        """The judge stage's seed: `judge_seed`, else the run's `seed`."""
+        return self.seed if self.judge_seed is None else self.judge_seed
 
 
 # The shipped model's recipe: the defaults above less the offset-noise fine-tune, which was not run for
@@ -261,7 +273,6 @@ def train_diffusion(cfg: TrainConfig, work: Path, pool: Pool, vae, tokenizer):
 # ---------------------------------------------------------------- judge
 
 
-JUDGE_AUGMENTS = ("renders", "generation")
 IGNORE = -100  # a label left out of its head's loss (F.cross_entropy's ignore_index)
 DOMINANT = 0.7  # a blend counts as its dominant part from this share on; below it the label is left out
 
@@ -407,15 +418,15 @@ def _generation_like(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
 
 def judge_folder(cfg: TrainConfig) -> str:
     """Where the judge stage writes under `out`: toy-judge, or toy-judge-check for the generation-augmented one."""
-    return "toy-judge-check" if cfg.judge_augment == "generation" else "toy-judge"
+    return TOY_JUDGE_CHECK.name if cfg.judge_augment == "generation" else TOY_JUDGE.name
 
 
 def train_judge(cfg: TrainConfig, work: Path, vae):
-    seed = cfg.seed if cfg.judge_seed is None else cfg.judge_seed
+    seed = cfg.judge_rng_seed
     torch.manual_seed(seed + 2)
     net = JudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.judge_lr, weight_decay=1e-4)
-    ckpt = work / ("judge.ckpt.safetensors" if judge_folder(cfg) == "toy-judge" else f"{judge_folder(cfg)}-{seed}.ckpt.safetensors")
+    ckpt = work / ("judge.ckpt.safetensors" if judge_folder(cfg) == TOY_JUDGE.name else f"{judge_folder(cfg)}-{seed}.ckpt.safetensors")
     step = _resume(ckpt, {"judge": net}, {"opt": opt})
     bar = tqdm(range(step, cfg.judge_steps), initial=step, total=cfg.judge_steps, desc="judge")
     for step in bar:
@@ -513,8 +524,6 @@ def train(cfg: TrainConfig, work: Path, out: Path, stages=("vae", "diffusion", "
     if cfg.without:
         concept(cfg.without)  # an unknown concept fails here, before any work
         stages = ("diffusion",)
-    if cfg.judge_augment not in JUDGE_AUGMENTS:
-        raise ValueError(f"unknown judge augment {cfg.judge_augment!r}; use one of {', '.join(JUDGE_AUGMENTS)}")
     if tuple(stages) == ("judge",) and not (work / "vae.ckpt.safetensors").is_file():
         return _train_judge_alone(cfg, work, out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -553,9 +562,8 @@ def _write_judge(jdir: Path, net, cfg: TrainConfig) -> None:
     jdir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(jdir / "judge.safetensors"))
     info = {"width": 32, "heads": {a: list(v) for a, v in HEADS.items()}}
-    if judge_folder(cfg) != "toy-judge":
-        seed = cfg.seed if cfg.judge_seed is None else cfg.judge_seed
-        info.update(seed=seed, augment=cfg.judge_augment, steps=cfg.judge_steps, batch=cfg.judge_batch)
+    if judge_folder(cfg) != TOY_JUDGE.name:
+        info.update(seed=cfg.judge_rng_seed, augment=cfg.judge_augment, steps=cfg.judge_steps, batch=cfg.judge_batch)
     (jdir / "config.json").write_text(json.dumps(info, indent=2))
 
 
