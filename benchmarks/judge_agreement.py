@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from _util import RESULTS, write_results
 
+from erasers.evaluate import rate_of_verdicts
 from studio.stats import Rate
 
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "judge_agreement"
@@ -118,12 +119,6 @@ def accuracy(pred: list, labels: list, attributes=("shape", "colour", "style")) 
         clear = [(p, lab) for p, lab in pairs if lab not in (None, "unclear")]
         out[a] = Rate(sum(p == lab for p, lab in clear), len(clear), len(pairs) - len(clear))
     return out
-
-
-def verdict_rates(verdicts) -> dict:
-    """Shows / does not show / abstained of 1/0/-1 verdicts: the shown `Rate` over the decided images."""
-    v = np.asarray(verdicts)
-    return {"shown": Rate(int((v == 1).sum()), int((v >= 0).sum()), int((v < 0).sum()))}
 
 
 def to_pil(arrays) -> list:
@@ -268,7 +263,7 @@ def report(calibration: dict | None) -> None:
             vs = strict.verdicts(ims, c)
             same = Rate(int((va == vb).sum()), len(ims))
             shown_a = Rate(int(va.sum()), len(ims))
-            shown_s = verdict_rates(vs)["shown"]
+            shown_s = rate_of_verdicts(vs)
             entry["per_concept"][c] = {"verdict_agreement": same.as_dict(), "shown_a": shown_a.as_dict(), "shown_strict": shown_s.as_dict()}
             cells.append((c, same, shown_a, shown_s))
         data["models"][name] = entry

@@ -7,7 +7,7 @@ import torch
 from conftest import load_benchmark
 from PIL import Image
 
-from erasers.evaluate import EvalConfig, EvalSpec, erasure_rates, format_table, rate_from, utility, with_abstain
+from erasers.evaluate import EvalConfig, EvalSpec, erasure_rates, format_table, rate_from, rate_of_verdicts, utility, with_abstain
 from studio.judges import StrictJudge, abstain_verdicts, get_judge
 from studio.stats import Rate
 from studio.toyworld.models import HEADS
@@ -170,6 +170,6 @@ def test_agreement_and_accuracy_on_a_hand_made_case():
     acc = m.accuracy(a, labels, attributes=("shape", "colour"))
     assert acc["shape"] == Rate(1, 2, 1)  # the unclear label is left out, counted apart
     assert acc["colour"] == Rate(3, 3)
-    assert m.verdict_rates([1, 0, -1, 1])["shown"] == Rate(2, 3, 1)
+    assert rate_of_verdicts([1, 0, -1, 1]) == Rate(2, 3, 1)
     with pytest.raises(ValueError, match="different numbers"):
         m.agreement(a, b[:2])
