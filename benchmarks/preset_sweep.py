@@ -115,17 +115,17 @@ def choose(rows: list, concepts, keep: float = 0.9):
 # ---------------------------------------------------------------- measuring
 
 
-def quick_eval(pipe, name, judge) -> dict:
+def quick_eval(pipe, name, judge, seeds: int = SEEDS) -> dict:
     """Concept shown on direct prompts and retained accuracy on the other concepts of its kind, with counts."""
     import numpy as np
 
     from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
 
-    cfg = EvalConfig(seeds=SEEDS, num_inference_steps=STEPS, prompts_per_form=DIRECT, retain_prompts_per_concept=RETAIN)
+    cfg = EvalConfig(seeds=seeds, num_inference_steps=STEPS, prompts_per_form=DIRECT, retain_prompts_per_concept=RETAIN)
     spec = toy_spec(name, cfg)
     shown = np.asarray(judge.shows(generate(pipe, spec.forms["direct"], cfg), name), bool)
     preds = judge.predict(generate(pipe, [p for p, _ in spec.retain], cfg))
-    asked = [a for _, a in spec.retain for _ in range(SEEDS)]
+    asked = [a for _, a in spec.retain for _ in range(seeds)]
     hits = [all_match(p, a) for p, a in zip(preds, asked)]
     return {"shown": int(shown.sum()), "n": len(shown), "retained_k": int(sum(hits)), "retained_n": len(hits)}
 

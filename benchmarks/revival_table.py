@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import probes  # noqa: E402
-from erasers import METHODS, erase, toy_target  # noqa: E402
-from probes.relearning import METHOD_COMPONENTS, compare  # noqa: E402
+from erasers import METHODS, erase, get_config, toy_target  # noqa: E402
+from probes.relearning import compare, method_component  # noqa: E402
 from studio.checkpoint import atomic_write_text  # noqa: E402
 from studio.loading import load_pipeline  # noqa: E402
 from studio.stats import format_rate  # noqa: E402
@@ -128,15 +128,16 @@ def run_cell(
 
 def plan(methods: list, concepts: list, kinds: list, references: list) -> list:
     """[(model, concept, kind, component)] in the order they run: erased models first, then the references."""
-    unknown = [m for m in methods if m not in METHOD_COMPONENTS]
-    if unknown:
-        raise SystemExit(f"relearning knows no component for {', '.join(unknown)}; add it to probes.relearning.METHOD_COMPONENTS")
-    components = sorted({METHOD_COMPONENTS[m] for m in methods}) or ["cross-attention"]
+    try:  # what relearning updates on each erased model: what the eraser changes at its toy preset
+        changed = {m: method_component(m, get_config(m, "toy")) for m in methods}
+    except ValueError as e:
+        raise SystemExit(f"{e}; add it to probes.relearning.METHOD_COMPONENTS") from None
+    components = sorted(set(changed.values())) or ["cross-attention"]
     jobs = []
     for concept in concepts:
         for m in methods:
             for kind in kinds:
-                jobs.append((m, concept, kind, METHOD_COMPONENTS[m] if kind.startswith("relearning") else None))
+                jobs.append((m, concept, kind, changed[m] if kind.startswith("relearning") else None))
         for ref in references:
             for kind in kinds:
                 for comp in components if kind.startswith("relearning") else [None]:

@@ -118,7 +118,7 @@ def format_result(result) -> str:
 def __getattr__(name):
     if name in ("ProbeResult", "concept_renders"):
         return getattr(importlib.import_module(f"{__name__}.common"), name)
-    if name in ("component_for", "COMPONENTS", "METHOD_COMPONENTS"):
+    if name in ("component_for", "method_component", "COMPONENTS", "METHOD_COMPONENTS"):
         return getattr(importlib.import_module(f"{__name__}.relearning"), name)
     raise AttributeError(f"module 'probes' has no attribute {name!r}")
 

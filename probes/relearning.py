@@ -128,15 +128,25 @@ def component_for(model, default: str | None = DEFAULT_COMPONENT) -> str | None:
     if not marker.is_file():
         return default
     info = json.loads(marker.read_text())
-    method = info.get("method")
-    if method == "doco" and info.get("config", {}).get("parameter_group") == "full-weight":
+    try:
+        return method_component(info.get("method"), info.get("config", {}))
+    except ValueError as e:
+        raise ValueError(f"{marker}: {e}; pass component= (one of {', '.join(COMPONENTS)})") from None
+
+
+def method_component(method: str, config=None) -> str:
+    """The component `method` changes with `config` (a dict or a config dataclass; None: its defaults):
+    the one place that reads what an eraser trains, for erased folders, the app's session models and
+    the revival table's plan."""
+    if config is not None and not isinstance(config, dict):
+        config = config_dict(config)
+    config = config or {}
+    if method == "doco" and config.get("parameter_group") == "full-weight":
         return "unet-all"
     if method == "stereo":  # its ESD rounds and REO train what its train_method names (esd-u by default, esd-x on the toy)
-        method = info.get("config", {}).get("train_method", "esd-u")
+        method = config.get("train_method", "esd-u")
     if method not in METHOD_COMPONENTS:
-        raise ValueError(
-            f"{marker} names method {method!r}, for which relearning knows no component; pass component= (one of {', '.join(COMPONENTS)})"
-        )
+        raise ValueError(f"relearning knows no component for method {method!r}")
     return METHOD_COMPONENTS[method]
 
 
@@ -348,6 +358,7 @@ def format_result(result: ProbeResult) -> str:
 __all__ = [
     "COMPONENTS",
     "METHOD_COMPONENTS",
+    "method_component",
     "RelearningConfig",
     "compare",
     "component_for",

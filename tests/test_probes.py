@@ -10,7 +10,7 @@ import probes
 from probes.common import BudgetExceeded, concept_renders, names_concept
 from probes.completion import CompletionConfig
 from probes.inversion import InversionProbeConfig
-from probes.relearning import RelearningConfig, compare, component_for, component_parameters, steps_to
+from probes.relearning import COMPONENTS, RelearningConfig, compare, component_for, component_parameters, method_component, steps_to
 from studio.progress import is_event
 from studio.sampling import Cancelled
 
@@ -123,6 +123,19 @@ def test_component_is_read_from_the_erased_folder(tmp_path):
     (tmp_path / "odd" / "erasure.json").write_text(json.dumps({"method": "magic"}))
     with pytest.raises(ValueError, match="magic"):
         component_for(tmp_path / "odd")
+
+
+def test_every_registered_eraser_has_a_component_at_each_preset():
+    """The revival table and the app ask `method_component` for every registered eraser (STEREO trains what
+    its train_method names: esd-u officially, esd-x on the toy; DoCo's full-weight group the whole UNet)."""
+    from erasers import METHODS, PRESETS, get_config
+
+    for method in METHODS:
+        for preset in PRESETS:
+            assert method_component(method, get_config(method, preset)) in COMPONENTS
+    assert method_component("stereo", get_config("stereo", "official")) == "unet"
+    assert method_component("stereo", get_config("stereo", "toy")) == "cross-attention"
+    assert method_component("doco", {"parameter_group": "full-weight"}) == "unet-all"
 
 
 # ---------------------------------------------------------------- inversion, completion, inpainting

@@ -38,14 +38,17 @@ class ProbeForm(Picked):
 
 def component_of(studio, choice: str, state: dict) -> str:
     """What relearning fine-tunes for a picked model: what its eraser changed (cross-attention for the original)."""
-    from probes.relearning import DEFAULT_COMPONENT, METHOD_COMPONENTS, component_for
+    from probes.relearning import DEFAULT_COMPONENT, component_for, method_component
 
     from ..shared import ENCODER, SAVED, SESSION
 
     choice = (choice or ORIGINAL).strip()
     if choice.startswith(SESSION):
         entry = state["erased"].get(choice.split(":", 1)[1]) or {}
-        return METHOD_COMPONENTS.get(entry.get("method"), DEFAULT_COMPONENT)
+        try:
+            return method_component(entry.get("method"), getattr(entry.get("result"), "config", None))
+        except ValueError:
+            return DEFAULT_COMPONENT
     if choice.startswith(SAVED):
         return component_for(studio.under(choice[len(SAVED) :]))
     if choice.startswith(ENCODER):
