@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--prompts", type=int, default=8, help="direct prompts per concept")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cached", action="store_true", help="only the cells already measured (a missing one is left out)")
+    ap.add_argument("--no-scaled", action="store_true", help="skip the 'together, N x steps' mode where it is not measured yet")
     args = ap.parse_args()
     judge = get_judge("toy")
     cfg = EvalConfig(seeds=args.seeds, prompts_per_form=args.prompts, num_inference_steps=args.steps, retain_prompts_per_concept=4)
@@ -138,7 +139,7 @@ def main():
                 f"| {together['erase_seconds']:.1f} |"
             )
             scaled_done = (CELLS / f"{method}--{key}--together-scaled.json").exists()
-            if several_concepts(method) == "shared prompt set" and (scaled_done or not args.cached):
+            if several_concepts(method) == "shared prompt set" and (scaled_done or not (args.cached or args.no_scaled)):
                 scaled = cell(method, g, "together-scaled", judge, cfg)
                 rows[f"{method}/{key}"]["together-scaled"] = scaled
                 lines.append(
