@@ -142,11 +142,12 @@ def main():
         saved = json.loads((RESULTS / "closed_form_speed.json").read_text())
         toy, sd, threads = saved["toy"], saved["sd_v1_architecture"], saved["omp_num_threads"]
         load, args.seeds, args.no_judge, args.no_sd = saved["load_average"], saved["seeds"], "original" not in toy, sd is None
+        torch_threads = saved["torch_threads"]
     else:
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
         toy = toy_runs(not args.no_judge, args.seeds)
         sd = None if args.no_sd else sd_runs()
-        load = os.getloadavg()[0]
+        load, torch_threads = os.getloadavg()[0], torch.get_num_threads()
     esd_s = toy["esd-x"]["seconds"]
     esd_rows = sorted((m for m in toy if m.startswith("esd-x")), key=lambda m: toy[m]["seconds"])
     closed = [m for m in toy if m != "original" and not m.startswith("esd-x")]
@@ -166,7 +167,7 @@ def main():
 
     lines = [
         (
-            f"Closed-form erasers on the CPU, OMP_NUM_THREADS={threads} (torch threads {torch.get_num_threads()}); load average "
+            f"Closed-form erasers on the CPU, OMP_NUM_THREADS={threads} (torch threads {torch_threads}); load average "
             f"{load:.1f} on 2 cores at the end of the run (other jobs shared the machine when it is above 1). Time = the erase call only."
         ),
         "",
@@ -244,7 +245,7 @@ def main():
         targets.insert(1, f"SD-architecture UCE {sd['uce']['seconds']:.2f} s and RECE {sd['rece']['seconds']:.2f} s (target <= 10 s)")
     lines += ["", "Targets: " + "; ".join(targets) + "."]
     write_results(
-        "closed_form_speed", {"omp_num_threads": threads, "toy": toy, "sd_v1_architecture": sd, "esd_over": ratios, "matched": matched, "seeds": args.seeds, "load_average": load}, "\n".join(lines)
+        "closed_form_speed", {"omp_num_threads": threads, "toy": toy, "sd_v1_architecture": sd, "esd_over": ratios, "matched": matched, "seeds": args.seeds, "load_average": load, "torch_threads": torch_threads}, "\n".join(lines)
     )
 
 
