@@ -28,14 +28,20 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--keep", action="store_true", help="keep the rows of oracles already in oracle_report.json (same sampler); measure the rest")
     args = ap.parse_args()
+    saved = json.loads((RESULTS / "oracle_report.json").read_text()) if args.keep and (RESULTS / "oracle_report.json").is_file() else {}
     judge = ToyJudge.load()
     original = load_pipeline("toy", device="cpu")
     rows, lines = {}, []
     for name in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         t0 = time.time()
         kw = dict(seeds=args.seeds, prompts=args.prompts, steps=args.steps)
-        rows[name] = {"shipped": oracle_summary(original, judge, name, **kw)}
+        if saved.get(name, {}).get("oracle") and saved[name].get("sampler", kw) == kw:
+            rows[name] = saved[name]
+            lines += ["- " + format_summary(rows[name]["shipped"], "shipped model"), "- " + format_summary(rows[name]["oracle"], f"oracle without {name}")]
+            continue
+        rows[name] = {"shipped": oracle_summary(original, judge, name, **kw), "sampler": kw}
         lines.append("- " + format_summary(rows[name]["shipped"], "shipped model"))
         path = oracle_path(name)
         if not path.is_dir():
