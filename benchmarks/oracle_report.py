@@ -28,30 +28,35 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--keep", action="store_true", help="keep the rows of oracles already in oracle_report.json (same sampler); measure the rest")
+    ap.add_argument("--keep", action="store_true", help="keep the rows in oracle_report.json whose oracle (oracle.json) and sampler are unchanged; measure the rest")
     args = ap.parse_args()
-    saved = json.loads((RESULTS / "oracle_report.json").read_text()) if args.keep and (RESULTS / "oracle_report.json").is_file() else {}
-    judge = ToyJudge.load()
-    original = load_pipeline("toy", device="cpu")
-    rows, lines = {}, []
+    report = RESULTS / "oracle_report.json"
+    saved = json.loads(report.read_text()) if args.keep and report.is_file() else {}
+    kw = dict(seeds=args.seeds, prompts=args.prompts, steps=args.steps)
+    judge, original = None, None
+    rows = {}
     for name in [c.strip() for c in args.concepts.split(",") if c.strip()]:
-        t0 = time.time()
-        kw = dict(seeds=args.seeds, prompts=args.prompts, steps=args.steps)
-        if saved.get(name, {}).get("oracle") and saved[name].get("sampler", kw) == kw:
-            rows[name] = saved[name]
-            lines += ["- " + format_summary(rows[name]["shipped"], "shipped model"), "- " + format_summary(rows[name]["oracle"], f"oracle without {name}")]
-            continue
-        rows[name] = {"shipped": oracle_summary(original, judge, name, **kw), "sampler": kw}
-        lines.append("- " + format_summary(rows[name]["shipped"], "shipped model"))
         path = oracle_path(name)
-        if not path.is_dir():
-            rows[name]["oracle"] = None
-            lines.append(f"- oracle without {name}: not trained yet (`studio toyworld train --without {name} --install`)")
+        info = oracle_info(path) if path.is_dir() else None
+        old = saved.get(name, {})
+        if info is not None and old.get("oracle") and old.get("sampler") == kw and old.get("oracle_info") == info:
+            rows[name] = old  # the same oracle under the same sampler: nothing to redo
             continue
-        rows[name]["oracle"] = oracle_summary(load_pipeline(path, device="cpu"), judge, name, **kw)
-        rows[name]["oracle_info"] = oracle_info(path)
+        if judge is None:
+            judge, original = ToyJudge.load(), load_pipeline("toy", device="cpu")
+        t0 = time.time()
+        rows[name] = {"shipped": oracle_summary(original, judge, name, **kw), "sampler": kw, "oracle": None}
+        if info is not None:
+            rows[name]["oracle"] = oracle_summary(load_pipeline(path, device="cpu"), judge, name, **kw)
+            rows[name]["oracle_info"] = info
         rows[name]["seconds"] = time.time() - t0
-        lines.append("- " + format_summary(rows[name]["oracle"], f"oracle without {name}"))
+    lines = []
+    for name, row in rows.items():
+        lines.append("- " + format_summary(row["shipped"], "shipped model"))
+        if row["oracle"] is None:
+            lines.append(f"- oracle without {name}: not trained yet (`studio toyworld train --without {name} --install`)")
+        else:
+            lines.append("- " + format_summary(row["oracle"], f"oracle without {name}"))
     head = f"Sampler: DDIM {args.steps} steps, guidance 7.5, {args.seeds} seeds x {args.prompts} direct prompts of the concept; the other concepts of its attribute on half as many prompts each. One seed set: a single run."
     text = "# Toy oracles\n\n" + head + "\n\n" + "\n".join(lines) + "\n"
     print(text)
