@@ -153,10 +153,51 @@ def table(rows, eval_config) -> str:
     return "\n".join(lines)
 
 
+def per_concept_summary(methods) -> list:
+    """Lines of the per-concept summary: each eraser's toy preset on every concept of the toy world, read from its
+    preset sweep (benchmarks/preset_sweep.py, quick evaluation: 8 direct prompts x 2 seeds per concept); a method
+    whose sweep has not measured the preset on every concept says how many it has."""
+    lines = [
+        "## Per concept: each toy preset on every shape and style (from the preset sweeps)",
+        "",
+        "| method | preset | concepts measured | mean erasure | worst erasure (concept) | min retained ratio (concept) | sweep |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    from preset_sweep import CONCEPTS, GRIDS
+
+    for m in dict.fromkeys(VARIANTS.get(m, (m, {}))[0] for m in methods):
+        path = RESULTS / f"preset_sweep_{m}.json"
+        if not path.is_file():
+            todo = f"not run yet (`python benchmarks/preset_sweep.py --method {m}`)" if m in GRIDS else "no grid in preset_sweep.GRIDS yet"
+            lines.append(f"| {m} | - | 0 | - | - | - | {todo} |")
+            continue
+        sweep = json.loads(path.read_text())
+        row = next((r for r in sweep["ranked"] if r["setting"] == sweep["current_preset"]), None)
+        preset = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sweep["current_preset"].items())
+        if row is None:
+            lines.append(f"| {m} | {preset} | 0 | - | - | - | {sweep['cells_done']}/{sweep['cells']} cells |")
+            continue
+        per = row["per_concept"]
+        worst = min(per, key=lambda c: 1 - per[c]["concept_rate"])
+        low = min(per, key=lambda c: per[c]["retained_ratio"])
+        lines.append(
+            f"| {m} | {preset} | {len(per)}/{len(CONCEPTS)} | {row['mean_erasure']:.0%} | "
+            f"{row['worst_erasure']:.0%} ({worst}: shown {per[worst]['shown']}) | {row['min_retained_ratio']:.2f} ({low}) | "
+            f"{sweep['cells_done']}/{sweep['cells']} cells |"
+        )
+    lines += [
+        "",
+        "Erasure = 1 - the judged concept rate on direct prompts (the quick evaluation of the sweeps: 8 prompts x 2 seeds, "
+        "DDIM 25; each shown rate with its count and interval); retained ratio = retained accuracy on the concept's kind over the "
+        "original's. The rows above this section are the full evaluation on triangle and striped.",
+    ]
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
-        "--methods", default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery"
+        "--methods", default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery,uce,rece,stereo"
     )
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--attack-prompts", type=int, default=10)
@@ -196,6 +237,8 @@ def main():
             ),
             "",
             table(rows, eval_config),
+            "",
+            *per_concept_summary(METHODS),
         ]
     )
     write_results("erasure_table", {"rows": rows, "attack_budget": ATTACK_BUDGET}, text)
