@@ -197,7 +197,8 @@ def per_concept_summary(methods) -> list:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
-        "--methods", default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery,uce,rece,stereo"
+        "--methods",
+        default="esd-x,esd-u,advunlearn,advunlearn-3-attack-steps,advunlearn-official-schedule,doco,doco-no-surgery,uce,rece,stereo",
     )
     ap.add_argument("--concepts", default="triangle,striped")
     ap.add_argument("--attack-prompts", type=int, default=10)
