@@ -22,6 +22,13 @@ Rates are printed with their count and 95% Wilson interval.
     python benchmarks/preset_sweep.py --method esd-x                     # run (or resume) every cell, then the table
     python benchmarks/preset_sweep.py --method esd-x --lrs 1e-3 --concepts circle,striped   # a part of it
     python benchmarks/preset_sweep.py --method esd-x --report            # the table from the cells done so far
+    python benchmarks/preset_sweep.py --method esd-x --lrs 3e-3          # one setting on every concept first, then
+    python benchmarks/preset_sweep.py --method esd-x --prune             # the rest, skipping settings that can no longer win
+
+`--prune` skips a setting's remaining cells once every budget of it is out: a measured concept keeps less than
+`--keep` of the original's retained accuracy, or its worst erasure so far is already below the worst of the best
+complete eligible setting (the concepts not yet measured can only lower a worst). The table gives each setting's
+standing, so a pruned sweep says why its choice is final.
 """
 
 import argparse
@@ -37,7 +44,9 @@ CONCEPTS = ("circle", "square", "triangle", "star", "cross", "solid", "striped",
 
 # method -> (swept fields and values, the budget field and its values measured along one run)
 GRIDS = {
-    "esd-x": ({"lr": [3e-4, 1e-3, 3e-3]}, ("iterations", [25, 50, 100])),
+    # esd-x: lr 3e-4 (in the first grid) dropped after its first cell: lr 1e-3 erased 0% of circles at 25, 50 and 100
+    # iterations, and 100 steps at 3e-4 move the weights about as far as 30 at 1e-3; 1e-2 tried in its place
+    "esd-x": ({"lr": [1e-3, 3e-3, 1e-2]}, ("iterations", [25, 50, 100])),
     "esd-u": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [100, 200, 400])),
     "advunlearn": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [75, 150, 300])),
     "doco": ({"lr": [1e-5, 3e-5, 1e-4]}, ("iterations", [250, 500, 1000])),
@@ -109,7 +118,31 @@ def choose(rows: list, concepts, keep: float = 0.9):
     budget = lambda s: s.get("iterations", s.get("epochs", 0))
     ranked.sort(key=lambda r: (not r["eligible"], -(r["worst_erasure"] or 0), -(r["mean_erasure"] or 0), budget(r["setting"])))
     best = next((r for r in ranked if r["eligible"]), None)
+    for r in ranked:
+        r["status"] = standing(r, best, keep)
     return best, ranked
+
+
+def standing(r: dict, best, keep: float) -> str:
+    """Where a setting stands: "eligible", "ineligible" (a measured concept keeps less than `keep`), "cannot win"
+    (incomplete, but the worst erasure measured so far is already below the best eligible setting's worst: the
+    concepts left can only lower its worst), or "open" (incomplete and could still be chosen)."""
+    if r["eligible"]:
+        return "eligible"
+    if r["min_retained_ratio"] is not None and r["min_retained_ratio"] < keep:
+        return "ineligible"
+    if r["complete"]:
+        return "ineligible"
+    if best is not None and r["worst_erasure"] is not None and r["worst_erasure"] < best["worst_erasure"]:
+        return "cannot win"
+    return "open"
+
+
+def ruled_out(ranked: list, setting: dict) -> bool:
+    """True when every budget of `setting` (a cell's setting, without its budget field) is ineligible or cannot win,
+    so running the setting's other concepts cannot change the choice (`--prune`)."""
+    mine = [r for r in ranked if all(r["setting"].get(k) == v for k, v in setting.items())]
+    return bool(mine) and all(r["status"] in ("ineligible", "cannot win") for r in mine)
 
 
 # ---------------------------------------------------------------- measuring
@@ -269,13 +302,13 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         "",
         "## Settings (best first)",
         "",
-        "| setting | concepts measured | worst erasure | mean erasure | min retained ratio | eligible |",
+        "| setting | concepts measured | worst erasure | mean erasure | min retained ratio | standing |",
         "|---|---|---|---|---|---|",
     ]
     for r in ranked:
         lines.append(
             f"| {fmt_setting(r['setting'])}{' (current preset)' if r['setting'] == current else ''} | {len(r['per_concept'])}/{len(concepts)} | "
-            f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {'yes' if r['eligible'] else 'no'} |"
+            f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {r['status']} |"
         )
 
     def per_concept(r, title):
@@ -306,8 +339,22 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         lines += per_concept(best, "Chosen")
     else:
         lines += ["No setting meets the criterion" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
+    lines += [
+        "Standing: eligible (every concept measured, each keeps the retained bar); ineligible (a concept falls below it); "
+        "cannot win (not every concept measured, but the worst erasure so far is already below the chosen setting's worst, "
+        "and more concepts can only lower it); open (could still be chosen).",
+        "",
+    ]
     if done < len(cells):
-        lines.append(f"Partial sweep: the choice above is among the {done} cells done; `--plan` lists the rest.")
+        still = [r for r in ranked if r["status"] == "open"]
+        lines.append(
+            f"Partial sweep: {done} of {len(cells)} cells done; "
+            + (
+                "no setting left open can change the choice, so the choice is final."
+                if best and not still
+                else f"{len(still)} setting(s) still open; `--plan` lists the cells left."
+            )
+        )
     data = {
         "method": method,
         "grid": grid,
@@ -336,6 +383,12 @@ def main():
     ap.add_argument("--keep", type=float, default=0.9, help="retained accuracy must stay >= keep x the original's on every concept")
     ap.add_argument("--plan", action="store_true", help="print the cells left and their estimated cost, run nothing")
     ap.add_argument("--report", action="store_true", help="write the table from the cells done, run nothing")
+    ap.add_argument(
+        "--prune",
+        action="store_true",
+        help="skip the cells of a setting that can no longer be chosen (a measured concept below --keep, or its worst "
+        "erasure so far already below the best complete setting's worst)",
+    )
     ap.add_argument("--name", default=None, help="results file name (default preset_sweep_<method>)")
     args = ap.parse_args()
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
@@ -360,6 +413,12 @@ def main():
         torch.manual_seed(0)
         judge = get_judge("toy")
         for i, (s, c) in enumerate(left):
+            if args.prune and ruled_out(choose(rows_of(args.method, grid, budget, concepts), concepts, args.keep)[1], s):
+                print(
+                    json.dumps({"cell": f"{i + 1}/{len(left)}", "setting": s, "concept": c, "skipped": "cannot change the choice"}),
+                    flush=True,
+                )
+                continue
             original(c, judge)  # the original model's numbers, judged once per concept (when its first cell comes)
             cell = run_cell(args.method, s, c, budget, judge)
             print(

@@ -259,6 +259,31 @@ def test_sweep_criterion_picks_the_worst_concepts_best_setting():
     assert sweep.choose(rows, ["circle", "striped"], keep=0.99)[0] is None  # nothing keeps 99%
 
 
+def test_sweep_prunes_only_settings_that_can_no_longer_be_chosen():
+    sweep = load_benchmark("preset_sweep")
+    concepts = ["circle", "square", "striped"]
+    table = {  # setting -> concept -> (concept shown, retained ratio); B is complete and eligible: worst erasure 70%
+        ("B", 50): {"circle": (0.30, 0.95), "square": (0.10, 0.95), "striped": (0.20, 0.92)},
+        ("E", 50): {"circle": (0.50, 0.99)},  # worst so far 50% < 70%: more concepts can only lower it
+        ("F", 50): {"circle": (0.10, 0.99)},  # worst so far 90%: could still beat B
+        ("G", 25): {"circle": (0.05, 0.80)},  # below the utility bar already
+        ("G", 50): {"circle": (0.00, 0.95)},  # ... but its longer budget is still open
+    }
+    rows = [
+        {"setting": {"name": s, "iterations": n}, "concept": c, "concept_rate": r, "retained_ratio": k}
+        for (s, n), per in table.items()
+        for c, (r, k) in per.items()
+    ]
+    best, ranked = sweep.choose(rows, concepts, keep=0.9)
+    standing = {(r["setting"]["name"], r["setting"]["iterations"]): r["status"] for r in ranked}
+    assert best["setting"]["name"] == "B"
+    assert standing == {("B", 50): "eligible", ("E", 50): "cannot win", ("F", 50): "open", ("G", 25): "ineligible", ("G", 50): "open"}
+    assert sweep.ruled_out(ranked, {"name": "E"})
+    assert not sweep.ruled_out(ranked, {"name": "F"})
+    assert not sweep.ruled_out(ranked, {"name": "G"})  # one budget out, the other open: keep running it
+    assert not sweep.ruled_out(ranked, {"name": "H"})  # nothing measured yet
+
+
 def test_get_config_untouched_by_stop_rule():
     assert get_config("esd-x", "toy", CONFIG).iterations == 30
 
