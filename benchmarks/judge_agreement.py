@@ -39,7 +39,7 @@ SEEDS = (0, 1)
 ATTRIBUTES = ("shape", "colour", "style", "background")
 SAMPLE = {"original": 24, "erased": 16}  # images per model in the hand-labelled sample (24 + 6 x 16 = 120)
 GRID_COLS, GRID_ROWS, UPSCALE = 6, 5, 8
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 def model_names() -> list:

@@ -384,7 +384,7 @@ def _add_toyworld(sub) -> None:
     t.add_argument("--stages", default="vae,diffusion,judge", help="comma-separated stages to run (default all)")
     t.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     t.add_argument("--judge-seed", type=int, default=None, help="the judge stage's own seed (default: --seed)")
-    t.add_argument("--judge-steps", type=int, default=None, help="judge training steps (default 1500; the shipped toy-judge-check: 400)")
+    t.add_argument("--judge-steps", type=int, default=None, help="judge training steps (default 1500, as both shipped judges)")
     t.add_argument(
         "--judge-augment",
         choices=("renders", "generation"),

@@ -74,7 +74,7 @@ class ToyWorldJudge:
         return torch.cat([self.judge.net.features(x[i : i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
 
 
-ABSTAIN_THRESHOLD = 0.9  # see the module docstring and benchmarks/results/judge_agreement.md
+ABSTAIN_THRESHOLD = 0.98  # see the module docstring and benchmarks/results/judge_agreement.md
 
 
 class ToyCheckJudge(ToyWorldJudge):

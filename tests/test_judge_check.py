@@ -15,10 +15,6 @@ from studio.toyworld.models import HEADS
 # ----------------------------------------------------------------------------- the check judge
 
 
-@pytest.mark.xfail(
-    reason="the shipped check judge trained 400 steps only (CPU time): its shape head has not converged; retrain with --judge-steps 1500",
-    strict=False,
-)
 def test_the_check_judge_loads_and_reads_renders():
     from studio.toyworld.render import render
 
