@@ -394,6 +394,12 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, default=20, help="prompt-seed pairs of the other cells (default 20)")
     ap.add_argument("--headline-pairs", type=int, default=50, help="prompt-seed pairs of the headline cells (default 50)")
     ap.add_argument("--erasure-seeds", type=int, default=3, help="erasures (seeds) per headline cell (default 3)")
+    ap.add_argument(
+        "--only-seeds",
+        default=None,
+        help="run only the cells of these erasure seeds, e.g. 1 or 1,2 (two runs can then share the work; the report "
+        "of a later run without it gathers every seed)",
+    )
     ap.add_argument("--steps", type=int, default=STEPS, help=f"DDIM steps of every judged image (default {STEPS})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plan", action="store_true", help="print the cells left and their estimated cost, run nothing")
@@ -414,6 +420,13 @@ def main(argv=None):
         if n < 1:
             raise SystemExit(f"{what} must be at least 1, got {n}")
     cells = plan_cells(erasers, attacks, concepts, args.pairs, args.headline_pairs, args.erasure_seeds)
+    if args.only_seeds:
+        only = {int(x) for x in args.only_seeds.split(",")}
+        if not only <= set(range(args.erasure_seeds)):
+            raise SystemExit(
+                f"--only-seeds must lie in 0..{args.erasure_seeds - 1} (--erasure-seeds {args.erasure_seeds}), got {sorted(only)}"
+            )
+        cells = [c for c in cells if c.seed in only]
     if args.plan:
         est = estimate(cells, steps=args.steps)
         print(f"{est['cells']} cells, {est['done']} done, {est['left']} left")
