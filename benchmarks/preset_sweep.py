@@ -8,6 +8,13 @@ every style concept of the toy world and picks the setting by one criterion:
     accuracy is at least `--keep` (0.9) of the original's on every concept; ties go to the better mean erasure,
     then to the smaller budget.
 
+The bar is read with its interval: a concept fails it only when its retained rate is below `--keep` x the
+original's beyond the rate's 95% Wilson interval (`keeps_bar`). A deliberate difference from the plain reading:
+on the quick evaluation's 16-32 retain images the point rule rejected every setting of esd-x and uce, the current
+presets and ratios of 0.87 included, which is noise, not evidence. The screen's best settings and the current
+preset are then evaluated in full (`--confirm K`: 4 seeds x 10 direct prompts, 10 retain prompts x 4 seeds of each
+other concept, 80-120 retain images) and the preset is chosen on those numbers, with the same criterion.
+
 A cell is one (setting without its budget, concept) run: iterative methods train once to the largest budget and
 are judged at every budget on the way (like esd_sweep.py); uce is one edit per setting; rece is judged after
 each epoch. Each cell is written to `results/preset_sweep_cells/<method>/` when done, so a sweep killed at any
@@ -24,6 +31,7 @@ Rates are printed with their count and 95% Wilson interval.
     python benchmarks/preset_sweep.py --method esd-x --report            # the table from the cells done so far
     python benchmarks/preset_sweep.py --method esd-x --lrs 3e-3          # one setting on every concept first, then
     python benchmarks/preset_sweep.py --method esd-x --prune             # the rest, skipping settings that can no longer win
+    python benchmarks/preset_sweep.py --method esd-x --prune --confirm 2 # then the 2 best and the current preset in full
 
 `--prune` skips a setting's remaining cells once every budget of it is out: a measured concept keeps less than
 `--keep` of the original's retained accuracy, or its worst erasure so far is already below the worst of the best
@@ -60,6 +68,9 @@ GRIDS = {
 PRIOR_SECONDS = {"esd-x": 300, "esd-u": 1000, "advunlearn": 1500, "doco": 2500, "uce": 60, "rece": 180, "stereo": 1200}
 ORIGINAL_SECONDS = 60  # the original model's quick evaluation, once per concept
 SEEDS, STEPS, DIRECT, RETAIN = 2, 25, 8, 4
+# --confirm: the studio's evaluation sizes (erasers.evaluate.EvalConfig: 4 seeds x 10 direct prompts) with 10 retain
+# prompts per other concept (120 retain images for a shape, 80 for a style, against the screen's 24 and 16)
+CONFIRM_SEEDS, CONFIRM_DIRECT, CONFIRM_RETAIN = 4, 10, 10
 
 
 def key_of(setting: dict) -> str:
@@ -86,6 +97,15 @@ def original_path(concept: str) -> Path:
     return CELLS / "original" / f"{concept}.json"
 
 
+def confirm_path(method: str, setting: dict, concept: str) -> Path:
+    """The full evaluation of one setting (its budget included) on one concept (`--confirm`)."""
+    return CELLS / method / "confirm" / f"{concept}__{key_of(setting)}.json"
+
+
+def original_confirm_path(concept: str) -> Path:
+    return CELLS / "original" / "confirm" / f"{concept}.json"
+
+
 # ---------------------------------------------------------------- the criterion
 
 
@@ -93,8 +113,9 @@ def choose(rows: list, concepts, keep: float = 0.9):
     """(the chosen setting's summary or None, every setting's summary ranked best first).
 
     `rows`: {"setting", "concept", "concept_rate", "retained_ratio"} per concept and setting (budget included in
-    "setting"). A setting is eligible when it has a row for every concept and every row keeps
-    retained_ratio >= keep; the eligible ones rank by worst erasure, then mean erasure, then the smaller budget."""
+    "setting"), with "retained_k", "retained_n" and "original_retained" where counts are known. A setting is
+    eligible when it has a row for every concept and every row keeps the bar (`keeps_bar`); the eligible ones
+    rank by worst erasure, then mean erasure, then the smaller budget."""
     by = {}
     for r in rows:
         by.setdefault(json.dumps(r["setting"], sort_keys=True), {})[r["concept"]] = r
@@ -107,7 +128,7 @@ def choose(rows: list, concepts, keep: float = 0.9):
         ranked.append(
             {
                 "setting": setting,
-                "eligible": complete and all(x >= keep for x in ratios),
+                "eligible": complete and all(keeps_bar(per[c], keep) for c in concepts),
                 "complete": complete,
                 "worst_erasure": min(erasures) if erasures else None,
                 "mean_erasure": sum(erasures) / len(erasures) if erasures else None,
@@ -123,13 +144,28 @@ def choose(rows: list, concepts, keep: float = 0.9):
     return best, ranked
 
 
+def keeps_bar(row: dict, keep: float) -> bool:
+    """True unless the row's retained accuracy is below `keep` x the original's beyond its 95% interval.
+
+    With counts ("retained_k", "retained_n", "original_retained"), a concept fails only when the Wilson upper
+    bound of its retained rate is below keep x the original's rate: at the quick evaluation's 16-32 retain
+    images a point ratio of 0.87 is within noise of 1.0 (and the point rule rejected every setting of esd-x and
+    uce, the current presets included), so the screen fails a setting only on evidence, and `--confirm` checks
+    the candidates again on the full evaluation's larger samples. Without counts: the point ratio >= keep."""
+    if all(k in row for k in ("retained_k", "retained_n", "original_retained")) and row["retained_n"]:
+        from studio.stats import wilson
+
+        return wilson(row["retained_k"], row["retained_n"])[1] >= keep * row["original_retained"]
+    return row["retained_ratio"] >= keep
+
+
 def standing(r: dict, best, keep: float) -> str:
     """Where a setting stands: "eligible", "ineligible" (a measured concept keeps less than `keep`), "cannot win"
     (incomplete, but the worst erasure measured so far is already below the best eligible setting's worst: the
-    concepts left can only lower its worst), or "open" (incomplete and could still be chosen)."""
+    concepts left can only lower its worst), or "open" (incomplete and could still be chosen). The bar: `keeps_bar`."""
     if r["eligible"]:
         return "eligible"
-    if r["min_retained_ratio"] is not None and r["min_retained_ratio"] < keep:
+    if any(not keeps_bar(row, keep) for row in r["per_concept"].values()):
         return "ineligible"
     if r["complete"]:
         return "ineligible"
@@ -148,13 +184,13 @@ def ruled_out(ranked: list, setting: dict) -> bool:
 # ---------------------------------------------------------------- measuring
 
 
-def quick_eval(pipe, name, judge, seeds: int = SEEDS) -> dict:
+def quick_eval(pipe, name, judge, seeds: int = SEEDS, direct: int = DIRECT, retain: int = RETAIN) -> dict:
     """Concept shown on direct prompts and retained accuracy on the other concepts of its kind, with counts."""
     import numpy as np
 
     from erasers.evaluate import EvalConfig, all_match, generate, toy_spec
 
-    cfg = EvalConfig(seeds=seeds, num_inference_steps=STEPS, prompts_per_form=DIRECT, retain_prompts_per_concept=RETAIN)
+    cfg = EvalConfig(seeds=seeds, num_inference_steps=STEPS, prompts_per_form=direct, retain_prompts_per_concept=retain)
     spec = toy_spec(name, cfg)
     shown = np.asarray(judge.shows(generate(pipe, spec.forms["direct"], cfg), name), bool)
     preds = judge.predict(generate(pipe, [p for p, _ in spec.retain], cfg))
@@ -221,6 +257,83 @@ def run_cell(method: str, setting: dict, concept: str, budget, judge) -> dict:
     return out
 
 
+def original_confirmed(concept: str, judge) -> dict:
+    path = original_confirm_path(concept)
+    if path.is_file():
+        return json.loads(path.read_text())
+    from studio.checkpoint import atomic_write_text
+    from studio.loading import load_pipeline
+
+    t0 = time.time()
+    out = {**full_eval(load_pipeline("toy"), concept, judge), "seconds": round(time.time() - t0, 1)}
+    atomic_write_text(path, json.dumps(out, indent=1))
+    return out
+
+
+def full_eval(pipe, concept: str, judge) -> dict:
+    return quick_eval(pipe, concept, judge, seeds=CONFIRM_SEEDS, direct=CONFIRM_DIRECT, retain=CONFIRM_RETAIN)
+
+
+def run_confirm(method: str, setting: dict, concept: str, judge) -> dict:
+    """Erase `concept` with the toy preset + `setting` (its budget field included), then the full evaluation."""
+    from erasers import erase, get_config, toy_target
+    from studio.checkpoint import atomic_write_text
+    from studio.loading import load_pipeline
+
+    pipe = load_pipeline("toy")
+    config = get_config(method, "toy", dict(setting))
+    t0 = time.time()
+    result = erase(pipe, toy_target(method, concept), method, config=config, progress=False)
+    erase_seconds = time.time() - t0
+    out = {
+        "method": method,
+        "setting": setting,
+        "concept": concept,
+        **full_eval(pipe, concept, judge),
+        "erase_seconds": round(erase_seconds, 1),
+        "seconds": round(time.time() - t0, 1),
+        "unet_evals": result.stats.get("unet_evals"),
+    }
+    atomic_write_text(confirm_path(method, setting, concept), json.dumps(out, indent=1))
+    return out
+
+
+def confirm_rows(method: str, settings: list, concepts) -> list:
+    """The rows (as rows_of gives them) of the full evaluations done for `settings`."""
+    from studio.stats import Rate
+
+    rows = []
+    for setting in settings:
+        for concept in concepts:
+            path, base_path = confirm_path(method, setting, concept), original_confirm_path(concept)
+            if not path.is_file() or not base_path.is_file():
+                continue
+            m, base = json.loads(path.read_text()), json.loads(base_path.read_text())
+            acc0 = base["retained_k"] / base["retained_n"]
+            rows.append(
+                {
+                    "setting": setting,
+                    "concept": concept,
+                    "concept_rate": m["shown"] / m["n"],
+                    "shown": str(Rate(m["shown"], m["n"])),
+                    "retained": m["retained_k"] / m["retained_n"],
+                    "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
+                    "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
+                    "retained_k": m["retained_k"],
+                    "retained_n": m["retained_n"],
+                    "original_retained": acc0,
+                    "seconds_cell": m["seconds"],
+                }
+            )
+    return rows
+
+
+def to_confirm(ranked: list, current: dict, top: int) -> list:
+    """The settings `--confirm top` evaluates in full: the `top` best eligible ones of the screen and the current preset."""
+    chosen = [r["setting"] for r in ranked if r["eligible"]][:top]
+    return chosen + ([current] if current not in chosen else [])
+
+
 # ---------------------------------------------------------------- plan, run, report
 
 
@@ -255,6 +368,9 @@ def rows_of(method, grid, budget, concepts) -> list:
                     "retained": m["retained_k"] / m["retained_n"],
                     "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
                     "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
+                    "retained_k": m["retained_k"],
+                    "retained_n": m["retained_n"],
+                    "original_retained": acc0,
                     "seconds_cell": cell["seconds"],
                 }
             )
@@ -293,7 +409,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         (
             f"Quick evaluation: {DIRECT} direct prompts x {SEEDS} seeds for the concept, {RETAIN} prompts x {SEEDS} seeds of each other concept of "
             f"its kind for the retained accuracy, DDIM {STEPS} steps. Criterion: the worst concept's erasure on direct prompts, with retained "
-            f">= {keep:.0%} of the original's on every concept."
+            f">= {keep:.0%} of the original's on every concept (a concept fails only when below it beyond its 95% interval)."
         ),
         (
             f"Cells done: {done} of {len(cells)} ({seconds / 60:.0f} min of CPU, one thread on a shared 2-core machine); left: {len(left)}, "
@@ -311,7 +427,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
             f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {r['status']} |"
         )
 
-    def per_concept(r, title):
+    def per_concept(r, title, originals=originals):
         out = [
             f"## {title}: {fmt_setting(r['setting'])}",
             "",
@@ -336,9 +452,44 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     if before:
         lines += per_concept(before, "Before: the current toy preset")
     if best:
-        lines += per_concept(best, "Chosen")
+        lines += per_concept(best, "Chosen by the screen")
     else:
         lines += ["No setting meets the criterion" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
+    folder = CELLS / method / "confirm"
+    confirmed = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        setting = json.loads(path.read_text())["setting"]
+        if setting not in confirmed:
+            confirmed.append(setting)
+    final = None
+    if confirmed:
+        crows = confirm_rows(method, confirmed, concepts)
+        final, cranked = choose(crows, concepts, keep)
+        full_originals = {c: json.loads(original_confirm_path(c).read_text()) for c in concepts if original_confirm_path(c).is_file()}
+        cost = sum(r["seconds_cell"] for r in crows) + sum(o["seconds"] for o in full_originals.values())
+        lines += [
+            "## Confirmed on the full evaluation",
+            "",
+            f"`--confirm`: each setting trained again at its budget on every concept and judged on {CONFIRM_DIRECT} direct prompts x "
+            f"{CONFIRM_SEEDS} seeds, retained on {CONFIRM_RETAIN} prompts x {CONFIRM_SEEDS} seeds of each other concept of its kind "
+            f"(DDIM {STEPS} steps); the same criterion and bar. Cost: {cost / 60:.0f} min of CPU (the original's included).",
+            "",
+            "| setting | concepts measured | worst erasure | mean erasure | min retained ratio | standing |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in cranked:
+            lines.append(
+                f"| {fmt_setting(r['setting'])}{' (current preset)' if r['setting'] == current else ''} | {len(r['per_concept'])}/{len(concepts)} | "
+                f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {r['status']} |"
+            )
+        lines.append("")
+        before_full = next((r for r in cranked if r["setting"] == current), None)
+        if before_full:
+            lines += per_concept(before_full, "Before, full evaluation: the current toy preset", full_originals)
+        if final:
+            lines += per_concept(final, "Chosen, full evaluation", full_originals)
+        else:
+            lines += ["No confirmed setting meets the criterion on every concept.", ""]
     lines += [
         "Standing: eligible (every concept measured, each keeps the retained bar); ineligible (a concept falls below it); "
         "cannot win (not every concept measured, but the worst erasure so far is already below the chosen setting's worst, "
@@ -364,6 +515,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         "rows": rows,
         "ranked": ranked,
         "chosen": best,
+        "confirmed": final,
         "current_preset": current,
         "cells_done": done,
         "cells": len(cells),
@@ -389,8 +541,17 @@ def main():
         help="skip the cells of a setting that can no longer be chosen (a measured concept below --keep, or its worst "
         "erasure so far already below the best complete setting's worst)",
     )
+    ap.add_argument(
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the sweep, evaluate the K best eligible settings and the current preset in full on every concept (cached)",
+    )
     ap.add_argument("--name", default=None, help="results file name (default preset_sweep_<method>)")
     args = ap.parse_args()
+    if args.confirm < 0:
+        raise SystemExit(f"--confirm must be 0 or more, got {args.confirm}")
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     grid, budget = GRIDS[args.method]
     grid = json.loads(args.grid) if args.grid else dict(grid)
@@ -427,6 +588,24 @@ def main():
                 ),
                 flush=True,
             )
+    if args.confirm and not args.report:
+        from erasers import get_config
+        from studio.judges import get_judge
+
+        judge = get_judge("toy")
+        toy = get_config(args.method, "toy")
+        swept = list(grid) + ([budget[0]] if budget else [])
+        current = {k: getattr(toy, k) for k in swept}
+        ranked = choose(rows_of(args.method, grid, budget, concepts), concepts, args.keep)[1]
+        for s in to_confirm(ranked, current, args.confirm):
+            for c in concepts:
+                if confirm_path(args.method, s, c).is_file():
+                    continue
+                original_confirmed(c, judge)
+                cell = run_confirm(args.method, s, c, judge)
+                print(
+                    json.dumps({"confirm": s, "concept": c, "seconds": cell["seconds"], "shown": cell["shown"], "n": cell["n"]}), flush=True
+                )
     report(args.method, grid, budget, concepts, args.keep, args.name)
 
 

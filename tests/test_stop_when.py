@@ -259,6 +259,47 @@ def test_sweep_criterion_picks_the_worst_concepts_best_setting():
     assert sweep.choose(rows, ["circle", "striped"], keep=0.99)[0] is None  # nothing keeps 99%
 
 
+def test_sweep_bar_fails_a_concept_only_beyond_its_interval():
+    sweep = load_benchmark("preset_sweep")
+
+    def row(setting, concept, shown, k, n, original=31 / 32):
+        return {
+            "setting": {"name": setting},
+            "concept": concept,
+            "concept_rate": shown,
+            "retained_ratio": (k / n) / original,
+            "retained_k": k,
+            "retained_n": n,
+            "original_retained": original,
+        }
+
+    rows = [
+        row("A", "circle", 0.0, 27, 32),  # ratio 0.87 but 27/32's interval [68, 94] reaches 0.9 x 97%: kept
+        row("A", "striped", 0.5, 32, 32),
+        row("B", "circle", 0.0, 18, 32),  # ratio 0.58, interval [39, 72]: below the bar beyond doubt
+        row("B", "striped", 0.0, 32, 32),
+        row("C", "circle", 0.0, 260, 320),  # ratio 0.84 on ten times the images: [77, 85], below the bar
+        row("C", "striped", 0.0, 320, 320),
+    ]
+    best, ranked = sweep.choose(rows, ["circle", "striped"], keep=0.9)
+    assert {r["setting"]["name"]: r["status"] for r in ranked} == {"A": "eligible", "B": "ineligible", "C": "ineligible"}
+    assert best["setting"] == {"name": "A"}
+    point = [{k: v for k, v in r.items() if k not in ("retained_k", "retained_n")} for r in rows]  # no counts: the point rule
+    assert sweep.choose(point, ["circle", "striped"], keep=0.9)[0] is None
+
+
+def test_sweep_confirms_the_best_eligible_settings_and_the_current_preset():
+    sweep = load_benchmark("preset_sweep")
+    ranked = [
+        {"setting": {"lr": 3e-3}, "eligible": True},
+        {"setting": {"lr": 1e-2}, "eligible": False},
+        {"setting": {"lr": 1e-3}, "eligible": True},
+        {"setting": {"lr": 3e-4}, "eligible": True},
+    ]
+    assert sweep.to_confirm(ranked, {"lr": 3e-4}, 2) == [{"lr": 3e-3}, {"lr": 1e-3}, {"lr": 3e-4}]
+    assert sweep.to_confirm(ranked, {"lr": 1e-3}, 2) == [{"lr": 3e-3}, {"lr": 1e-3}]
+
+
 def test_sweep_prunes_only_settings_that_can_no_longer_be_chosen():
     sweep = load_benchmark("preset_sweep")
     concepts = ["circle", "square", "striped"]
