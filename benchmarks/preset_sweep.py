@@ -300,7 +300,6 @@ def run_confirm(method: str, setting: dict, concept: str, judge) -> dict:
 
 def confirm_rows(method: str, settings: list, concepts) -> list:
     """The rows (as rows_of gives them) of the full evaluations done for `settings`."""
-    from studio.stats import Rate
 
     rows = []
     for setting in settings:
@@ -309,23 +308,28 @@ def confirm_rows(method: str, settings: list, concepts) -> list:
             if not path.is_file() or not base_path.is_file():
                 continue
             m, base = json.loads(path.read_text()), json.loads(base_path.read_text())
-            acc0 = base["retained_k"] / base["retained_n"]
-            rows.append(
-                {
-                    "setting": setting,
-                    "concept": concept,
-                    "concept_rate": m["shown"] / m["n"],
-                    "shown": str(Rate(m["shown"], m["n"])),
-                    "retained": m["retained_k"] / m["retained_n"],
-                    "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
-                    "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
-                    "retained_k": m["retained_k"],
-                    "retained_n": m["retained_n"],
-                    "original_retained": acc0,
-                    "seconds_cell": m["seconds"],
-                }
-            )
+            rows.append(row_of(setting, concept, m, base, m["seconds"]))
     return rows
+
+
+def row_of(setting: dict, concept: str, m: dict, base: dict, seconds: float) -> dict:
+    """One criterion row from a measurement `m` and the original's `base` (counts as quick_eval gives them)."""
+    from studio.stats import Rate
+
+    acc0 = base["retained_k"] / base["retained_n"]
+    return {
+        "setting": setting,
+        "concept": concept,
+        "concept_rate": m["shown"] / m["n"],
+        "shown": str(Rate(m["shown"], m["n"])),
+        "retained": m["retained_k"] / m["retained_n"],
+        "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
+        "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
+        "retained_k": m["retained_k"],
+        "retained_n": m["retained_n"],
+        "original_retained": acc0,
+        "seconds_cell": seconds,
+    }
 
 
 def to_confirm(ranked: list, current: dict, top: int) -> list:
@@ -348,7 +352,6 @@ def plan(method, grid, budget, concepts) -> tuple[list, float]:
 
 
 def rows_of(method, grid, budget, concepts) -> list:
-    from studio.stats import Rate
 
     rows = []
     for setting, concept in cells_of(method, grid, concepts):
@@ -356,24 +359,9 @@ def rows_of(method, grid, budget, concepts) -> list:
         if not path.is_file() or not original_path(concept).is_file():
             continue
         cell, base = json.loads(path.read_text()), json.loads(original_path(concept).read_text())
-        acc0 = base["retained_k"] / base["retained_n"]
         for b, m in cell["budgets"].items():
             full = {**setting, **({cell["budget_field"]: int(b)} if cell["budget_field"] else {})}
-            rows.append(
-                {
-                    "setting": full,
-                    "concept": concept,
-                    "concept_rate": m["shown"] / m["n"],
-                    "shown": str(Rate(m["shown"], m["n"])),
-                    "retained": m["retained_k"] / m["retained_n"],
-                    "retained_rate": str(Rate(m["retained_k"], m["retained_n"])),
-                    "retained_ratio": (m["retained_k"] / m["retained_n"]) / max(acc0, 1e-9),
-                    "retained_k": m["retained_k"],
-                    "retained_n": m["retained_n"],
-                    "original_retained": acc0,
-                    "seconds_cell": cell["seconds"],
-                }
-            )
+            rows.append(row_of(full, concept, m, base, cell["seconds"]))
     return rows
 
 
