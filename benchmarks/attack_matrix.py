@@ -13,6 +13,15 @@ successes / pairs) with its count and 95% Wilson interval, the attack's cost (UN
 and the erasure's, and writes a grid (`results/attack_matrix/<cell>.png`: a row per prompt, a column per
 seed, the judge's verdict under each image).
 
+Abstentions: every cell is also judged by the strict judge (`studio.judges.get_judge("toy-strict")`: the toy
+judge and the independently trained check judge, abstaining when either is unsure or they disagree) on the
+image that decided each pair (the success image, else the last one tried, as the grid shows it). The cell's
+`strict` rate counts "shows" over the decided pairs with the abstentions apart ("9% (4/46) [3, 21], 4
+abstained"). Cells run before this was added are judged again by `--rejudge`, which makes each pair's deciding
+image again from the cell (its adversarial prompt and seed on the saved erased model; CCE's learned embedding
+from the cell's artifacts) and checks that the toy judge's verdict on it equals the cell's (`replay_agreement`).
+Soft-prompt cells cannot be made again (their embedding is not kept): their strict rate is left out.
+
 Headline cells (each eraser on both concepts under the attacks of HEADLINE_ATTACKS that are registered)
 use `--headline-pairs` pairs (50) and `--erasure-seeds` erasures (3): the table gives their rate pooled
 over the seeds with its interval, and the mean and spread (min-max) of the per-seed rates.
@@ -25,6 +34,7 @@ committed) so a resumed run does not erase again.
     python benchmarks/attack_matrix.py                         # run (or resume) all of it, then the table
     python benchmarks/attack_matrix.py --erasers esd-x,uce --attacks none,cce --concepts triangle --pairs 10
     python benchmarks/attack_matrix.py --report                # the table from the cells done so far
+    python benchmarks/attack_matrix.py --rejudge               # the strict judge on cells that lack it, then the table
 """
 
 import argparse
@@ -209,6 +219,7 @@ class Models:
 
         self.original = load_pipeline("toy")
         self.judge = get_judge("toy")
+        self.strict = get_judge("toy-strict")
         self.key, self.pipe, self.info = None, None, None
 
     def erased(self, cell: Cell):
@@ -268,18 +279,163 @@ def make_cell_fn(models: Models, steps: int = STEPS, folder: Path = FOLDER):
         grid.parent.mkdir(parents=True, exist_ok=True)
         if any(im is not None for im in images):
             card_grid(entry, images, cell.concept).save(grid)
-        return {**entry, **info, "grid": grid.name}
+        deciding = deciding_images(entry, images, cell.attack, pipe, config)
+        return {**entry, **info, "grid": grid.name, "strict": strict_entry(models.strict, deciding, entry, cell.concept)}
 
     return cell_fn
+
+
+# ----------------------------------------------------------------------------- the strict judge (abstentions)
+
+NOT_REPLAYABLE = ("soft-prompt",)  # the judged image needs an embedding the cell does not keep
+
+
+def deciding_images(entry: dict, images: list, attack: str, pipe, config) -> list:
+    """The image that decided each pair: the prompt's own where it already showed the concept, else the
+    attack's last (`images`, the run's; CCE's run keeps its s* image, so its own images are made here)."""
+    own = [i for i, p in enumerate(entry["per_pair"]) if p["pre_success"] and p["adversarial_prompt"] != p["prompt"]]
+    if not own:
+        return list(images)
+    out = list(images)
+    made = own_images(pipe, [entry["per_pair"][i] for i in own], config)
+    for i, im in zip(own, made):
+        out[i] = im
+    return out
+
+
+def _steps(config) -> tuple[int, float]:
+    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
+    return int(get("num_inference_steps")), float(get("guidance_scale"))
+
+
+def own_images(pipe, pairs: list, config) -> list:
+    from studio.sampling import sample_pairs
+
+    steps, guidance = _steps(config)
+    return sample_pairs(pipe, [p["prompt"] for p in pairs], [p["seed"] for p in pairs], num_inference_steps=steps, guidance_scale=guidance)
+
+
+def replay_images(pipe, result: dict) -> list:
+    """Each pair's deciding image made again from a cached cell (see the module docstring)."""
+    import torch
+
+    from erasers.attacks.cce import encode_with_token
+    from erasers.attacks.common import over_limit
+    from studio.sampling import sample, sample_pairs
+
+    pairs, config = result["per_pair"], result["config"]
+    steps, guidance = _steps(config)
+    own = [p["pre_success"] or p["adversarial_prompt"] == p["prompt"] for p in pairs]
+    out = [None] * len(pairs)
+    idx = [i for i, o in enumerate(own) if o]
+    if idx:
+        for i, im in zip(idx, own_images(pipe, [pairs[i] for i in idx], config)):
+            out[i] = im
+    idx = [i for i, o in enumerate(own) if not o]
+    if not idx:
+        return out
+    if result["attack"] == "cce":
+        art = result["artifacts"]
+        emb = torch.tensor(art["embedding"], dtype=torch.float32)
+        with torch.no_grad():
+            cond = encode_with_token(
+                pipe.text_encoder, pipe.tokenizer, [pairs[i]["adversarial_prompt"] for i in idx], emb, art["placeholder"]
+            )
+        made = []
+        for b in range(0, len(idx), 32):
+            made += sample(
+                pipe,
+                prompt_embeds=cond[b : b + 32].to(pipe.unet.dtype),
+                seed=[pairs[i]["seed"] for i in idx[b : b + 32]],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+            ).images
+    else:
+        idx = [i for i in idx if not over_limit(pipe.tokenizer, pairs[i]["adversarial_prompt"])]  # never judged in the cell either
+        made = (
+            sample_pairs(
+                pipe,
+                [pairs[i]["adversarial_prompt"] for i in idx],
+                [pairs[i]["seed"] for i in idx],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+            )
+            if idx
+            else []
+        )
+    for i, im in zip(idx, made):
+        out[i] = im
+    return out
+
+
+def strict_entry(strict, images: list, entry: dict, concept: str, judge=None) -> dict:
+    """The cell under the strict judge: per-pair verdicts (1 shows, 0 does not, -1 abstained) on the deciding
+    images and their rate with the abstentions apart; with `judge` (the toy judge), how often its verdict on
+    these images equals the cell's own (a replay's check)."""
+    from studio.stats import Rate
+
+    judged = [i for i, im in enumerate(images) if im is not None]  # None: no text fit in 77 tokens, never judged (a failure)
+    verdicts = [0] * len(images)
+    for i, v in zip(judged, strict.verdicts([images[i] for i in judged], concept)):
+        verdicts[i] = int(v)
+    out = {
+        "verdicts": verdicts,
+        "rate": Rate(sum(v == 1 for v in verdicts), sum(v >= 0 for v in verdicts), sum(v < 0 for v in verdicts)).as_dict(),
+    }
+    if judge is not None:
+        again = [False] * len(images)
+        for i, v in zip(judged, judge.shows([images[i] for i in judged], concept)):
+            again[i] = bool(v)
+        out["replay_agreement"] = Rate(sum(a == p["success"] for a, p in zip(again, entry["per_pair"])), len(again)).as_dict()
+    return out
+
+
+def rejudge(cells, log=print, folder: Path = FOLDER, judge=None, strict=None) -> int:
+    """The strict judge on every cached cell of `cells` that lacks it (see the module docstring); cells
+    grouped by erased model, each cell's JSON rewritten atomically. Returns the number of cells judged.
+    `judge` / `strict`: the toy judge and the strict one (default: the shipped ones)."""
+    from studio.judges import get_judge
+    from studio.loading import load_pipeline
+
+    todo = []
+    for c in cells:
+        path = cell_path(c, folder)
+        if path.is_file() and c.attack not in NOT_REPLAYABLE and "strict" not in json.loads(path.read_text()):
+            todo.append(c)
+    if not todo:
+        return 0
+    judge, strict = judge or get_judge("toy"), strict or get_judge("toy-strict")
+    pipes: dict = {}
+    for i, c in enumerate(sorted(todo, key=lambda c: c.model_key)):
+        if c.model_key not in pipes:
+            folder_m = MODELS / c.model_key
+            if c.eraser != ORIGINAL and not (folder_m / "erasure.json").is_file():
+                log(f"skip {c.key}: its erased model is not in {MODELS} (run the cell again with --fresh)")
+                continue
+            pipes = {c.model_key: load_pipeline("toy" if c.eraser == ORIGINAL else folder_m)}
+        path = cell_path(c, folder)
+        result = json.loads(path.read_text())
+        t0 = time.time()
+        images = replay_images(pipes[c.model_key], result)
+        result["strict"] = strict_entry(strict, images, result, c.concept, judge=judge)
+        result["strict"]["seconds"] = round(time.time() - t0, 1)
+        write_json(path, result)
+        r, a = result["strict"]["rate"], result["strict"]["replay_agreement"]
+        log(f"[{i + 1}/{len(todo)}] {c.key}: strict {as_rate(r)}; replay agrees {a['k']}/{a['n']} ({time.time() - t0:.0f} s)")
+    return len(todo)
 
 
 # ----------------------------------------------------------------------------- the table
 
 
-def rate_of(r: dict):
+def as_rate(d: dict):
     from erasers.evaluate import rate_from
 
-    return rate_from(r["rate"])
+    return rate_from(d)
+
+
+def rate_of(r: dict):
+    return as_rate(r["rate"])
 
 
 def combine(results: list) -> dict:
@@ -288,8 +444,15 @@ def combine(results: list) -> dict:
 
     k, n = sum(rate_of(r).k for r in results), sum(rate_of(r).n for r in results)
     shares = [rate_of(r).share for r in results]
+    stricts = [as_rate(r["strict"]["rate"]) for r in results if "strict" in r]
+    strict = (
+        Rate(sum(x.k for x in stricts), sum(x.n for x in stricts), sum(x.abstained for x in stricts))
+        if len(stricts) == len(results)
+        else None
+    )
     return {
         "rate": Rate(k, n),
+        "strict": strict,  # None unless every seed's cell has been judged by the strict judge
         "seeds": len(results),
         "mean": statistics.fmean(shares),
         "spread": (min(shares), max(shares)),
@@ -342,6 +505,19 @@ def table(results: list, steps: int = STEPS) -> tuple[str, dict]:
                 + " | ".join(cell_text(combined[(concept, e, a)]) if (concept, e, a) in combined else "-" for a in attacks)
                 + " |"
             )
+        if any(combined[(concept, e, a)]["strict"] for e in erasers for a in attacks if (concept, e, a) in combined):
+            lines += [
+                "",
+                f"The same cells under the strict judge ({concept}): pairs whose deciding image both toy judges say shows the "
+                "concept, over the pairs they decide, the abstentions apart ('-': not judged, e.g. soft prompt, whose embedding "
+                "the cell does not keep).",
+                "",
+                "| eraser | " + " | ".join(label(a) for a in attacks) + " |",
+                "|---|" + "---|" * len(attacks),
+            ]
+            for e in erasers:
+                strict = [combined[(concept, e, a)]["strict"] if (concept, e, a) in combined else None for a in attacks]
+                lines.append(f"| {e} | " + " | ".join(str(x) if x else "-" for x in strict) + " |")
         lines += ["", f"Cost ({concept}): attack UNet evaluations / seconds per cell; erasure UNet evaluations / seconds.", ""]
         lines += ["| eraser | erasure | " + " | ".join(label(a) for a in attacks) + " |", "|---|---|" + "---|" * len(attacks)]
         for e in erasers:
@@ -365,7 +541,8 @@ def table(results: list, steps: int = STEPS) -> tuple[str, dict]:
                 a: {
                     **combined[(concept, e, a)]["rate"].as_dict(),
                     "text": cell_text(combined[(concept, e, a)]),
-                    **{k: v for k, v in combined[(concept, e, a)].items() if k not in ("rate",)},
+                    **{k: v for k, v in combined[(concept, e, a)].items() if k not in ("rate", "strict")},
+                    "strict": combined[(concept, e, a)]["strict"].as_dict() if combined[(concept, e, a)]["strict"] else None,
                 }
                 for a in attacks
                 if (concept, e, a) in combined
@@ -373,6 +550,20 @@ def table(results: list, steps: int = STEPS) -> tuple[str, dict]:
             for e in erasers
         }
     wall = sum(r.get("cell_seconds", 0.0) for r in results)
+    replays = [r["strict"]["replay_agreement"] for r in results if "replay_agreement" in r.get("strict", {})]
+    if replays:
+        from studio.stats import Rate
+
+        agree = Rate(sum(a["k"] for a in replays), sum(a["n"] for a in replays))
+        lines += [
+            "",
+            f"Strict verdicts of {len(replays)} cells come from their deciding images made again (`--rejudge`); the toy judge's "
+            f"verdict on those images equals the cell's own for {agree} of pairs.",
+        ]
+        summary["replay_agreement"] = agree.as_dict()
+    abst = [r["strict"]["rate"] for r in results if "strict" in r]
+    if abst:
+        summary["abstained"] = {"pairs": sum(d["n"] + d["abstained"] for d in abst), "abstained": sum(d["abstained"] for d in abst)}
     lines += [
         "",
         f"Wall time of the cells shown: {wall / 3600:.2f} h of cell time ({len(results)} cells; erasures included where a cell erased).",
@@ -405,6 +596,11 @@ def main(argv=None):
     ap.add_argument("--plan", action="store_true", help="print the cells left and their estimated cost, run nothing")
     ap.add_argument("--report", action="store_true", help="the table from the cells done so far, run nothing")
     ap.add_argument("--fresh", action="store_true", help="recompute cells that are cached")
+    ap.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge cached cells that lack it with the strict judge (abstentions), their deciding images made again; then the table",
+    )
     ap.add_argument("--name", default="attack_matrix", help="results name (benchmarks/results/<name>.md/.json)")
     args = ap.parse_args(argv)
     erasers = args.erasers.split(",") if args.erasers else [ORIGINAL, *METHODS]
@@ -444,7 +640,10 @@ def main(argv=None):
             print(f"  ... and {est['left'] - 20} more")
         return
     torch.set_num_threads(args.threads)
-    if args.report:
+    if args.rejudge:
+        t0 = time.time()
+        print(f"{rejudge(cells)} cells judged again in {time.time() - t0:.0f} s")
+    if args.report or args.rejudge:
         results = [json.loads(cell_path(c).read_text()) for c in cells if cell_path(c).is_file()]
     else:
         t0 = time.time()

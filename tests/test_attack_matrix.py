@@ -3,6 +3,7 @@ that resumes without redoing finished cells, the cost estimate, and the table's 
 
 import json
 
+import numpy as np
 import pytest
 from conftest import load_benchmark
 
@@ -81,3 +82,67 @@ def test_the_table_gives_intervals_seed_spread_and_which_differences_are_real(tm
     line = next(x for x in text.splitlines() if x.startswith("- no attack, between erasers"))
     assert "original vs esd-x" in line and "original vs uce" in line and "esd-x vs uce" not in line.split("overlap")[0]
     assert "uce, between attacks: No two rows differ" in text  # 0/20 vs 3/20
+
+
+class StubStrict:
+    """A strict judge whose verdicts are given in order, and which keeps the images it was shown."""
+
+    def __init__(self, verdicts=None):
+        self.given, self.seen = list(verdicts or []), []
+
+    def verdicts(self, images, concept):
+        self.seen.append([np.asarray(im) for im in images])
+        return np.array(self.given[: len(images)] if self.given else [0] * len(images), dtype=np.int8)
+
+    def shows(self, images, concept):
+        return self.verdicts(images, concept) == 1
+
+
+def test_the_strict_judge_counts_abstentions_apart_and_the_table_shows_them(tmp_path):
+    entry = {"per_pair": [{"success": s} for s in (True, True, False, False)]}
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    out = M.strict_entry(StubStrict([1, -1, 0]), [image, image, image, None], entry, "triangle")
+    assert out["verdicts"] == [1, -1, 0, 0]  # None: the text never fit in 77 tokens, a failure as in the cell
+    assert M.as_rate(out["rate"]) == Rate(1, 3, 1)
+
+    RATES.update({("esd-x", "none"): (4, 20)})
+    cells = M.plan_cells(["original", "esd-x"], ["none"], ["triangle"], 20, 20, 1)
+    strict = {"original": Rate(18, 19, 1), "esd-x": Rate(2, 14, 6)}
+
+    def with_strict(cell):
+        return {**fake_result(cell), "strict": {"rate": strict[cell.eraser].as_dict()}}
+
+    results = M.run_matrix(cells, with_strict, tmp_path, log=lambda *_: None)
+    text, summary = M.table(results)
+    assert f"| esd-x | {Rate(2, 14, 6)} |" in text  # "14% (2/14) [4, 40], 6 abstained"
+    assert summary["concepts"]["triangle"]["esd-x"]["none"]["strict"]["abstained"] == 6
+    assert summary["abstained"] == {"pairs": 40, "abstained": 7}
+    del results[1]["strict"]  # a cell not judged strictly: its strict cell is '-', its plain rate unchanged
+    text, _ = M.table(results)
+    assert "| esd-x | - |" in text and format_rate(4, 20) in text
+
+
+def test_rejudge_makes_each_deciding_image_again(tmp_path):
+    # a real cell on the toy model (random tokens on the original, a judge that never says yes, so every pair
+    # tries each draw and is decided by its last adversarial image), judged strictly, then judged again from the cell
+    models = M.Models()
+    never = StubStrict()
+    models.judge = models.strict = never
+    cell = M.Cell("original", "triangle", "random", 0, 2)
+    result = M.run_matrix([cell], M.make_cell_fn(models, steps=3, folder=tmp_path), tmp_path, log=lambda *_: None)[0]
+    deciding = never.seen[-1]
+    assert [p["adversarial_prompt"] != p["prompt"] for p in result["per_pair"]] == [True, True]
+    assert M.as_rate(result["strict"]["rate"]) == Rate(0, 2)
+
+    path = M.cell_path(cell, tmp_path)
+    stripped = {k: v for k, v in result.items() if k != "strict"}
+    path.write_text(json.dumps(stripped))
+    again = StubStrict()
+    assert M.rejudge([cell], log=lambda *_: None, folder=tmp_path, judge=again, strict=again) == 1
+    replayed = again.seen[0]
+    assert len(replayed) == len(deciding) == 2
+    # the same images, made again from the cell (to 8-bit rounding: the cell made them one at a time, the replay in a batch)
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(replayed, deciding)) <= 2
+    judged = json.loads(path.read_text())["strict"]
+    assert M.as_rate(judged["replay_agreement"]) == Rate(2, 2)
+    assert M.rejudge([cell], log=lambda *_: None, folder=tmp_path, judge=again, strict=again) == 0  # nothing left to judge
