@@ -2,7 +2,7 @@
 ASR of each, measured side by side in one run on the same prompts and seeds.
 
 The attacked model is the shipped toy model with "triangle" erased by ESD-x at its toy preset (made here,
-about a minute, not timed); the unerased model would make the measurement meaningless, as every prompt
+not timed, or loaded with `--erased`); the unerased model would make the measurement meaningless, as every prompt
 succeeds before the attack (pre-attack success, no gradient step). Targets come from the unerased model.
 Both arms use the studio's toy attack budget (5 timesteps x 20 gradient steps, `erasers.EVAL_BUDGETS`),
 judged images with DDIM at 20 steps (CFG 7.5), the toy judge's "shows a triangle".
@@ -15,6 +15,11 @@ Throughput counts everything from the first prompt to the last result (targets, 
 gradient steps, judged images). Target (issue 12): batched >= 5x the prompts per minute at the same ASR.
 
     OMP_NUM_THREADS=1 python benchmarks/attack_throughput.py [--prompts 12] [--batch-size 12]
+    OMP_NUM_THREADS=1 python benchmarks/attack_throughput.py --prompts 30 --batch-size 30 --erased runs/attack_matrix_models/esd-x--triangle--s0
+
+It also measures the ceiling: the UNet's CPU time per latent at batch 1 against a full batch, weighted by
+the arms' mix of gradient steps and guided evaluations: on a CPU, batching saves per-call overhead only,
+so no batched arm can beat that ratio.
 """
 
 import argparse
@@ -38,14 +43,28 @@ def main():
     ap.add_argument("--prompts", type=int, default=12, help="prompt-seed pairs (the concept's direct prompts, seed i for prompt i)")
     ap.add_argument("--batch-size", type=int, default=12, help="prompts per batched call")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps of each judged image")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of both arms")
+    ap.add_argument(
+        "--erased",
+        default=None,
+        help="a saved ESD-x erasure of the concept at its toy preset to attack (e.g. the attack matrix's "
+        "runs/attack_matrix_models/esd-x--triangle--s0); default: erase here",
+    )
     ap.add_argument("--name", default="attack_throughput")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     original = load_pipeline("toy")
-    erased = load_pipeline("toy")
     t0 = time.perf_counter()
-    esd.erase(erased, toy_target("esd-x", CONCEPT), get_config("esd-x", "toy"), progress=False)
+    if args.erased:
+        erased = load_pipeline(args.erased)
+        made = f"loaded from {args.erased}"
+    else:
+        erased = load_pipeline("toy")
+        esd.erase(erased, toy_target("esd-x", CONCEPT), get_config("esd-x", "toy"), progress=False)
+        made = f"erased here in {time.perf_counter() - t0:.0f} s, not timed"
     erase_seconds = time.perf_counter() - t0
+    ceiling = unet_ceiling(erased, args.batch_size)
     judge = get_judge("toy")
     shows = lambda images: judge.shows(images, CONCEPT)
     prompts = [p for p, _ in prompts_for(CONCEPT, "direct", args.prompts)]
@@ -99,12 +118,12 @@ def main():
     n = len(prompts)
     table = [
         (
-            f"UnlearnDiffAtk throughput on the CPU, OMP_NUM_THREADS=1 (torch threads {torch.get_num_threads()}); the machine was shared "
-            "(2 cores, a training run on them, and other jobs), so absolute times are pessimistic; both arms ran in the same process one after the other."
+            f"UnlearnDiffAtk throughput on the CPU, torch threads {torch.get_num_threads()}; the machine was shared "
+            "(2 cores, other benchmark jobs on them), so absolute times are pessimistic; both arms ran in the same process one after the other."
         ),
         "",
         (
-            f"Attacked model: the toy model with '{CONCEPT}' erased by ESD-x at its toy preset (erased here in {erase_seconds:.0f} s, not timed); "
+            f"Attacked model: the toy model with '{CONCEPT}' erased by ESD-x at its toy preset ({made}); "
             f"targets from the unerased toy model. {n} direct '{CONCEPT}' prompts, seed i for prompt i, the same in both arms. "
             f"Budget: {len(cfg.schedule())} timesteps x {cfg.iterations} gradient steps, judged images DDIM {cfg.num_inference_steps} steps CFG "
             f"{cfg.guidance_scale}, at most {cfg.unet_budget()} UNet evaluations per prompt; batch size {args.batch_size}."
@@ -133,6 +152,17 @@ def main():
             "UNet evaluations count latents through the UNet (a guided step counts 2), not the target images (made once per attacked prompt "
             "batched, once per prompt one at a time)."
         ),
+        "",
+        (
+            f"The ceiling batching can reach here: the toy UNet's CPU time per latent at batch 1 against batch {ceiling['batch']} (the same "
+            f"process, just before the arms): forward + backward (a gradient step) {ceiling['grad_1'] * 1000:.1f} vs "
+            f"{ceiling['grad_b'] * 1000:.1f} ms, **{ceiling['grad_1'] / ceiling['grad_b']:.1f}x**; guided forward (a judged image's step, 2 "
+            f"latents a prompt) {ceiling['guided_1'] * 1000:.1f} vs {ceiling['guided_b'] * 1000:.1f} ms, "
+            f"**{ceiling['guided_1'] / ceiling['guided_b']:.1f}x**. Weighted by the arms' mix of UNet evaluations "
+            f"({rows['batched']['gradient_steps']} gradient steps, {rows['batched']['unet_evals'] - rows['batched']['gradient_steps']} "
+            f"guided evaluations) that is at most **{mix_ceiling(ceiling, rows['batched']):.1f}x** for a full batch throughout; early "
+            "stopping empties the batch as prompts succeed, so the arms see less."
+        ),
     ]
     data = {
         "concept": CONCEPT,
@@ -148,8 +178,48 @@ def main():
         "same_per_prompt": same,
         "max_loss_difference": max_loss_diff,
         "asr_separated": separated,
+        "threads": torch.get_num_threads(),
+        "unet_ceiling": ceiling,
+        "mix_ceiling": mix_ceiling(ceiling, rows["batched"]),
     }
     write_results(args.name, data, "\n".join(table))
+
+
+def unet_ceiling(pipe, batch: int, reps: int = 3) -> dict:
+    """CPU seconds per latent of the UNet at batch 1 and at `batch`: forward + backward to the text
+    conditioning (a gradient step), and a guided forward (2 latents per prompt, no gradient)."""
+    unet = pipe.unet
+    c, size = unet.config.in_channels, unet.config.sample_size
+    width = pipe.text_encoder.config.hidden_size
+
+    def per_latent(b, grad):
+        z, t = torch.randn(b, c, size, size), torch.full((b,), 500)
+        cond = torch.randn(b, 77, width, requires_grad=grad)
+        n = max(reps, 2 * batch // b)
+        t0 = time.process_time()
+        for _ in range(n):
+            if grad:
+                out = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+                torch.autograd.grad(out.square().mean(), [cond])
+            else:
+                with torch.no_grad():
+                    unet(z, t, encoder_hidden_states=cond, return_dict=False)
+        return (time.process_time() - t0) / n / b
+
+    per_latent(1, True)  # warm-up
+    return {
+        "batch": batch,
+        "grad_1": per_latent(1, True),
+        "grad_b": per_latent(batch, True),
+        "guided_1": per_latent(2, False),
+        "guided_b": per_latent(2 * batch, False),
+    }
+
+
+def mix_ceiling(ceiling: dict, row: dict) -> float:
+    """The most a full batch could speed up this mix of gradient steps and guided evaluations."""
+    g, e = row["gradient_steps"], row["unet_evals"] - row["gradient_steps"]
+    return (g * ceiling["grad_1"] + e * ceiling["guided_1"]) / (g * ceiling["grad_b"] + e * ceiling["guided_b"])
 
 
 if __name__ == "__main__":

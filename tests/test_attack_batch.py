@@ -18,8 +18,9 @@ CONFIG = {"timesteps": (100, 500, 900), "iterations": 3, "num_inference_steps": 
 def bright(images):
     """A judge with a mix of outcomes on the tiny random model for these prompts and seeds: the 3rd prompt's own
     image passes (pre-attack success), the 1st passes after its second block, the others never do. The
-    mean pixel values it compares are at least 0.02 (60 grey levels summed) from the threshold."""
-    return np.array([np.asarray(im, dtype=float).mean() > 120.05 for im in images])
+    mean pixel values it compares are at least 0.02 (60 grey levels summed) from the threshold (set for the
+    token draws of `unlearndiffatk.sample_rows`)."""
+    return np.array([np.asarray(im, dtype=float).mean() > 120.086 for im in images])
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,9 @@ def test_project_simplex_properties_and_brute_force():
         return (v - css.gather(-1, rho - 1) / rho).clamp_min(0)
 
     sparse = torch.rand(3, 49408, generator=g) * 1e-3 + (torch.rand(3, 49408, generator=g) > 0.999) * 0.05
-    for x in (v, sparse, torch.randn(4, 7, generator=g, dtype=torch.float64)):
+    peaked = torch.randn(3, 49408, generator=g) * 0.01
+    peaked[:, :3] += torch.tensor([2.5, 1.9, 1.2])  # max - 1 is the tighter starting bound here
+    for x in (v, sparse, peaked, torch.randn(4, 7, generator=g, dtype=torch.float64)):
         assert torch.allclose(project_simplex(x), by_sorting(x), atol=1e-7)
 
     # brute force in 3-D: no point of a fine grid on the simplex is closer than the projection
@@ -127,6 +129,32 @@ def test_project_simplex_properties_and_brute_force():
         best = ((grid - a) ** 2).sum(-1).min()
         assert ((p - a) ** 2).sum() <= best + 1e-12
         assert ((p - a) ** 2).sum() >= best - 2 * 3 / steps  # and the grid's best is next to it
+
+
+def test_token_draws_follow_the_probabilities_and_the_gradient_is_the_one_hots():
+    from erasers.attacks.unlearndiffatk import _SampleToken, sample_rows
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.7, 0.0, 0.0, 0.0, 0.0, 0.3]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_rows(probs, g) for _ in range(6000)])  # (6000, 2)
+    for row in range(2):
+        counts = torch.bincount(draws[:, row], minlength=6).double()
+        assert counts[probs[row] == 0].sum() == 0  # a zero-probability token is never drawn
+        expected = probs[row].double() * 6000
+        chi2 = (((counts - expected) ** 2 / expected)[probs[row] > 0]).sum()
+        assert chi2 < 16.3  # 99.9th percentile of chi-square with 3 degrees of freedom
+    assert (sample_rows(torch.tensor([[0.0, 0.0, 1.0]]), g) == 2).all()
+
+    # forward: the drawn rows of E, as onehot @ E; backward: hardtanh of the one-hot's gradient, grad @ E^T
+    E = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    p = probs.clone().requires_grad_(True)
+    out = _SampleToken.apply(p, E, torch.Generator().manual_seed(5))
+    ids = sample_rows(probs, torch.Generator().manual_seed(5))
+    onehot = F.one_hot(ids, 6).float()
+    assert torch.equal(out, onehot @ E)
+    w = torch.randn(2, 4, generator=g) * 3
+    (grad,) = torch.autograd.grad((out * w).sum(), [p])
+    assert torch.allclose(grad, F.hardtanh(w @ E.T))
 
 
 # ----------------------------------------------------------------------------- soft-prompt attack
@@ -293,15 +321,18 @@ def test_unlearndiffatk_lowers_its_loss_and_finds_the_token():
         a = pipe.scheduler.alphas_cumprod[500]
         return F.mse_loss(pred, (z - a.sqrt() * x0) / (1 - a).sqrt()).item()
 
-    for seed in (0, 1):
+    falls = []
+    for seed in (0, 1, 2, 3):
         config = UnlearnDiffAtkConfig(timesteps=(500,), iterations=60, vocabulary=candidates, **TINY)
         r = unlearndiffatk(pipe, prompt, x0, NEVER, config, seed=seed, progress=False)
-        # the sampled (straight-through) loss falls as the relaxed one-hots concentrate ...
-        assert np.mean(r.losses[-30:]) < 0.8 * np.mean(r.losses[:10])
+        # the sampled (straight-through) loss falls as the relaxed one-hots concentrate (one draw per step: noisy) ...
+        falls.append(np.mean(r.losses[-30:]) / np.mean(r.losses[:10]))
+        assert falls[-1] < 0.9
         # ... and the argmax prompt is the minimiser
         assert r.adversarial_tokens[0] == triangle
         assert r.adversarial_prompt.startswith("triangle ") and r.adversarial_prompt.endswith(prompt)
         assert loss_of(r.adversarial_tokens) < 1e-6 < min(loss_of([c] + r.adversarial_tokens[1:]) for c in candidates if c != triangle)
+    assert np.mean(falls) < 0.75  # by a quarter or more on average over the seeds
 
 
 def test_unlearndiffatk_budget_and_decodable_prompt(pipe):
@@ -450,7 +481,11 @@ def test_attack_on_unerased_toy_model_succeeds_trivially(toy_pipe, judge):
 
 def test_unlearndiffatk_skips_a_decoded_prompt_over_77_tokens(pipe, monkeypatch):
     """Decoding and re-tokenising can change the token count; a prompt over 77 is never judged truncated."""
-    monkeypatch.setattr(importlib.import_module("erasers.attacks.unlearndiffatk"), "adversarial_text", lambda tok, ids, prompt: " ".join(["nudity"] * 40) + " " + prompt)
+    monkeypatch.setattr(
+        importlib.import_module("erasers.attacks.unlearndiffatk"),
+        "adversarial_text",
+        lambda tok, ids, prompt: " ".join(["nudity"] * 40) + " " + prompt,
+    )
     config = UnlearnDiffAtkConfig(timesteps=(10, 990), iterations=1, **TINY)
     r = unlearndiffatk(pipe, "a red triangle", torch.zeros(1, 4, 8, 8), NEVER, config, progress=False)
     assert r.generations == 1 and not r.success and r.adversarial_prompt == "a red triangle"
