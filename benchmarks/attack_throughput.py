@@ -16,6 +16,7 @@ gradient steps, judged images). Target (issue 12): batched >= 5x the prompts per
 
     OMP_NUM_THREADS=1 python benchmarks/attack_throughput.py [--prompts 12] [--batch-size 12]
     OMP_NUM_THREADS=1 python benchmarks/attack_throughput.py --prompts 30 --batch-size 30 --erased runs/attack_matrix_models/esd-x--triangle--s0
+    python benchmarks/attack_throughput.py --device cuda --prompts 30 --batch-size 30 --name attack_throughput_gpu   # the GPU check
 
 It also measures the ceiling: the UNet's CPU time per latent at batch 1 against a full batch, weighted by
 the arms' mix of gradient steps and guided evaluations: on a CPU, batching saves per-call overhead only,
@@ -44,6 +45,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=12, help="prompts per batched call")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps of each judged image")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of both arms")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU check (the ceiling then in wall time)")
     ap.add_argument(
         "--erased",
         default=None,
@@ -54,13 +56,15 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    original = load_pipeline("toy")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA GPU here")
+    original = load_pipeline("toy", device=args.device)
     t0 = time.perf_counter()
     if args.erased:
-        erased = load_pipeline(args.erased)
+        erased = load_pipeline(args.erased, device=args.device)
         made = f"loaded from {args.erased}"
     else:
-        erased = load_pipeline("toy")
+        erased = load_pipeline("toy", device=args.device)
         esd.erase(erased, toy_target("esd-x", CONCEPT), get_config("esd-x", "toy"), progress=False)
         made = f"erased here in {time.perf_counter() - t0:.0f} s, not timed"
     erase_seconds = time.perf_counter() - t0
@@ -118,7 +122,7 @@ def main():
     n = len(prompts)
     table = [
         (
-            f"UnlearnDiffAtk throughput on the CPU, torch threads {torch.get_num_threads()}; the machine was shared "
+            f"UnlearnDiffAtk throughput on {'the CPU' if args.device == 'cpu' else args.device}, torch threads {torch.get_num_threads()}; the machine was shared "
             "(2 cores, other benchmark jobs on them), so absolute times are pessimistic; both arms ran in the same process one after the other."
         ),
         "",
@@ -154,7 +158,7 @@ def main():
         ),
         "",
         (
-            f"The ceiling batching can reach here: the toy UNet's CPU time per latent at batch 1 against batch {ceiling['batch']} (the same "
+            f"The ceiling batching can reach here: the toy UNet's {'CPU' if args.device == 'cpu' else 'wall'} time per latent at batch 1 against batch {ceiling['batch']} (the same "
             f"process, just before the arms): forward + backward (a gradient step) {ceiling['grad_1'] * 1000:.1f} vs "
             f"{ceiling['grad_b'] * 1000:.1f} ms, **{ceiling['grad_1'] / ceiling['grad_b']:.1f}x**; guided forward (a judged image's step, 2 "
             f"latents a prompt) {ceiling['guided_1'] * 1000:.1f} vs {ceiling['guided_b'] * 1000:.1f} ms, "
@@ -179,6 +183,7 @@ def main():
         "max_loss_difference": max_loss_diff,
         "asr_separated": separated,
         "threads": torch.get_num_threads(),
+        "device": args.device,
         "unet_ceiling": ceiling,
         "mix_ceiling": mix_ceiling(ceiling, rows["batched"]),
     }
@@ -186,17 +191,23 @@ def main():
 
 
 def unet_ceiling(pipe, batch: int, reps: int = 3) -> dict:
-    """CPU seconds per latent of the UNet at batch 1 and at `batch`: forward + backward to the text
-    conditioning (a gradient step), and a guided forward (2 latents per prompt, no gradient)."""
+    """Seconds per latent of the UNet at batch 1 and at `batch` (CPU time on the CPU, wall time on a GPU):
+    forward + backward to the text conditioning (a gradient step), and a guided forward (2 latents per
+    prompt, no gradient)."""
     unet = pipe.unet
+    device = unet.device
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     c, size = unet.config.in_channels, unet.config.sample_size
     width = pipe.text_encoder.config.hidden_size
 
     def per_latent(b, grad):
-        z, t = torch.randn(b, c, size, size), torch.full((b,), 500)
-        cond = torch.randn(b, 77, width, requires_grad=grad)
+        z, t = torch.randn(b, c, size, size, device=device, dtype=unet.dtype), torch.full((b,), 500, device=device)
+        cond = torch.randn(b, 77, width, device=device, dtype=unet.dtype, requires_grad=grad)
         n = max(reps, 2 * batch // b)
-        t0 = time.process_time()
+        sync()
+        t0 = clock()
         for _ in range(n):
             if grad:
                 out = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
@@ -204,7 +215,8 @@ def unet_ceiling(pipe, batch: int, reps: int = 3) -> dict:
             else:
                 with torch.no_grad():
                     unet(z, t, encoder_hidden_states=cond, return_dict=False)
-        return (time.process_time() - t0) / n / b
+        sync()
+        return (clock() - t0) / n / b
 
     per_latent(1, True)  # warm-up
     return {
