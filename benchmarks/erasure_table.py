@@ -155,7 +155,8 @@ def table(rows, eval_config) -> str:
 
 def per_concept_summary(methods) -> list:
     """Lines of the per-concept summary: each eraser's toy preset on every concept of the toy world, read from its
-    preset sweep (benchmarks/preset_sweep.py, quick evaluation: 8 direct prompts x 2 seeds per concept); a method
+    preset sweep (benchmarks/preset_sweep.py: its full evaluation where `--confirm` ran the preset, else the quick
+    screen, 8 direct prompts x 2 seeds per concept); a method
     whose sweep has not measured the preset on every concept says how many it has."""
     lines = [
         "## Per concept: each toy preset on every shape and style (from the preset sweeps)",
@@ -172,7 +173,8 @@ def per_concept_summary(methods) -> list:
             lines.append(f"| {m} | - | 0 | - | - | - | {todo} |")
             continue
         sweep = json.loads(path.read_text())
-        row = next((r for r in sweep["ranked"] if r["setting"] == sweep["current_preset"]), None)
+        full = next((r for r in sweep.get("confirmed_ranked", []) if r["setting"] == sweep["current_preset"]), None)
+        row = full or next((r for r in sweep["ranked"] if r["setting"] == sweep["current_preset"]), None)
         preset = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sweep["current_preset"].items())
         if row is None:
             lines.append(f"| {m} | {preset} | 0 | - | - | - | {sweep['cells_done']}/{sweep['cells']} cells |")
@@ -183,12 +185,12 @@ def per_concept_summary(methods) -> list:
         lines.append(
             f"| {m} | {preset} | {len(per)}/{len(CONCEPTS)} | {row['mean_erasure']:.0%} | "
             f"{row['worst_erasure']:.0%} ({worst}: shown {per[worst]['shown']}) | {row['min_retained_ratio']:.2f} ({low}) | "
-            f"{sweep['cells_done']}/{sweep['cells']} cells |"
+            f"{sweep['cells_done']}/{sweep['cells']} cells" + ("; full evaluation (`--confirm`)" if full else "; quick screen") + " |"
         )
     lines += [
         "",
-        "Erasure = 1 - the judged concept rate on direct prompts (the quick evaluation of the sweeps: 8 prompts x 2 seeds, "
-        "DDIM 25; each shown rate with its count and interval); retained ratio = retained accuracy on the concept's kind over the "
+        "Erasure = 1 - the judged concept rate on direct prompts (the full evaluation where the sweep confirmed the preset: 10 "
+        "prompts x 4 seeds; else the quick screen: 8 prompts x 2 seeds; DDIM 25; each shown rate with its count and interval); retained ratio = retained accuracy on the concept's kind over the "
         "original's. The rows above this section are the full evaluation on triangle and striped.",
     ]
     return lines

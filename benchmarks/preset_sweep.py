@@ -449,7 +449,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         setting = json.loads(path.read_text())["setting"]
         if setting not in confirmed:
             confirmed.append(setting)
-    final = None
+    final, cranked = None, []
     if confirmed:
         crows = confirm_rows(method, confirmed, concepts)
         final, cranked = choose(crows, concepts, keep)
@@ -504,6 +504,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         "ranked": ranked,
         "chosen": best,
         "confirmed": final,
+        "confirmed_ranked": cranked,  # every setting evaluated in full (--confirm), best first
         "current_preset": current,
         "cells_done": done,
         "cells": len(cells),
