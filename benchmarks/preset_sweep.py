@@ -73,6 +73,15 @@ SEEDS, STEPS, DIRECT, RETAIN = 2, 25, 8, 4
 CONFIRM_SEEDS, CONFIRM_DIRECT, CONFIRM_RETAIN = 4, 10, 10
 
 
+def effective_config(method: str, setting: dict) -> dict:
+    """The whole config a setting trains with: the toy preset with the setting's fields over it."""
+    from dataclasses import asdict
+
+    from erasers import get_config
+
+    return asdict(get_config(method, "toy", dict(setting)))
+
+
 def key_of(setting: dict) -> str:
     text = json.dumps(setting, sort_keys=True)
     return (
@@ -444,11 +453,13 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     else:
         lines += ["No setting meets the criterion" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
     folder = CELLS / method / "confirm"
-    confirmed = []
+    confirmed, effective = [], []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         setting = json.loads(path.read_text())["setting"]
-        if setting not in confirmed:
+        full = effective_config(method, setting)  # one setting written two ways (a field at its preset value) is one
+        if full not in effective:
             confirmed.append(setting)
+            effective.append(full)
     final, cranked = None, []
     if confirmed:
         crows = confirm_rows(method, confirmed, concepts)
