@@ -19,8 +19,9 @@ image that decided each pair (the success image, else the last one tried, as the
 `strict` rate counts "shows" over the decided pairs with the abstentions apart ("9% (4/46) [3, 21], 4
 abstained"). Cells run before this was added are judged again by `--rejudge`, which makes each pair's deciding
 image again from the cell (its adversarial prompt and seed on the saved erased model; CCE's learned embedding
-from the cell's artifacts) and checks that the toy judge's verdict on it equals the cell's (`replay_agreement`).
-Soft-prompt cells cannot be made again (their embedding is not kept): their strict rate is left out.
+from the cell's artifacts, the soft prompt's learned prefix from each pair) and checks that the toy judge's
+verdict on it equals the cell's (`replay_agreement`). Soft-prompt cells made before the prefix was kept cannot
+be made again: their strict rate is left out.
 
 Headline cells (each eraser on both concepts under the attacks of HEADLINE_ATTACKS that are registered)
 use `--headline-pairs` pairs (50) and `--erasure-seeds` erasures (3): the table gives their rate pooled
@@ -287,7 +288,10 @@ def make_cell_fn(models: Models, steps: int = STEPS, folder: Path = FOLDER):
 
 # ----------------------------------------------------------------------------- the strict judge (abstentions)
 
-NOT_REPLAYABLE = ("soft-prompt",)  # the judged image needs an embedding the cell does not keep
+
+def replayable(result: dict) -> bool:
+    """Whether each pair's deciding image can be made again from the cell: a soft-prompt pair needs its prefix."""
+    return result["attack"] != "soft-prompt" or all(p["pre_success"] or "prefix" in p for p in result["per_pair"])
 
 
 def deciding_images(entry: dict, images: list, attack: str, pipe, config) -> list:
@@ -334,7 +338,17 @@ def replay_images(pipe, result: dict) -> list:
     idx = [i for i, o in enumerate(own) if not o]
     if not idx:
         return out
-    if result["attack"] == "cce":
+    if result["attack"] == "soft-prompt":
+        from erasers.attacks import encode_with_prefix
+
+        made = []
+        for i in idx:
+            with torch.no_grad():
+                cond = encode_with_prefix(pipe.text_encoder, pipe.tokenizer, [pairs[i]["prompt"]], torch.tensor(pairs[i]["prefix"]))
+            made += sample(
+                pipe, prompt_embeds=cond.to(pipe.unet.dtype), seed=pairs[i]["seed"], num_inference_steps=steps, guidance_scale=guidance
+            ).images
+    elif result["attack"] == "cce":
         art = result["artifacts"]
         emb = torch.tensor(art["embedding"], dtype=torch.float32)
         with torch.no_grad():
@@ -400,8 +414,10 @@ def rejudge(cells, log=print, folder: Path = FOLDER, judge=None, strict=None) ->
     todo = []
     for c in cells:
         path = cell_path(c, folder)
-        if path.is_file() and c.attack not in NOT_REPLAYABLE and "strict" not in json.loads(path.read_text()):
-            todo.append(c)
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            if "strict" not in cached and replayable(cached):
+                todo.append(c)
     if not todo:
         return 0
     judge, strict = judge or get_judge("toy"), strict or get_judge("toy-strict")
@@ -509,8 +525,8 @@ def table(results: list, steps: int = STEPS) -> tuple[str, dict]:
             lines += [
                 "",
                 f"The same cells under the strict judge ({concept}): pairs whose deciding image both toy judges say shows the "
-                "concept, over the pairs they decide, the abstentions apart ('-': not judged, e.g. soft prompt, whose embedding "
-                "the cell does not keep).",
+                "concept, over the pairs they decide, the abstentions apart ('-': not judged, soft-prompt cells made before "
+                "their learned prefix was kept in the cell).",
                 "",
                 "| eraser | " + " | ".join(label(a) for a in attacks) + " |",
                 "|---|" + "---|" * len(attacks),

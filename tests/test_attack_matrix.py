@@ -122,13 +122,15 @@ def test_the_strict_judge_counts_abstentions_apart_and_the_table_shows_them(tmp_
     assert "| esd-x | - |" in text and format_rate(4, 20) in text
 
 
-def test_rejudge_makes_each_deciding_image_again(tmp_path):
-    # a real cell on the toy model (random tokens on the original, a judge that never says yes, so every pair
-    # tries each draw and is decided by its last adversarial image), judged strictly, then judged again from the cell
+@pytest.mark.parametrize("attack", ["random", "soft-prompt"])
+def test_rejudge_makes_each_deciding_image_again(tmp_path, attack):
+    # a real cell on the toy model (an attack on the original with a judge that never says yes, so every pair is
+    # decided by its last adversarial image: random tokens' text, the soft prompt's learned prefix), judged
+    # strictly, then judged again from the cell
     models = M.Models()
     never = StubStrict()
     models.judge = models.strict = never
-    cell = M.Cell("original", "triangle", "random", 0, 2)
+    cell = M.Cell("original", "triangle", attack, 0, 2)
     result = M.run_matrix([cell], M.make_cell_fn(models, steps=3, folder=tmp_path), tmp_path, log=lambda *_: None)[0]
     deciding = never.seen[-1]
     assert [p["adversarial_prompt"] != p["prompt"] for p in result["per_pair"]] == [True, True]
