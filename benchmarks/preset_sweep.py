@@ -143,6 +143,7 @@ def choose(rows: list, concepts, keep: float = 0.9):
                 "mean_erasure": sum(erasures) / len(erasures) if erasures else None,
                 "min_retained_ratio": min(ratios) if ratios else None,
                 "per_concept": {c: per[c] for c in concepts if c in per},
+                "below_bar": [c for c in concepts if c in per and not keeps_bar(per[c], keep)],
             }
         )
     budget = lambda s: s.get("iterations", s.get("epochs", 0))
@@ -151,6 +152,12 @@ def choose(rows: list, concepts, keep: float = 0.9):
     for r in ranked:
         r["status"] = standing(r, best, keep)
     return best, ranked
+
+
+def standing_text(r: dict) -> str:
+    """The standing as the table gives it: an ineligible setting names the concepts below the retained bar."""
+    below = r.get("below_bar") or []
+    return f"{r['status']} ({', '.join(below)} below the bar)" if r["status"] == "ineligible" and below else r["status"]
 
 
 def keeps_bar(row: dict, keep: float) -> bool:
@@ -421,7 +428,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     for r in ranked:
         lines.append(
             f"| {fmt_setting(r['setting'])}{' (current preset)' if r['setting'] == current else ''} | {len(r['per_concept'])}/{len(concepts)} | "
-            f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {r['status']} |"
+            f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {standing_text(r)} |"
         )
 
     def per_concept(r, title, originals=originals):
@@ -479,7 +486,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         for r in cranked:
             lines.append(
                 f"| {fmt_setting(r['setting'])}{' (current preset)' if r['setting'] == current else ''} | {len(r['per_concept'])}/{len(concepts)} | "
-                f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {r['status']} |"
+                f"{r['worst_erasure']:.0%} | {r['mean_erasure']:.0%} | {r['min_retained_ratio']:.2f} | {standing_text(r)} |"
             )
         lines.append("")
         before_full = next((r for r in cranked if r["setting"] == current), None)
