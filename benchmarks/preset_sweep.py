@@ -613,7 +613,26 @@ def main():
                 print(
                     json.dumps({"confirm": s, "concept": c, "seconds": cell["seconds"], "shown": cell["shown"], "n": cell["n"]}), flush=True
                 )
+    if (
+        args.name is None
+        and not args.grid
+        and (grid, budget, tuple(concepts)) != (dict(GRIDS[args.method][0]), GRIDS[args.method][1], tuple(CONCEPTS))
+    ):
+        # a part of the sweep (--lrs, --budgets or --concepts): the method's table still covers its whole grid and
+        # every concept, with the values asked for added, from the cells done (a part's own table: pass --name)
+        grid, budget = whole_grid(args.method, grid, budget)
+        concepts = list(dict.fromkeys([*CONCEPTS, *concepts]))
+        print(f"a part of the sweep ran; preset_sweep_{args.method} is written for the whole grid (pass --name for the part's own table)")
     report(args.method, grid, budget, concepts, args.keep, args.name)
+
+
+def whole_grid(method: str, grid: dict, budget):
+    """GRIDS[method] with the values of `grid` and `budget` added (the same fields)."""
+    full, full_budget = GRIDS[method]
+    merged = {k: sorted(set(v) | set(grid.get(k, []))) for k, v in full.items()}
+    if full_budget and budget:
+        full_budget = (full_budget[0], sorted(set(full_budget[1]) | set(budget[1])))
+    return merged, full_budget
 
 
 if __name__ == "__main__":
