@@ -280,8 +280,7 @@ def make_cell_fn(models: Models, steps: int = STEPS, folder: Path = FOLDER):
         grid.parent.mkdir(parents=True, exist_ok=True)
         if any(im is not None for im in images):
             card_grid(entry, images, cell.concept).save(grid)
-        deciding = deciding_images(entry, images, cell.attack, pipe, config)
-        return {**entry, **info, "grid": grid.name, "strict": strict_entry(models.strict, deciding, entry, cell.concept)}
+        return {**entry, **info, "grid": grid.name, "strict": strict_entry(models.strict, images, entry, cell.concept)}
 
     return cell_fn
 
@@ -294,151 +293,102 @@ def replayable(result: dict) -> bool:
     return result["attack"] != "soft-prompt" or all(p["pre_success"] or "prefix" in p for p in result["per_pair"])
 
 
-def deciding_images(entry: dict, images: list, attack: str, pipe, config) -> list:
-    """The image that decided each pair: the prompt's own where it already showed the concept, else the
-    attack's last (`images`, the run's; CCE's run keeps its s* image, so its own images are made here)."""
-    own = [i for i, p in enumerate(entry["per_pair"]) if p["pre_success"] and p["adversarial_prompt"] != p["prompt"]]
-    if not own:
-        return list(images)
-    out = list(images)
-    made = own_images(pipe, [entry["per_pair"][i] for i in own], config)
-    for i, im in zip(own, made):
-        out[i] = im
-    return out
-
-
-def _steps(config) -> tuple[int, float]:
-    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
-    return int(get("num_inference_steps")), float(get("guidance_scale"))
-
-
-def own_images(pipe, pairs: list, config) -> list:
-    from studio.sampling import sample_pairs
-
-    steps, guidance = _steps(config)
-    return sample_pairs(pipe, [p["prompt"] for p in pairs], [p["seed"] for p in pairs], num_inference_steps=steps, guidance_scale=guidance)
-
-
 def replay_images(pipe, result: dict) -> list:
-    """Each pair's deciding image made again from a cached cell (see the module docstring)."""
+    """Each pair's deciding image made again from a cached cell (see the module docstring): the prompt's own
+    where it decided the pair, else its adversarial prompt's text, CCE's learned token or the soft prompt's
+    prefix; None where the text is over 77 tokens (never judged in the cell either)."""
     import torch
 
+    from erasers.attacks import encode_with_prefix
     from erasers.attacks.cce import encode_with_token
     from erasers.attacks.common import over_limit
     from studio.sampling import sample, sample_pairs
 
     pairs, config = result["per_pair"], result["config"]
-    steps, guidance = _steps(config)
-    own = [p["pre_success"] or p["adversarial_prompt"] == p["prompt"] for p in pairs]
+    settings = {"num_inference_steps": int(config["num_inference_steps"]), "guidance_scale": float(config["guidance_scale"])}
+    own = [p["pre_success"] or p["adversarial_prompt"] == p["prompt"] for p in pairs]  # cells before CCE kept its own image
+    learned = [i for i, o in enumerate(own) if not o] if result["attack"] in ("cce", "soft-prompt") else []
+    texts = {i: p["prompt"] if own[i] else p["adversarial_prompt"] for i, p in enumerate(pairs) if i not in learned}
+    texts = {i: t for i, t in texts.items() if not over_limit(pipe.tokenizer, t)}  # never judged in the cell either
     out = [None] * len(pairs)
-    idx = [i for i, o in enumerate(own) if o]
-    if idx:
-        for i, im in zip(idx, own_images(pipe, [pairs[i] for i in idx], config)):
+    if texts:
+        for i, im in zip(texts, sample_pairs(pipe, list(texts.values()), [pairs[i]["seed"] for i in texts], **settings)):
             out[i] = im
-    idx = [i for i, o in enumerate(own) if not o]
-    if not idx:
-        return out
-    if result["attack"] == "soft-prompt":
-        from erasers.attacks import encode_with_prefix
-
-        made = []
-        for i in idx:
-            with torch.no_grad():
-                cond = encode_with_prefix(pipe.text_encoder, pipe.tokenizer, [pairs[i]["prompt"]], torch.tensor(pairs[i]["prefix"]))
-            made += sample(
-                pipe, prompt_embeds=cond.to(pipe.unet.dtype), seed=pairs[i]["seed"], num_inference_steps=steps, guidance_scale=guidance
-            ).images
-    elif result["attack"] == "cce":
-        art = result["artifacts"]
-        emb = torch.tensor(art["embedding"], dtype=torch.float32)
+    if learned:
         with torch.no_grad():
-            cond = encode_with_token(
-                pipe.text_encoder, pipe.tokenizer, [pairs[i]["adversarial_prompt"] for i in idx], emb, art["placeholder"]
-            )
-        made = []
-        for b in range(0, len(idx), 32):
-            made += sample(
-                pipe,
-                prompt_embeds=cond[b : b + 32].to(pipe.unet.dtype),
-                seed=[pairs[i]["seed"] for i in idx[b : b + 32]],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-            ).images
-    else:
-        idx = [i for i in idx if not over_limit(pipe.tokenizer, pairs[i]["adversarial_prompt"])]  # never judged in the cell either
-        made = (
-            sample_pairs(
-                pipe,
-                [pairs[i]["adversarial_prompt"] for i in idx],
-                [pairs[i]["seed"] for i in idx],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-            )
-            if idx
-            else []
-        )
-    for i, im in zip(idx, made):
-        out[i] = im
+            if result["attack"] == "cce":
+                art = result["artifacts"]
+                emb = torch.tensor(art["embedding"], dtype=torch.float32)
+                cond = encode_with_token(
+                    pipe.text_encoder, pipe.tokenizer, [pairs[i]["adversarial_prompt"] for i in learned], emb, art["placeholder"]
+                )
+            else:
+                prefixes = torch.tensor([pairs[i]["prefix"] for i in learned])  # (B, k, D)
+                cond = encode_with_prefix(pipe.text_encoder, pipe.tokenizer, [pairs[i]["prompt"] for i in learned], prefixes)
+        made = sample(pipe, prompt_embeds=cond.to(pipe.unet.dtype), seed=[pairs[i]["seed"] for i in learned], **settings).images
+        for i, im in zip(learned, made):
+            out[i] = im
     return out
 
 
 def strict_entry(strict, images: list, entry: dict, concept: str, judge=None) -> dict:
     """The cell under the strict judge: per-pair verdicts (1 shows, 0 does not, -1 abstained) on the deciding
     images and their rate with the abstentions apart; with `judge` (the toy judge), how often its verdict on
-    these images equals the cell's own (a replay's check)."""
+    these images equals the cell's own (a replay's check). A None image (no text fit in 77 tokens, never
+    judged) is a failure, as in the cell."""
     from studio.stats import Rate
 
-    judged = [i for i, im in enumerate(images) if im is not None]  # None: no text fit in 77 tokens, never judged (a failure)
-    verdicts = [0] * len(images)
-    for i, v in zip(judged, strict.verdicts([images[i] for i in judged], concept)):
-        verdicts[i] = int(v)
+    judged = [i for i, im in enumerate(images) if im is not None]
+
+    def per_pair(values, missing):
+        out = [missing] * len(images)
+        for i, v in zip(judged, values):
+            out[i] = v
+        return out
+
+    verdicts = per_pair([int(v) for v in strict.verdicts([images[i] for i in judged], concept)], 0)
     out = {
         "verdicts": verdicts,
         "rate": Rate(sum(v == 1 for v in verdicts), sum(v >= 0 for v in verdicts), sum(v < 0 for v in verdicts)).as_dict(),
     }
     if judge is not None:
-        again = [False] * len(images)
-        for i, v in zip(judged, judge.shows([images[i] for i in judged], concept)):
-            again[i] = bool(v)
+        again = per_pair([bool(v) for v in judge.shows([images[i] for i in judged], concept)], False)
         out["replay_agreement"] = Rate(sum(a == p["success"] for a, p in zip(again, entry["per_pair"])), len(again)).as_dict()
     return out
 
 
 def rejudge(cells, log=print, folder: Path = FOLDER, judge=None, strict=None) -> int:
     """The strict judge on every cached cell of `cells` that lacks it (see the module docstring); cells
-    grouped by erased model, each cell's JSON rewritten atomically. Returns the number of cells judged.
-    `judge` / `strict`: the toy judge and the strict one (default: the shipped ones)."""
+    grouped by erased model (one loaded at a time), each cell's JSON rewritten atomically. Returns the
+    number of cells judged. `judge` / `strict`: the toy judge and the strict one (default: the shipped ones)."""
     from studio.judges import get_judge
     from studio.loading import load_pipeline
 
     todo = []
-    for c in cells:
+    for c in sorted(cells, key=lambda c: c.model_key):
         path = cell_path(c, folder)
-        if path.is_file():
-            cached = json.loads(path.read_text())
-            if "strict" not in cached and replayable(cached):
-                todo.append(c)
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if cached is not None and "strict" not in cached and replayable(cached):
+            todo.append((c, cached))
     if not todo:
         return 0
     judge, strict = judge or get_judge("toy"), strict or get_judge("toy-strict")
-    pipes: dict = {}
-    for i, c in enumerate(sorted(todo, key=lambda c: c.model_key)):
-        if c.model_key not in pipes:
-            folder_m = MODELS / c.model_key
-            if c.eraser != ORIGINAL and not (folder_m / "erasure.json").is_file():
+    key, pipe, judged = None, None, 0
+    for i, (c, result) in enumerate(todo):
+        if c.model_key != key:
+            saved = MODELS / c.model_key
+            if c.eraser != ORIGINAL and not (saved / "erasure.json").is_file():
                 log(f"skip {c.key}: its erased model is not in {MODELS} (run the cell again with --fresh)")
                 continue
-            pipes = {c.model_key: load_pipeline("toy" if c.eraser == ORIGINAL else folder_m)}
-        path = cell_path(c, folder)
-        result = json.loads(path.read_text())
+            key, pipe = c.model_key, load_pipeline("toy" if c.eraser == ORIGINAL else saved)
         t0 = time.time()
-        images = replay_images(pipes[c.model_key], result)
-        result["strict"] = strict_entry(strict, images, result, c.concept, judge=judge)
+        result["strict"] = strict_entry(strict, replay_images(pipe, result), result, c.concept, judge=judge)
         result["strict"]["seconds"] = round(time.time() - t0, 1)
-        write_json(path, result)
+        write_json(cell_path(c, folder), result)
+        judged += 1
         r, a = result["strict"]["rate"], result["strict"]["replay_agreement"]
         log(f"[{i + 1}/{len(todo)}] {c.key}: strict {as_rate(r)}; replay agrees {a['k']}/{a['n']} ({time.time() - t0:.0f} s)")
-    return len(todo)
+    return judged
 
 
 # ----------------------------------------------------------------------------- the table

@@ -577,7 +577,7 @@ def card_entry(run, spec, cfg) -> dict:
                 "pre_success": bool(r.pre_success),
                 "success": bool(r.success),
                 "unet_evals": int(r.unet_evals),
-                **({"prefix": r.history[-1]["prefix"]} if r.history and "prefix" in r.history[-1] else {}),
+                **({"prefix": r.prefix} if r.prefix is not None else {}),
             }
             for r in results
         ],

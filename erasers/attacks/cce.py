@@ -666,20 +666,20 @@ def run_many(
         callback(event("cce", 2, 2, phase="eval", successes=int(sum(p or q for p, q in zip(pre, post)))))
     per_pair = config.eval_unet_evals()
     results = [
-        AttackResult(
+        AttackResult(  # as every attack's: a pair its own prompt already decides keeps that prompt and image
             attack="cce",
             prompt=p,
-            adversarial_prompt=a,
+            adversarial_prompt=p if ok0 else a,
             pre_success=bool(ok0),
             success=bool(ok0 or ok1),
-            image=im1,
+            image=im0 if ok0 else im1,
             seed=int(s),
-            exact_tokens=False,  # s* is no vocabulary token: the prompt needs the learned embedding
+            exact_tokens=bool(ok0),  # s* is no vocabulary token: a prompt with it needs the learned embedding
             unet_evals=per_pair,
             generations=2,
             history=[{"prompt": p, "success": bool(ok0)}, {"prompt": a, "success": bool(ok1)}],
         )
-        for p, a, s, ok0, ok1, im1 in zip(prompts, attacked, seeds, pre, post, post_images)
+        for p, a, s, ok0, ok1, im0, im1 in zip(prompts, attacked, seeds, pre, post, pre_images, post_images)
     ]
     artifacts = {
         "placeholder": ph,

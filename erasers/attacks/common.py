@@ -145,6 +145,7 @@ class AttackResult:
     wall_time: float = 0.0  # seconds
     losses: list = field(default_factory=list)  # per gradient step
     history: list = field(default_factory=list)  # per judged prompt: {"t" or "draw", "prompt", "success"}
+    prefix: list | None = None  # the learned prefix embeddings (k x D, rounded) behind `image` where no text can make it (soft prompt)
 
     def to_dict(self) -> dict:
         """JSON-safe summary (no image)."""

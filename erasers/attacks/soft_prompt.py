@@ -190,9 +190,8 @@ def soft_prompt(
     result.losses = info["losses"]
     result.unet_evals += info["unet_evals"] + config.num_inference_steps * (2 if config.guidance_scale > 1.0 else 1)
     result.generations += 1
-    # the learned prefix (k, D), rounded: what a report needs to make the judged image again (no text can)
-    prefix = [[round(float(x), 6) for x in row] for row in delta.detach().float().reshape(config.num_tokens, -1).cpu()]
-    result.history.append({"prompt": result.adversarial_prompt, "success": ok, "prefix": prefix})
+    result.prefix = [[round(float(x), 6) for x in row] for row in delta.detach().float().reshape(config.num_tokens, -1).cpu()]
+    result.history.append({"prompt": result.adversarial_prompt, "success": ok})
     if callback is not None:
         callback(event("soft-prompt", config.steps, config.steps, phase="eval", prompt=result.adversarial_prompt, success=ok, image=image))
     result.wall_time = time.perf_counter() - start
