@@ -25,6 +25,7 @@ so no batched arm can beat that ratio.
 
 import argparse
 import dataclasses
+import os
 import time
 
 import torch
@@ -62,12 +63,12 @@ def main():
     t0 = time.perf_counter()
     if args.erased:
         erased = load_pipeline(args.erased, device=args.device)
-        made = f"loaded from {args.erased}"
+        made, erase_seconds = f"loaded from {args.erased}", None
     else:
         erased = load_pipeline("toy", device=args.device)
         esd.erase(erased, toy_target("esd-x", CONCEPT), get_config("esd-x", "toy"), progress=False)
-        made = f"erased here in {time.perf_counter() - t0:.0f} s, not timed"
-    erase_seconds = time.perf_counter() - t0
+        erase_seconds = time.perf_counter() - t0
+        made = f"erased here in {erase_seconds:.0f} s, not timed"
     ceiling = unet_ceiling(erased, args.batch_size)
     judge = get_judge("toy")
     shows = lambda images: judge.shows(images, CONCEPT)
@@ -120,10 +121,12 @@ def main():
     separated = not overlap(Rate(ka, len(a)), Rate(kb, len(b)))
 
     n = len(prompts)
+    mixed = mix_ceiling(ceiling, rows["batched"])
     table = [
         (
-            f"UnlearnDiffAtk throughput on {'the CPU' if args.device == 'cpu' else args.device}, torch threads {torch.get_num_threads()}; the machine was shared "
-            "(2 cores, other benchmark jobs on them), so absolute times are pessimistic; both arms ran in the same process one after the other."
+            f"UnlearnDiffAtk throughput on {'the CPU' if args.device == 'cpu' else args.device}, torch threads {torch.get_num_threads()} of "
+            f"{os.cpu_count()} cores; other jobs may have shared the cores, so absolute times are pessimistic; both arms ran in the same "
+            "process one after the other."
         ),
         "",
         (
@@ -164,7 +167,7 @@ def main():
             f"latents a prompt) {ceiling['guided_1'] * 1000:.1f} vs {ceiling['guided_b'] * 1000:.1f} ms, "
             f"**{ceiling['guided_1'] / ceiling['guided_b']:.1f}x**. Weighted by the arms' mix of UNet evaluations "
             f"({rows['batched']['gradient_steps']} gradient steps, {rows['batched']['unet_evals'] - rows['batched']['gradient_steps']} "
-            f"guided evaluations) that is at most **{mix_ceiling(ceiling, rows['batched']):.1f}x** for a full batch throughout; early "
+            f"guided evaluations) that is at most **{mixed:.1f}x** for a full batch throughout; early "
             "stopping empties the batch as prompts succeed, so the arms see less."
         ),
     ]
@@ -185,7 +188,7 @@ def main():
         "threads": torch.get_num_threads(),
         "device": args.device,
         "unet_ceiling": ceiling,
-        "mix_ceiling": mix_ceiling(ceiling, rows["batched"]),
+        "mix_ceiling": mixed,
     }
     write_results(args.name, data, "\n".join(table))
 

@@ -156,8 +156,8 @@ def table(rows, eval_config) -> str:
 def per_concept_summary(methods) -> list:
     """Lines of the per-concept summary: each eraser's toy preset on every concept of the toy world, read from its
     preset sweep (benchmarks/preset_sweep.py: its full evaluation where `--confirm` ran the preset, else the quick
-    screen, 8 direct prompts x 2 seeds per concept); a method
-    whose sweep has not measured the preset on every concept says how many it has."""
+    screen, 8 direct prompts x 2 seeds per concept); a method whose sweep has not measured the preset on every
+    concept says how many it has."""
     lines = [
         "## Per concept: each toy preset on every shape and style (from the preset sweeps)",
         "",
@@ -189,9 +189,10 @@ def per_concept_summary(methods) -> list:
         )
     lines += [
         "",
-        "Erasure = 1 - the judged concept rate on direct prompts (the full evaluation where the sweep confirmed the preset: 10 "
-        "prompts x 4 seeds; else the quick screen: 8 prompts x 2 seeds; DDIM 25; each shown rate with its count and interval); retained ratio = retained accuracy on the concept's kind over the "
-        "original's. The rows above this section are the full evaluation on triangle and striped.",
+        "Erasure = 1 - the judged concept rate on direct prompts (the full evaluation where the sweep confirmed the preset: "
+        "10 prompts x 4 seeds; else the quick screen: 8 prompts x 2 seeds; DDIM 25; each shown rate with its count and "
+        "interval); retained ratio = retained accuracy on the concept's kind over the original's. The rows above this "
+        "section are the full evaluation on triangle and striped.",
     ]
     return lines
 

@@ -82,6 +82,27 @@ def effective_config(method: str, setting: dict) -> dict:
     return asdict(get_config(method, "toy", dict(setting)))
 
 
+def confirmed_settings(method: str) -> list:
+    """The settings with a full evaluation (`--confirm`) cached, one spelling each: a setting written two ways
+    (a field given at its preset value, or left out) is one setting."""
+    folder = CELLS / method / "confirm"
+    settings, effective = [], []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        setting = json.loads(path.read_text())["setting"]
+        full = effective_config(method, setting)
+        if full not in effective:
+            settings.append(setting)
+            effective.append(full)
+    return settings
+
+
+def confirm_spelling(method: str, setting: dict, confirmed: list) -> dict:
+    """The spelling among `confirmed` (`confirmed_settings`) of the same config as `setting`, else `setting`:
+    so `--confirm` reuses a full evaluation cached under another spelling."""
+    full = effective_config(method, setting)
+    return next((c for c in confirmed if effective_config(method, c) == full), setting)
+
+
 def key_of(setting: dict) -> str:
     text = json.dumps(setting, sort_keys=True)
     return (
@@ -459,14 +480,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
         lines += per_concept(best, "Chosen by the screen")
     else:
         lines += ["No setting meets the criterion" + (" (the sweep is not complete)." if done < len(cells) else "."), ""]
-    folder = CELLS / method / "confirm"
-    confirmed, effective = [], []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        setting = json.loads(path.read_text())["setting"]
-        full = effective_config(method, setting)  # one setting written two ways (a field at its preset value) is one
-        if full not in effective:
-            confirmed.append(setting)
-            effective.append(full)
+    confirmed = confirmed_settings(method)
     final, cranked = None, []
     if confirmed:
         crows = confirm_rows(method, confirmed, concepts)
@@ -604,7 +618,8 @@ def main():
         swept = list(grid) + ([budget[0]] if budget else [])
         current = {k: getattr(toy, k) for k in swept}
         ranked = choose(rows_of(args.method, grid, budget, concepts), concepts, args.keep)[1]
-        for s in to_confirm(ranked, current, args.confirm):
+        confirmed = confirmed_settings(args.method)
+        for s in (confirm_spelling(args.method, s, confirmed) for s in to_confirm(ranked, current, args.confirm)):
             for c in concepts:
                 if confirm_path(args.method, s, c).is_file():
                     continue
