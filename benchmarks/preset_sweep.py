@@ -32,6 +32,7 @@ Rates are printed with their count and 95% Wilson interval.
     python benchmarks/preset_sweep.py --method esd-x --lrs 3e-3          # one setting on every concept first, then
     python benchmarks/preset_sweep.py --method esd-x --prune             # the rest, skipping settings that can no longer win
     python benchmarks/preset_sweep.py --method esd-x --prune --confirm 2 # then the 2 best and the current preset in full
+    python benchmarks/preset_sweep.py --method esd-x --confirm 2 --confirm-on circle,square,triangle,star  # half of it
 
 `--prune` skips a setting's remaining cells once every budget of it is out: a measured concept keeps less than
 `--keep` of the original's retained accuracy, or its worst erasure so far is already below the worst of the best
@@ -569,11 +570,21 @@ def main():
         metavar="K",
         help="after the sweep, evaluate the K best eligible settings and the current preset in full on every concept (cached)",
     )
+    ap.add_argument(
+        "--confirm-on",
+        default=None,
+        metavar="CONCEPTS",
+        help="--confirm only these concepts (the settings are still ranked on every concept of the sweep): to split the "
+        "full evaluation over processes, e.g. one per core",
+    )
     ap.add_argument("--name", default=None, help="results file name (default preset_sweep_<method>)")
     args = ap.parse_args()
     if args.confirm < 0:
         raise SystemExit(f"--confirm must be 0 or more, got {args.confirm}")
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    confirm_on = [c.strip() for c in args.confirm_on.split(",") if c.strip()] if args.confirm_on else concepts
+    if unknown := [c for c in confirm_on if c not in concepts]:
+        raise SystemExit(f"--confirm-on names concepts outside the sweep's: {', '.join(unknown)}")
     grid, budget = GRIDS[args.method]
     grid = json.loads(args.grid) if args.grid else dict(grid)
     if args.lrs:
@@ -620,7 +631,7 @@ def main():
         ranked = choose(rows_of(args.method, grid, budget, concepts), concepts, args.keep)[1]
         confirmed = confirmed_settings(args.method)
         for s in (confirm_spelling(args.method, s, confirmed) for s in to_confirm(ranked, current, args.confirm)):
-            for c in concepts:
+            for c in confirm_on:
                 if confirm_path(args.method, s, c).is_file():
                     continue
                 original_confirmed(c, judge)
