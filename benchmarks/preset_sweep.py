@@ -519,12 +519,20 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     ]
     if done < len(cells):
         still = [r for r in ranked if r["status"] == "open"]
+        # a setting with no cell done is open too (nothing rules it out); it is not in `ranked`, which has only rows
+        unmeasured = [
+            s
+            for s in dict.fromkeys(key_of(s) for s, _ in cells)
+            if not any(key_of(t) == s and cell_path(method, t, c).is_file() for t, c in cells)
+        ]
         lines.append(
             f"Partial sweep: {done} of {len(cells)} cells done; "
             + (
                 "no setting left open can change the choice, so the choice is final."
-                if best and not still
-                else f"{len(still)} setting(s) still open; `--plan` lists the cells left."
+                if best and not still and not unmeasured
+                else f"{len(still)} setting(s) still open"
+                + (f" and {len(unmeasured)} not measured on any concept" if unmeasured else "")
+                + "; `--plan` lists the cells left."
             )
         )
     data = {
