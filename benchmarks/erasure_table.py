@@ -174,7 +174,11 @@ def per_concept_summary(methods) -> list:
             continue
         sweep = json.loads(path.read_text())
         full = next((r for r in sweep.get("confirmed_ranked", []) if r["setting"] == sweep["current_preset"]), None)
-        row = full or next((r for r in sweep["ranked"] if r["setting"] == sweep["current_preset"]), None)
+        screen = next((r for r in sweep["ranked"] if r["setting"] == sweep["current_preset"]), None)
+        part = None  # a full evaluation on fewer concepts than the screen's: the screen's row, the full one's count said
+        if full and screen and len(full["per_concept"]) < len(screen["per_concept"]):
+            full, part = None, len(full["per_concept"])
+        row = full or screen
         preset = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sweep["current_preset"].items())
         if row is None:
             lines.append(f"| {m} | {preset} | 0 | - | - | - | {sweep['cells_done']}/{sweep['cells']} cells |")
@@ -185,7 +189,10 @@ def per_concept_summary(methods) -> list:
         lines.append(
             f"| {m} | {preset} | {len(per)}/{len(CONCEPTS)} | {row['mean_erasure']:.0%} | "
             f"{row['worst_erasure']:.0%} ({worst}: shown {per[worst]['shown']}) | {row['min_retained_ratio']:.2f} ({low}) | "
-            f"{sweep['cells_done']}/{sweep['cells']} cells" + ("; full evaluation (`--confirm`)" if full else "; quick screen") + " |"
+            f"{sweep['cells_done']}/{sweep['cells']} cells"
+            + ("; full evaluation (`--confirm`)" if full else "; quick screen")
+            + (f" (the full evaluation has {part} of them so far)" if part else "")
+            + " |"
         )
     lines += [
         "",
