@@ -520,11 +520,8 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     if done < len(cells):
         still = [r for r in ranked if r["status"] == "open"]
         # a setting with no cell done is open too (nothing rules it out); it is not in `ranked`, which has only rows
-        unmeasured = [
-            s
-            for s in dict.fromkeys(key_of(s) for s, _ in cells)
-            if not any(key_of(t) == s and cell_path(method, t, c).is_file() for t, c in cells)
-        ]
+        measured = {key_of(s) for s, c in cells if cell_path(method, s, c).is_file()}
+        unmeasured = {key_of(s) for s, _ in cells} - measured
         lines.append(
             f"Partial sweep: {done} of {len(cells)} cells done; "
             + (
@@ -589,8 +586,9 @@ def main():
     args = ap.parse_args()
     if args.confirm < 0:
         raise SystemExit(f"--confirm must be 0 or more, got {args.confirm}")
-    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
-    confirm_on = [c.strip() for c in args.confirm_on.split(",") if c.strip()] if args.confirm_on else concepts
+    names = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    concepts = names(args.concepts)
+    confirm_on = names(args.confirm_on) if args.confirm_on else concepts
     if unknown := [c for c in confirm_on if c not in concepts]:
         raise SystemExit(f"--confirm-on names concepts outside the sweep's: {', '.join(unknown)}")
     grid, budget = GRIDS[args.method]
