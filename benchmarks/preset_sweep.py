@@ -57,6 +57,10 @@ GRIDS = {
     # iterations, and 100 steps at 3e-4 move the weights about as far as 30 at 1e-3; 1e-2 tried in its place
     "esd-x": ({"lr": [1e-3, 3e-3, 1e-2]}, ("iterations", [25, 50, 100])),
     "esd-u": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [100, 200, 400])),
+    # the two ESD variants that had no toy preset: the grids of their nearest siblings (esd-x-strict trains a part of
+    # esd-x's parameters, esd-all a superset of esd-u's), swept first at the sibling's preset lr
+    "esd-x-strict": ({"lr": [1e-3, 3e-3]}, ("iterations", [25, 50, 100])),
+    "esd-all": ({"lr": [3e-5, 1e-4]}, ("iterations", [100, 200, 400])),
     "advunlearn": ({"lr": [3e-5, 1e-4, 3e-4]}, ("iterations", [75, 150, 300])),
     "doco": ({"lr": [1e-5, 3e-5, 1e-4]}, ("iterations", [250, 500, 1000])),
     "uce": ({"erase_scale": [0.1, 0.3, 1.0, 3.0]}, None),
@@ -66,7 +70,17 @@ GRIDS = {
 }
 # seconds per cell on the shared 2-core CPU (one thread), used by --plan until cells of the method are done:
 # training to the largest budget (from esd_sweep / closed_form_speed / doco_sweep timings) + one quick evaluation per budget
-PRIOR_SECONDS = {"esd-x": 300, "esd-u": 1000, "advunlearn": 1500, "doco": 2500, "uce": 60, "rece": 180, "stereo": 1200}
+PRIOR_SECONDS = {
+    "esd-x": 300,
+    "esd-u": 1000,
+    "esd-x-strict": 300,
+    "esd-all": 1000,
+    "advunlearn": 1500,
+    "doco": 2500,
+    "uce": 60,
+    "rece": 180,
+    "stereo": 1200,
+}
 ORIGINAL_SECONDS = 60  # the original model's quick evaluation, once per concept
 SEEDS, STEPS, DIRECT, RETAIN = 2, 25, 8, 4
 # --confirm: the studio's evaluation sizes (erasers.evaluate.EvalConfig: 4 seeds x 10 direct prompts) with 10 retain

@@ -439,3 +439,43 @@ def test_every_iterative_eraser_stops(method, config, concept):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([str(Path(__file__))]))
+
+
+def test_until_erased_benchmark_sets_each_stop_beside_the_fixed_preset_on_one_evaluation(tmp_path, monkeypatch):
+    until = load_benchmark("until_erased")
+    monkeypatch.setattr(until, "CELLS", tmp_path / "until")
+    monkeypatch.setattr(until.sweep, "CELLS", tmp_path / "sweep")
+    fixed = until.preset_setting("esd-x")
+    assert fixed == {"lr": 1e-3, "iterations": 50}  # the toy preset, spelled as the sweep's confirm cells spell it
+
+    def write(path, data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    for concept, (until_shown, fixed_shown, reason) in {"circle": (0, 40, "erased"), "square": (20, 24, "utility")}.items():
+        write(until.sweep.original_confirm_path(concept), {"shown": 40, "n": 40, "retained_k": 100, "retained_n": 100})
+        write(
+            until.sweep.confirm_path("esd-x", fixed, concept),
+            {"setting": fixed, "shown": fixed_shown, "n": 40, "retained_k": 95, "retained_n": 100, "seconds": 60, "unet_evals": 2754},
+        )
+        write(
+            until.cell_path("esd-x", concept),
+            {
+                "reason": reason,
+                "step": 40,
+                "kept_step": 30 if reason == "utility" else 40,
+                "checks": [{}] * 5,
+                "unet_evals": 9000,
+                "check_unet_evals": 6400,
+                "shown": until_shown,
+                "n": 40,
+                "retained_k": 90,
+                "retained_n": 100,
+            },
+        )
+    data, table = until.report(["esd-x"], ["circle", "square"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| c") or line.startswith("| s")}
+    assert "erased at 40 (40)" in rows["circle"] and "*0% (0/40)" in rows["circle"]  # 0/40 against 40/40: beyond both intervals
+    assert "utility at 40 (30)" in rows["square"] and "*" not in rows["square"]  # 20/40 against 24/40: within them
+    assert "2,600 + 6,400 = 9,000 | 2,754" in rows["circle"] and "0.90 | 100% (40/40) [91, 100], 0.95" in rows["circle"]
+    assert "1 erased, 1 by the guard" in table and "3.27x" in table  # 18,000 / 5,508 UNet evaluations
