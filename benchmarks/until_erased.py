@@ -157,7 +157,12 @@ def report(methods, concepts) -> dict:
                 f"{c['unet_evals'] - c['check_unet_evals']:,} + {c['check_unet_evals']:,} = {c['unet_evals']:,} | "
                 + (f"{f['unet_evals']:,} | {until} | {f['shown']}, {f['retained_ratio']:.2f} |" if f else f"- | {until} | not evaluated |")
             )
-            done.append({**c, "retained_ratio": ratio, "fixed": f})
+            bar = {
+                "retained_k": c["retained_k"],
+                "retained_n": c["retained_n"],
+                "original_retained": base["retained_k"] / base["retained_n"],
+            }
+            done.append({**c, "retained_ratio": ratio, "keeps_bar": sweep.keeps_bar(bar, GUARD), "fixed": f})
         if done:
             erased = [1 - d["shown"] / d["n"] for d in done]
             fixed = [1 - d["fixed"]["concept_rate"] for d in done if d["fixed"]]
@@ -168,7 +173,9 @@ def report(methods, concepts) -> dict:
                 f"{len(done)} concepts: mean erasure until {sum(erased) / len(erased):.0%}, worst {min(erased):.0%}"
                 + (f"; fixed {sum(fixed) / len(fixed):.0%}, worst {min(fixed):.0%}" if len(fixed) == len(done) else "")
                 + f". Stopped: {stops['erased']} erased, {stops['utility']} by the guard (restored), {stops['budget']} at the ceiling. "
-                f"UNet evaluations, until / fixed, summed: {cost:.2f}x.",
+                f"UNet evaluations, until / fixed, summed: {cost:.2f}x. Retained bar (>= {GUARD:.0%} of the original's, beyond the "
+                f"interval, on the full evaluation) kept: until {sum(d['keeps_bar'] for d in done)}/{len(done)}"
+                + (f", fixed {sum(sweep.keeps_bar(d['fixed'], GUARD) for d in done)}/{len(done)}." if len(fixed) == len(done) else "."),
             ]
         lines.append("")
         data["cells"] += done

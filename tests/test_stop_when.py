@@ -469,7 +469,7 @@ def test_until_erased_benchmark_sets_each_stop_beside_the_fixed_preset_on_one_ev
                 "check_unet_evals": 6400,
                 "shown": until_shown,
                 "n": 40,
-                "retained_k": 90,
+                "retained_k": 90 if concept == "circle" else 70,
                 "retained_n": 100,
             },
         )
@@ -479,3 +479,4 @@ def test_until_erased_benchmark_sets_each_stop_beside_the_fixed_preset_on_one_ev
     assert "utility at 40 (30)" in rows["square"] and "*" not in rows["square"]  # 20/40 against 24/40: within them
     assert "2,600 + 6,400 = 9,000 | 2,754" in rows["circle"] and "0.90 | 100% (40/40) [91, 100], 0.95" in rows["circle"]
     assert "1 erased, 1 by the guard" in table and "3.27x" in table  # 18,000 / 5,508 UNet evaluations
+    assert "kept: until 1/2, fixed 2/2" in table  # of 100/100: 90/100 and 95/100 within 0.9 x the interval, 70/100 beyond
