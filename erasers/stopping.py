@@ -8,7 +8,8 @@ Every `check_every` steps (and before the first step and after the last), `Train
 trained on a held-in set of check prompts and asks a judge how many images still show the concept. Training
 stops at the first check whose rate is at most `target_rate` ("erased"). With `min_retained`, the same checks
 sample retain prompts too; when their retained accuracy falls below `min_retained` x the original's (measured
-at step 0), training stops and the trained weights go back to the last check that met the guard ("utility").
+at step 0) beyond its 95% Wilson interval (`guard_rule="interval"`, the preset sweep's bar; "point" compares the
+ratio alone), training stops and the trained weights go back to the last check that met the guard ("utility").
 A run that reaches its budget without either ends with "budget". `iterations` of the method's config is the
 ceiling: raise it to give the rule room.
 
@@ -36,6 +37,12 @@ import torch
 from studio.images import psnr
 from studio.stats import Rate, format_rate
 
+# how the guard reads a check's retained accuracy against min_retained x the original's (step 0)
+GUARD_RULES = {
+    "interval": "fails when the retained rate's 95% Wilson upper bound is below the bar (the preset sweep's reading)",
+    "point": "fails when the retained ratio is below min_retained",
+}
+
 REASONS = {
     "erased": "the concept was erased",
     "utility": "utility fell below the guard; the last checkpoint that met it was restored",
@@ -60,6 +67,7 @@ class StopWhen:
     guidance_scale: float = 7.5
     batch_size: int = 32
     psnr_floor: float = 20.0  # a judge without labels: a retain image is kept when within this many dB of the original's
+    guard_rule: str = "interval"  # "interval": fails on evidence (Wilson upper bound below the bar); "point": the ratio
 
     def __post_init__(self):
         self.prompts = [self.prompts] if isinstance(self.prompts, str) else [p for p in self.prompts if p and p.strip()]
@@ -83,6 +91,8 @@ class StopWhen:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"stop_when {name}={value!r} must be a whole number >= 1")
+        if self.guard_rule not in GUARD_RULES:
+            raise ValueError(f"stop_when guard_rule={self.guard_rule!r}: use one of {', '.join(GUARD_RULES)}")
         if not self.prompts:
             raise ValueError(
                 "stop_when has no check prompts; give prompts=[...] that ask for the concept (toy_stop_when(name) builds them)"
@@ -109,6 +119,7 @@ class StopWhen:
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "psnr_floor": self.psnr_floor,
+            "guard_rule": self.guard_rule,
         }
 
     def cost(self) -> int:
@@ -283,7 +294,7 @@ class StopRule:
         if "retained" in record:
             record["retained_ratio"] = record["retained"] / max(base, 1e-9)
         record["erased"] = record["rate"] <= w.target_rate
-        record["guard_ok"] = w.min_retained is None or record.get("retained_ratio", 1.0) >= w.min_retained
+        record["guard_ok"] = guard_ok(w, record, base)
         record["seconds"] = round(time.time() - t0, 3)
         record["unet_evals"] = w.cost()
         self.state["checks"].append(record)
@@ -310,6 +321,21 @@ class StopRule:
         }
 
 
+def guard_ok(when: StopWhen, record: dict, baseline) -> bool:
+    """Does a check keep the utility guard? With the "interval" rule (the default) it fails only when the retained
+    rate is below `min_retained` x the original's beyond its 95% Wilson interval: a check's 8-16 retain images make
+    one image 6-12% of the rate, and the point rule stopped 7 of 8 toy DoCo runs on a one- or two-image dip
+    (benchmarks/results/until_erased.md's record of it), the final evaluation then keeping 0.97-1.00 of the
+    original's retained accuracy. "point": the ratio of rates against `min_retained`."""
+    if when.min_retained is None or "retained" not in record:
+        return True
+    if when.guard_rule == "point" or not record.get("retained_n"):
+        return record["retained_ratio"] >= when.min_retained
+    from studio.stats import wilson
+
+    return wilson(record["retained_k"], record["retained_n"])[1] >= when.min_retained * baseline
+
+
 def describe_check(record: dict) -> str:
     """One line: 'step 20: concept shown 6% (1/16) [1, 28]; retained 94% (15/16) [72, 99], ratio 0.94'."""
     text = f"step {record['step']}: concept shown {format_rate(record['shown'], record['n'])}"
@@ -323,7 +349,11 @@ def report_lines(stop: dict) -> list:
     if not stop:
         return []
     s = stop["settings"]
-    guard = f", guard retained >= {s['min_retained']:.0%} of the original's" if s.get("min_retained") is not None else ", no utility guard"
+    guard = (
+        f", guard retained >= {s['min_retained']:.0%} of the original's{' (beyond its 95% interval)' if s.get('guard_rule', 'point') == 'interval' else ''}"
+        if s.get("min_retained") is not None
+        else ", no utility guard"
+    )
     lines = [
         (
             f"Stop rule: concept shown <= {s['target_rate']:.0%} on {len(s['prompts'])} held-in prompts x {s['seeds']} seeds (judge {s['judge']}), "

@@ -480,3 +480,16 @@ def test_until_erased_benchmark_sets_each_stop_beside_the_fixed_preset_on_one_ev
     assert "2,600 + 6,400 = 9,000 | 2,754" in rows["circle"] and "0.90 | 100% (40/40) [91, 100], 0.95" in rows["circle"]
     assert "1 erased, 1 by the guard" in table and "3.27x" in table  # 18,000 / 5,508 UNet evaluations
     assert "kept: until 1/2, fixed 2/2" in table  # of 100/100: 90/100 and 95/100 within 0.9 x the interval, 70/100 beyond
+
+
+def test_guard_fails_on_evidence_not_on_one_image():
+    from erasers.stopping import guard_ok
+
+    interval, point = stop_for(StepJudge()), stop_for(StepJudge(), guard_rule="point")
+    dip = {"retained": 7 / 8, "retained_k": 7, "retained_n": 8, "retained_ratio": 7 / 8}  # one image of 8 lost
+    assert guard_ok(interval, dip, 1.0) and not guard_ok(point, dip, 1.0)
+    fall = {"retained": 4 / 8, "retained_k": 4, "retained_n": 8, "retained_ratio": 4 / 8}  # upper bound 0.79 < 0.9
+    assert not guard_ok(interval, fall, 1.0) and not guard_ok(point, fall, 1.0)
+    assert guard_ok(stop_for(StepJudge(), min_retained=None, retain=[]), fall, 1.0)
+    with pytest.raises(ValueError, match="guard_rule='loose'"):
+        stop_for(StepJudge(), guard_rule="loose")
