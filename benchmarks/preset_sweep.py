@@ -127,6 +127,16 @@ def key_of(setting: dict) -> str:
     )
 
 
+def current_setting(method: str, grid: dict | None = None, budget=None) -> dict:
+    """The toy preset's values of the swept fields and the budget (default: GRIDS[method]'s)."""
+    from erasers import get_config
+
+    if grid is None:
+        grid, budget = GRIDS[method]
+    toy = get_config(method, "toy")
+    return {k: getattr(toy, k) for k in list(grid) + ([budget[0]] if budget else [])}
+
+
 def cells_of(method: str, grid: dict, concepts) -> list:
     """[(setting, concept)] of a sweep: every combination of the grid's values, every concept."""
     names = list(grid)
@@ -205,9 +215,9 @@ def keeps_bar(row: dict, keep: float) -> bool:
     uce, the current presets included), so the screen fails a setting only on evidence, and `--confirm` checks
     the candidates again on the full evaluation's larger samples. Without counts: the point ratio >= keep."""
     if all(k in row for k in ("retained_k", "retained_n", "original_retained")) and row["retained_n"]:
-        from studio.stats import wilson
+        from studio.stats import Rate, below
 
-        return wilson(row["retained_k"], row["retained_n"])[1] >= keep * row["original_retained"]
+        return not below(Rate(row["retained_k"], row["retained_n"]), keep * row["original_retained"])
     return row["retained_ratio"] >= keep
 
 
@@ -424,16 +434,11 @@ def fmt_setting(s: dict) -> str:
 def report(method, grid, budget, concepts, keep, name=None) -> dict:
     from _util import write_results
 
-    from erasers import get_config
-
     rows = rows_of(method, grid, budget, concepts)
     best, ranked = choose(rows, concepts, keep)
     cells = cells_of(method, grid, concepts)
     done = sum(cell_path(method, s, c).is_file() for s, c in cells)
-    toy = get_config(method, "toy")
-    swept = list(grid) + ([budget[0]] if budget else [])
-    current = {k: getattr(toy, k) for k in swept}
-    preset = {k: getattr(toy, k) for k in swept}
+    current = current_setting(method, grid, budget)
     seconds = sum(json.loads(cell_path(method, s, c).read_text())["seconds"] for s, c in cells if cell_path(method, s, c).is_file())
     left, estimate = plan(method, grid, budget, concepts)
     originals = {c: json.loads(original_path(c).read_text()) for c in concepts if original_path(c).is_file()}
@@ -442,7 +447,7 @@ def report(method, grid, budget, concepts, keep, name=None) -> dict:
     lines = [
         f"# Preset sweep: {method}",
         "",
-        f"Grid over the toy preset (now {fmt_setting(preset)}, its other fields kept): "
+        f"Grid over the toy preset (now {fmt_setting(current)}, its other fields kept): "
         + "; ".join(f"{k} in {v}" for k, v in grid.items())
         + (f"; {budget[0]} in {budget[1]} (judged along one run)" if budget else "")
         + f". Concepts: {', '.join(concepts)}.",
@@ -641,13 +646,10 @@ def main():
                 flush=True,
             )
     if args.confirm and not args.report:
-        from erasers import get_config
         from studio.judges import get_judge
 
         judge = get_judge("toy")
-        toy = get_config(args.method, "toy")
-        swept = list(grid) + ([budget[0]] if budget else [])
-        current = {k: getattr(toy, k) for k in swept}
+        current = current_setting(args.method, grid, budget)
         ranked = choose(rows_of(args.method, grid, budget, concepts), concepts, args.keep)[1]
         confirmed = confirmed_settings(args.method)
         for s in (confirm_spelling(args.method, s, confirmed) for s in to_confirm(ranked, current, args.confirm)):

@@ -41,12 +41,7 @@ def cell_path(method: str, concept: str) -> Path:
 
 def preset_setting(method: str) -> dict:
     """The toy preset's swept fields and budget, as the sweep's `--confirm` cells spell them."""
-    grid, budget = sweep.GRIDS[method]
-    full = sweep.effective_config(method, {})
-    setting = {k: full[k] for k in grid}
-    if budget is not None:
-        setting[budget[0]] = full[budget[0]]
-    return sweep.confirm_spelling(method, setting, sweep.confirmed_settings(method))
+    return sweep.confirm_spelling(method, sweep.current_setting(method), sweep.confirmed_settings(method))
 
 
 def run_cell(method: str, concept: str, judge) -> dict:
@@ -91,30 +86,19 @@ def run_cell(method: str, concept: str, judge) -> dict:
 
 
 def fixed_row(method: str, concept: str):
-    """The fixed preset's full evaluation (the sweep's confirm cell) and the original's, or None."""
+    """The fixed preset's criterion row (`preset_sweep.row_of`) from the sweep's confirm cell, with its counts and
+    cost; None where the preset was not evaluated in full on `concept`."""
     setting = preset_setting(method)
     path, base = sweep.confirm_path(method, setting, concept), sweep.original_confirm_path(concept)
     if not path.is_file() or not base.is_file():
         return None
     m = json.loads(path.read_text())
-    return {
-        **sweep.row_of(setting, concept, m, json.loads(base.read_text()), m["seconds"]),
-        "unet_evals": m.get("unet_evals"),
-        "setting": setting,
-    }
-
-
-def beyond(a: tuple, b: tuple) -> bool:
-    """Two (k, n) rates whose 95% Wilson intervals do not overlap."""
-    from studio.stats import wilson
-
-    la, ha = wilson(*a)
-    lb, hb = wilson(*b)
-    return ha < lb or hb < la
+    row = sweep.row_of(setting, concept, m, json.loads(base.read_text()), m["seconds"])
+    return {**row, "shown_k": m["shown"], "n": m["n"], "unet_evals": m.get("unet_evals")}
 
 
 def report(methods, concepts) -> dict:
-    from studio.stats import Rate
+    from studio.stats import Rate, overlap
 
     lines = [
         "# Erase until erased vs the fixed toy preset, per concept (toy model)",
@@ -145,24 +129,16 @@ def report(methods, concepts) -> dict:
             if not path.is_file():
                 continue
             c = json.loads(path.read_text())
-            base = json.loads(sweep.original_confirm_path(concept).read_text())
-            ratio = (c["retained_k"] / c["retained_n"]) / max(base["retained_k"] / base["retained_n"], 1e-9)
+            row = sweep.row_of({}, concept, c, json.loads(sweep.original_confirm_path(concept).read_text()), c.get("seconds"))
             f = fixed_row(method, concept)
-            until = f"{Rate(c['shown'], c['n'])}, {ratio:.2f}"
-            if f:
-                fk = json.loads(sweep.confirm_path(method, f["setting"], concept).read_text())
-                until = ("*" if beyond((c["shown"], c["n"]), (fk["shown"], fk["n"])) else "") + until
+            differs = f is not None and not overlap(Rate(c["shown"], c["n"]), Rate(f["shown_k"], f["n"]))
+            until = f"{'*' if differs else ''}{row['shown']}, {row['retained_ratio']:.2f}"
             lines.append(
                 f"| {concept} | {c['reason']} at {c['step']} ({c['kept_step']}) | {len(c['checks'])} | "
                 f"{c['unet_evals'] - c['check_unet_evals']:,} + {c['check_unet_evals']:,} = {c['unet_evals']:,} | "
                 + (f"{f['unet_evals']:,} | {until} | {f['shown']}, {f['retained_ratio']:.2f} |" if f else f"- | {until} | not evaluated |")
             )
-            bar = {
-                "retained_k": c["retained_k"],
-                "retained_n": c["retained_n"],
-                "original_retained": base["retained_k"] / base["retained_n"],
-            }
-            done.append({**c, "retained_ratio": ratio, "keeps_bar": sweep.keeps_bar(bar, GUARD), "fixed": f})
+            done.append({**c, "retained_ratio": row["retained_ratio"], "keeps_bar": sweep.keeps_bar(row, GUARD), "fixed": f})
         if done:
             erased = [1 - d["shown"] / d["n"] for d in done]
             fixed = [1 - d["fixed"]["concept_rate"] for d in done if d["fixed"]]

@@ -35,13 +35,10 @@ import numpy as np
 import torch
 
 from studio.images import psnr
-from studio.stats import Rate, format_rate
+from studio.stats import Rate, below, format_rate
 
-# how the guard reads a check's retained accuracy against min_retained x the original's (step 0)
-GUARD_RULES = {
-    "interval": "fails when the retained rate's 95% Wilson upper bound is below the bar (the preset sweep's reading)",
-    "point": "fails when the retained ratio is below min_retained",
-}
+# how the guard reads a check's retained accuracy against min_retained x the original's (step 0): `guard_ok`
+GUARD_RULES = ("interval", "point")
 
 REASONS = {
     "erased": "the concept was erased",
@@ -323,17 +320,16 @@ class StopRule:
 
 def guard_ok(when: StopWhen, record: dict, baseline) -> bool:
     """Does a check keep the utility guard? With the "interval" rule (the default) it fails only when the retained
-    rate is below `min_retained` x the original's beyond its 95% Wilson interval: a check's 8-16 retain images make
-    one image 6-12% of the rate, and the point rule stopped 7 of 8 toy DoCo runs on a one- or two-image dip
-    (benchmarks/results/until_erased.md's record of it), the final evaluation then keeping 0.97-1.00 of the
-    original's retained accuracy. "point": the ratio of rates against `min_retained`."""
+    rate is below `min_retained` x the original's beyond its 95% Wilson interval (`studio.stats.below`, the preset
+    sweep's bar): a check's 8-16 retain images make one image 6-12% of the rate, and the point rule stopped 7 of 8
+    toy DoCo runs on a one- or two-image dip, the final evaluation then keeping 0.97-1.00 of the original's retained
+    accuracy (benchmarks/until_erased.py, the point-guard run in the history of results/until_erased.md).
+    "point": the ratio of rates against `min_retained`."""
     if when.min_retained is None or "retained" not in record:
         return True
-    if when.guard_rule == "point" or not record.get("retained_n"):
+    if when.guard_rule == "point":
         return record["retained_ratio"] >= when.min_retained
-    from studio.stats import wilson
-
-    return wilson(record["retained_k"], record["retained_n"])[1] >= when.min_retained * baseline
+    return not below(Rate(record["retained_k"], record["retained_n"]), when.min_retained * baseline)
 
 
 def describe_check(record: dict) -> str:

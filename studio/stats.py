@@ -4,7 +4,8 @@
     '23% (7/30) [12, 41]'
 
 Every rate the studio prints goes through `format_rate`, so a reader sees at once whether two rows
-differ; `overlap(a, b)` says when two intervals do not separate them.
+differ; `overlap(a, b)` says when two intervals do not separate them, `below(rate, bar)` when a rate falls
+short of a bar beyond its interval.
 """
 
 import math
@@ -58,6 +59,11 @@ def format_rate(k: int, n: int) -> str:
         return "- (0/0)"
     low, high = wilson(k, n)
     return f"{100 * k / n:.0f}% ({k}/{n}) [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def below(rate: Rate, bar: float) -> bool:
+    """True when the whole 95% interval of `rate` is below the share `bar`: shown to fall short, not by noise."""
+    return rate.interval[1] < bar
 
 
 def overlap(a: Rate, b: Rate) -> bool:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from studio.stats import Rate, format_rate, overlap, wilson
+from studio.stats import Rate, below, format_rate, overlap, wilson
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,9 @@ def test_overlap_says_when_rows_differ():
 def test_impossible_counts_are_errors(k, n):
     with pytest.raises(ValueError, match="0 <= k <= n"):
         wilson(k, n)
+
+
+def test_below_means_the_whole_interval_is_under_the_bar():
+    assert not below(Rate(7, 8), 0.9)  # 88%, but its interval [53, 98] reaches the bar: not shown to fall short
+    assert below(Rate(4, 8), 0.9)  # [22, 78]
+    assert below(Rate(70, 100), 0.8) and not below(Rate(75, 100), 0.8)  # [60, 78] against [66, 83]
